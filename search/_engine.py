@@ -1,0 +1,187 @@
+"""One sweep: validate everything (writing nothing), then Ray Tune + Optuna + ASHA, then the best
+checkpoint, its servable model and one test evaluation, all recorded in MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import studies
+from studies import StudySpec, UserError
+from tracking import Store, StudyRecorder
+from tracking import tags as T
+from trainables import Trainable, get_trainable
+
+from ._states import COMPLETED, FAILED, PRUNED
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated study, ready to run: nothing has been written yet."""
+
+    spec: StudySpec
+    trainable: Trainable
+    metric: str
+    mode: str
+    tracking_uri: str | None
+    address: str | None
+    storage: str | None
+
+
+@dataclasses.dataclass
+class Outcome:
+    study: str
+    run_id: str
+    best_trial: str | None
+    best_value: float | None
+    metric: str
+    counts: dict[str, int]
+    test_metrics: dict[str, float]
+    model_uri: str | None
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.best_trial else 1
+
+
+def plan(study: str, tracking_uri=None, address=None, storage=None, **overrides: Any) -> Plan:
+    """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
+    spec = studies.with_overrides(studies.load_study(study), **overrides)
+    source = study
+    try:
+        trainable = get_trainable(spec.trainable)
+    except LookupError as exc:
+        raise UserError(f"{source}: trainable: {exc}") from None
+    known = set(trainable.hyperparameters)
+    if known:
+        unknown = sorted((set(spec.space) | set(spec.fixed)) - known)
+        if unknown:
+            raise UserError(
+                f"{source}: space/fixed: {', '.join(unknown)} not hyperparameters of {trainable.name}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+    metric, mode = spec.metric or trainable.metric, spec.mode or trainable.mode
+    if not metric or not mode:
+        raise UserError(f"{source}: metric/mode: required, since trainable {trainable.name} declares no default")
+    if spec.resources.gpus > 0 and address is None:
+        import torch
+
+        available = torch.cuda.device_count()
+        if spec.resources.gpus > available:
+            raise UserError(
+                f"{source}: resources.gpus: {spec.resources.gpus:g} per trial but this machine has {available} GPU(s)"
+            )
+    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage)
+
+
+def execute(plan: Plan, out=None) -> Outcome:
+    """Run the sweep. Every record goes to MLflow from this (the driver) process."""
+    out = out or sys.stdout
+    started = time.monotonic()
+    spec = plan.spec
+    store = Store(plan.tracking_uri)
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
+    recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
+    recorder.start(_spec_params(spec, plan), yaml.safe_dump(spec.model_dump(), sort_keys=False), run_name)
+    print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
+    print(f"tracking: {store.tracking_uri}", file=out, flush=True)
+
+    status = "FAILED"
+    try:
+        from ._tune import run_tune
+
+        callback = run_tune(plan, recorder, fixed, run_name, store, out)
+        outcome = _finish(plan, store, recorder, callback, started)
+        status = "FINISHED"
+        return outcome
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        recorder.finish(status)
+
+
+def _finish(plan, store, recorder, callback, started) -> Outcome:
+    import tracking
+
+    best = callback.best_trial()
+    counts = callback.counts()
+    test_metrics: dict[str, float] = {}
+    model_uri = None
+    best_value = callback.progress[best].best_value if best else None
+    recorder.set_parent_tags({"hpsearch.count." + k: v for k, v in counts.items()})
+    if best is not None:
+        config = callback.configs[best]
+        state = _load_checkpoint(callback.checkpoints.get(best), best)["model"]
+        recorder.log_parent_metrics({T.BEST_VALUE: best_value})
+        payload = {"model": state, "config": config, "metric": plan.metric, "mode": plan.mode,
+                   "value": best_value, "trial_id": best, "epoch": callback.progress[best].best_epoch}  # fmt: skip
+        tracking.log_best_checkpoint(store, recorder.parent_id, payload)
+        digest = tracking.state_digest(state)
+        parent_tags = {T.BEST_TRIAL: best, T.CHECKPOINT_DIGEST: digest, T.METRIC: plan.metric, T.MODE: plan.mode}
+        if plan.trainable.export is not None:
+            model, example = plan.trainable.export(config, state)
+            model_uri = tracking.log_servable_model(store, recorder.parent_id, model, example)
+            parent_tags[T.MODEL_URI] = model_uri
+        if plan.trainable.evaluate is not None:
+            # The test split is read here, once per checkpoint, and never takes part in selection.
+            test_metrics = tracking.cached_test_metrics(store, plan.spec.name, digest) or plan.trainable.evaluate(
+                config, state, "test"
+            )
+            recorder.log_parent_metrics(test_metrics)
+            parent_tags[T.TEST_DIGEST] = digest
+        recorder.set_parent_tags(parent_tags)
+    return Outcome(
+        plan.spec.name, recorder.parent_id, best, best_value, plan.metric, counts, test_metrics, model_uri,
+        time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _load_checkpoint(checkpoint, trial_id: str) -> dict:
+    import torch
+
+    from ._ray_reporter import CHECKPOINT_FILE
+
+    if checkpoint is None:
+        raise RuntimeError(f"trial {trial_id} reported a best value but Ray kept no checkpoint for it")
+    with checkpoint.as_directory() as path:
+        return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
+    return {
+        "trainable": spec.trainable, "metric": plan.metric, "mode": plan.mode, "trials": spec.trials,
+        "hours": spec.hours, "max_t": spec.asha.max_t, "grace_period": spec.asha.grace_period,
+        "reduction_factor": spec.asha.reduction_factor, "cpus_per_trial": spec.resources.cpus,
+        "gpus_per_trial": spec.resources.gpus, "max_concurrent": spec.max_concurrent, "sampler": spec.sampler,
+        "seed": spec.seed, "split_seed": spec.split_seed,
+    }  # fmt: skip
+
+
+def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"hpsearch.split_seed": str(plan.spec.split_seed), "hpsearch.python": platform.python_version()}
+    for pkg in ("hpsearch", "torch", "ray", "optuna", "mlflow"):
+        try:
+            tags[f"hpsearch.version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            tags[f"hpsearch.version.{pkg}"] = "unknown"
+    if plan.trainable.data_info is not None:
+        for k, v in plan.trainable.data_info(fixed).items():
+            tags[f"hpsearch.data.{k}"] = str(v)
+    return tags
+
+
+__all__ = ["COMPLETED", "FAILED", "PRUNED", "Outcome", "Plan", "execute", "plan"]

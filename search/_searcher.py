@@ -1,0 +1,60 @@
+"""Optuna behind Ray Tune, told the right lesson about each trial.
+
+Ray's stock OptunaSearch tells Optuna COMPLETE for any trial whose last result has the metric, so a trial
+ASHA stopped at epoch 2 looks finished. Here every epoch is an intermediate value, ASHA-stopped trials are
+PRUNED, failed or diverged ones FAIL, and only trials that ran to max_t (or stopped themselves) are
+COMPLETE, with their best value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from trainables import EPOCH
+
+from ._states import COMPLETED, PRUNED, TrialProgress
+
+log = logging.getLogger(__name__)
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    # OptunaSearch ignores its own seed once a sampler is given: seed the sampler itself.
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+class StudySearch(OptunaSearch):
+    def __init__(self, *args, max_t: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._progress: dict[str, TrialProgress] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        progress = self._progress.setdefault(trial_id, TrialProgress(self.metric, self.mode))
+        progress.update(result)
+        value = result.get(self.metric)
+        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
+            return
+        self._ot_trials[trial_id].report(float(value), int(result[EPOCH]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
+        state, _ = progress.outcome(error, self._max_t)
+        ot_trial = self._ot_trials[trial_id]
+        if state == COMPLETED and progress.best_value is not None:
+            self._ot_study.tell(ot_trial, progress.best_value)
+        elif state == PRUNED:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self._completed_trials.add(trial_id)

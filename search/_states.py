@@ -1,0 +1,43 @@
+"""How a trial ended, decided in one place for both Optuna and MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
+
+COMPLETED, PRUNED, FAILED, RUNNING = "completed", "pruned", "failed", "running"
+
+
+@dataclasses.dataclass
+class TrialProgress:
+    """What the driver has seen of one trial, fed every result it reports."""
+
+    metric: str
+    mode: str
+    epochs: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    stop: str | None = None
+
+    def update(self, result: dict) -> None:
+        self.epochs = int(result.get(EPOCH, self.epochs))
+        self.stop = result.get(STOP_KEY) or self.stop
+        value = result.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        if self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value):
+            self.best_value, self.best_epoch = float(value), self.epochs
+
+    def outcome(self, errored: bool, max_t: int, error: str | None = None) -> tuple[str, str | None]:
+        """(state, reason). Fewer epochs than max_t, with no error and no stop of its own: ASHA pruned it."""
+        if errored:
+            return FAILED, error or "error"
+        if self.stop == STOP_DIVERGED:
+            return FAILED, STOP_DIVERGED
+        if self.stop == STOP_EARLY:
+            return COMPLETED, STOP_EARLY
+        if self.epochs >= max_t:
+            return COMPLETED, None
+        return PRUNED, "asha" if self.epochs else "stopped before its first epoch"

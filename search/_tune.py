@@ -1,0 +1,96 @@
+"""Everything that touches Ray: the cluster connection and the Tuner (Optuna sampler + ASHA)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+# Ray's per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; skip their disk writes.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Trials checkpoint only when their best improves; with num_to_keep=1 Ray snapshots its experiment state
+# at each such checkpoint and warns about it every time. The snapshot is what a resume needs; the warning isn't.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+
+from ._callback import TrackingCallback  # noqa: E402
+from ._ray_reporter import make_trial_function  # noqa: E402
+from ._searcher import StudySearch, make_sampler  # noqa: E402
+from ._space import to_distributions  # noqa: E402
+
+
+def connect(address: str | None) -> None:
+    """A local Ray by default (no dashboard); `address` joins an existing cluster instead."""
+    if ray.is_initialized():
+        return
+    cwd = os.getcwd()
+    pythonpath = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        # Trial output stays in Ray's session logs; the driver prints one line per finished trial instead.
+        log_to_driver=False,
+        # Workers import a user's `pkg.module:function` trainable from where hpsearch was started.
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+
+
+def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
+    spec = plan.spec
+    connect(plan.address)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = store.home / "optuna" / f"{spec.name}.journal"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    searcher = StudySearch(
+        space=to_distributions(spec),
+        metric=plan.metric,
+        mode=plan.mode,
+        sampler=make_sampler(spec.sampler, spec.seed),
+        study_name=run_name,  # one Optuna study per invocation, in the study's journal file
+        storage=storage,
+        max_t=spec.asha.max_t,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
+        max_t=spec.asha.max_t,
+        grace_period=spec.asha.grace_period,
+        reduction_factor=spec.asha.reduction_factor,
+    )
+    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, spec.trials, out)
+    threads = max(1, int(spec.resources.cpus))
+    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, spec.seed, threads, os.getcwd())
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    tuner = tune.Tuner(
+        tune.with_resources(trial_fn, resources),
+        param_space=fixed,
+        tune_config=tune.TuneConfig(
+            metric=plan.metric,
+            mode=plan.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.trials,
+            max_concurrent_trials=spec.max_concurrent,
+            time_budget_s=spec.hours * 3600 if spec.hours else None,
+            reuse_actors=True,  # the worker's imports and data cache outlive a trial
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=plan.storage or str(Path(store.home) / "ray"),
+            callbacks=[callback],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    # Without the auto loggers the ResultGrid cannot read per-trial metrics files, and says so per trial;
+    # the callback already holds everything we use.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    tuner.fit()
+    return callback

@@ -1,0 +1,85 @@
+"""The Python API; the CLI is a thin shell over these functions."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pandas as pd
+
+import studies
+import tracking
+from studies import UserError
+from studies import results as results  # re-exported: the API mirrors the CLI
+from tracking import tags as T
+from trainables import list_trainables
+
+from ._engine import Outcome, execute, plan
+
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
+        out=None, **overrides: Any) -> Outcome:  # fmt: skip
+    """`hpsearch run`: overrides are trials, hours, max_concurrent, gpus_per_trial, seed."""
+    return execute(plan(study, tracking_uri=tracking_uri, address=address, storage=storage, **overrides), out=out)
+
+
+def promote(
+    study: str, alias: str = "champion", name: str | None = None, tracking_uri: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Register the study's best model in the Model Registry and point `alias` at it."""
+    name = name or studies.check_name(study)
+    if not _ALIAS.match(alias) or re.fullmatch(r"v\d+|latest", alias):
+        raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_' (not 'latest' or v<N>)")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise UserError(f"--name: {name!r} is not allowed: letters, digits, '.', '-' and '_' only")
+    store, parent = studies.study_run(study, tracking_uri, run_id)
+    rows = tracking.trial_rows(store, parent)
+    if not any(r["state"] in ("completed", "pruned") for r in rows):
+        raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
+    ptags = parent.data.tags
+    model_uri = ptags.get(T.MODEL_URI)
+    if not model_uri:
+        raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model (trainable has no export)")
+    best = next((r for r in rows if r["trial_id"] == ptags.get(T.BEST_TRIAL)), None)
+    test_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    lineage = {
+        "study": study,
+        "run_id": parent.info.run_id,
+        "trial_id": ptags.get(T.BEST_TRIAL, ""),
+        "params": json.dumps(best["params"] if best else {}, sort_keys=True),
+        "metric": ptags.get(T.METRIC, ""),
+        "val_value": str(parent.data.metrics.get(T.BEST_VALUE, "")),
+        "checkpoint_sha256": ptags.get(T.CHECKPOINT_DIGEST, ""),
+        **{k.removeprefix("hpsearch."): v for k, v in ptags.items() if k.startswith(("hpsearch.data.", "hpsearch.version."))},
+        "split_seed": ptags.get("hpsearch.split_seed", ""),
+        **{k: repr(v) for k, v in test_metrics.items()},
+    }
+    description = (
+        f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}; "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
+    )
+    info = tracking.register_model(store, model_uri, name, alias, lineage, description)
+    return {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": lineage["trial_id"],
+            "test_metrics": test_metrics}  # fmt: skip
+
+
+def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:
+    """Built-in studies and studies with records in the store."""
+    store = tracking.Store(tracking_uri)
+    recorded = tracking.recorded_studies(store)
+    names = sorted(set(studies.builtin_studies()) | set(recorded))
+    return pd.DataFrame(
+        [{"study": n, "builtin": n in studies.builtin_studies(), "runs": recorded.get(n, 0)} for n in names]
+    )
+
+
+def trainables_table() -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "metric": t.metric, "mode": t.mode, "description": t.description,
+         "hyperparameters": dict(t.hyperparameters), "defaults": dict(t.defaults)}  # fmt: skip
+        for t in list_trainables()
+    ]

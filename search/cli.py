@@ -1,0 +1,186 @@
+"""`hpsearch`: run a sweep, read its results, promote its best model. User errors: one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(EXIT_USER_ERROR, f"hpsearch: error: {message} (see --help)\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in $HPSEARCH_HOME or ./hpsearch-runs)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpsearch", description="Hyperparameter search: Ray Tune + Optuna + ASHA, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run a study's sweep")
+    p.add_argument("study", help="a built-in study name or a path to a study YAML file")
+    p.add_argument("--trials", type=int, help="number of trials (overrides the spec)")
+    p.add_argument("--hours", type=_positive_float, help="wall-clock budget in hours")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--gpus-per-trial", type=_positive_float, help="GPUs per trial; fractions pack trials")
+    p.add_argument("--seed", type=int, help="sampler and trial seed")
+    p.add_argument("--address", help="an existing Ray cluster to join (default: a local Ray)")
+    p.add_argument("--storage", help="Ray experiment storage path or URI (default: $HPSEARCH_HOME/ray)")
+    _common(p)
+
+    p = sub.add_parser("results", help="one row per trial, best first")
+    p.add_argument("study")
+    p.add_argument("--top", type=int, help="only the best K rows")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _common(p)
+
+    p = sub.add_parser("promote", help="register the study's best model and set an alias")
+    p.add_argument("study")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--name", help="registered model name (default: the study name)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _common(p)
+
+    p = sub.add_parser("studies", help="built-in studies and studies with records")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    _common(p)
+
+    p = sub.add_parser("trainables", help="registered trainables and their hyperparameters")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from studies import UserError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("hpsearch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `hpsearch results x | head`
+        sys.stderr.close()
+        return 0
+
+
+def _run(args) -> int:
+    from . import api
+
+    overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
+                     gpus_per_trial=args.gpus_per_trial, seed=args.seed)  # fmt: skip
+    plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage, **overrides)
+    outcome = api.execute(plan)
+    counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
+    print(f"\nstudy {outcome.study} finished in {outcome.seconds:.0f}s: {counts}")
+    if outcome.best_trial is None:
+        print("no trial produced a best model", file=sys.stderr)
+        return 1
+    frame = api.results(outcome.study, top=10, tracking_uri=args.tracking_uri, run_id=outcome.run_id)
+    print(_table(frame))
+    test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items())) or "no test evaluation"
+    print(f"\nbest: trial {outcome.best_trial} {outcome.metric}={outcome.best_value:.4f}; {test}")
+    if outcome.model_uri:
+        print(f"model: {outcome.model_uri}  (promote with: hpsearch promote {outcome.study})")
+    return outcome.exit_code
+
+
+def _results(args) -> int:
+    import pandas as pd
+
+    from . import api
+
+    frame = api.results(args.study, top=args.top, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    if args.format == "json":
+        print(json.dumps(_records(frame), indent=2))
+    elif args.format == "csv":
+        params = frame["params"].apply(lambda p: {f"param.{k}": v for k, v in p.items()}).tolist()
+        flat = frame.drop(columns=["params"]).join(pd.DataFrame(params, index=frame.index))
+        print(flat.to_csv(index=False), end="")
+    else:
+        print(_table(frame))
+    return 0
+
+
+def _promote(args) -> int:
+    from . import api
+
+    info = api.promote(args.study, alias=args.alias, name=args.name, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+    else:
+        test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(info["test_metrics"].items())) or "no test metrics"
+        print(f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})")
+        print(f"load it with: mlflow.pyfunc.load_model('{info['model_uri']}')")
+    return 0
+
+
+def _studies(args) -> int:
+    from . import api
+
+    frame = api.list_studies(args.tracking_uri)
+    print(json.dumps(frame.to_dict("records"), indent=2) if args.format == "json" else frame.to_string(index=False))
+    return 0
+
+
+def _trainables(args) -> int:
+    from . import api
+
+    rows = api.trainables_table()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        print(f"{row['name']}: {row['description']} (metric {row['metric']}, {row['mode']})")
+        for name, what in row["hyperparameters"].items():
+            print(f"  {name:<15} {what} [default {row['defaults'].get(name)!r}]")
+    return 0
+
+
+def _records(frame) -> list[dict]:
+    rows = frame.to_dict("records")
+    for row in rows:
+        for k, v in row.items():
+            if isinstance(v, float) and v != v:  # NaN -> null in JSON
+                row[k] = None
+    return rows
+
+
+def _table(frame) -> str:
+    if frame.empty:
+        return "(no trials)"
+    metric = frame.attrs.get("metric") or "metric"
+    shown = frame[["rank", "trial_id", "state", "metric", "epochs"]].rename(columns={"metric": metric})
+    # Only what varies between trials: fixed params (epochs, split_seed, ...) would drown the searched ones.
+    constant = {k for k in frame["params"].iloc[0] if all(p.get(k) == frame["params"].iloc[0][k] for p in frame["params"])}
+    if len(frame) == 1:
+        constant = set()
+    params = frame["params"].apply(lambda p: " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if k not in constant))
+    return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+_COMMANDS = {"run": _run, "results": _results, "promote": _promote, "studies": _studies, "trainables": _trainables}
+
+if __name__ == "__main__":
+    sys.exit(main())

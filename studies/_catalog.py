@@ -1,0 +1,27 @@
+"""The built-in studies: YAML files shipped inside the package, and how a STUDY argument is resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._spec import StudySpec, load_spec_file
+from .errors import UserError
+
+CATALOG_DIR = Path(__file__).parent / "catalog"
+
+
+def builtin_studies() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CATALOG_DIR.glob("*.yaml"))}
+
+
+def load_study(ref: str) -> StudySpec:
+    """STUDY as given to `hpsearch run`: a path to a YAML file, or a built-in study's name."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref:
+        if not path.is_file():
+            raise UserError(f"{ref}: no such study file")
+        return load_spec_file(path)
+    builtins = builtin_studies()
+    if ref not in builtins:
+        raise UserError(f"unknown study {ref!r}; built-in: {', '.join(builtins)} (or give a path to a YAML file)")
+    return load_spec_file(builtins[ref])

@@ -1,0 +1,199 @@
+"""What a study is: a YAML file validated into a frozen pydantic model.
+
+Bounds are inclusive everywhere (`low` and `high` can both be sampled); the one conversion to Optuna's
+distributions lives in `search/_space.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import UserError
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+SAMPLERS = ("tpe", "random")
+RESERVED_PARAMS = {"epochs": "set by asha.max_t", "split_seed": "set by the study's split_seed"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        _check_bounds(self.low, self.high, self.log)
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite")
+        return self
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("step must be 1 with log: true")
+        return self
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Union[bool, int, float, str]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError("choices must be distinct")
+        return self
+
+
+def _check_bounds(low, high, log) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) must be <= high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"log: true needs low > 0 (got low={low})")
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class Asha(_Strict):
+    max_t: int = Field(10, ge=1, description="epochs a trial trains when never stopped")
+    grace_period: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
+    reduction_factor: float = Field(3, gt=1, description="keep 1/reduction_factor at each rung")
+
+    @model_validator(mode="after")
+    def _grace(self):
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period ({self.grace_period}) must be <= max_t ({self.max_t})")
+        return self
+
+
+class Resources(_Strict):
+    cpus: float = Field(1, gt=0, description="CPU cores per trial")
+    gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials onto one GPU")
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    trainable: str = Field(min_length=1)
+    description: str = ""
+    metric: str | None = None  # None: the trainable's default metric
+    mode: Literal["min", "max"] | None = None
+    space: dict[str, Param] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    trials: int = Field(20, gt=0)
+    hours: float | None = Field(None, gt=0)
+    asha: Asha = Field(default_factory=Asha)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int = Field(2, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0  # seeds the sampler and every trial: same seed, same sweep (with max_concurrent 1)
+    split_seed: int = 0  # seeds the data splits alone, so sweeps with other seeds share one test split
+
+    @model_validator(mode="after")
+    def _params(self):
+        both = sorted(set(self.space) & set(self.fixed))
+        if both:
+            raise ValueError(f"{', '.join(both)} both searched (space) and fixed; pick one")
+        for name, why in RESERVED_PARAMS.items():
+            if name in self.space or name in self.fixed:
+                raise ValueError(f"{name!r} cannot be in space or fixed: it is {why}")
+        return self
+
+
+def format_validation_error(exc: pydantic.ValidationError, source: str) -> str:
+    """One line: the source, the field's dotted path and what is wrong (the first error is enough)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if p not in ("float", "int", "categorical")]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "union_tag_invalid":
+        msg = "type must be one of: float, int, categorical"
+    elif err["type"] == "union_tag_not_found":
+        msg = "missing type (float, int or categorical)"
+    elif err["type"] == "string_pattern_mismatch":
+        msg = f"{err['input']!r} is not allowed: use letters, digits, '-' and '_' only"
+    where = ".".join(loc)
+    return f"{source}: {where}: {msg}" if where else f"{source}: {msg}"
+
+
+def parse_spec(data: Any, source: str) -> StudySpec:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a study must be a YAML mapping of fields (name, trainable, space, ...)")
+    try:
+        return StudySpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise UserError(format_validation_error(exc, source)) from None
+
+
+def load_spec_file(path: Path) -> StudySpec:
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{source}: YAML syntax error{where}: {problem}") from None
+    return parse_spec(data, source)
+
+
+# Flags of `hpsearch run` that override a spec field, flag -> dotted field.
+OVERRIDES = {
+    "trials": "trials",
+    "hours": "hours",
+    "max_concurrent": "max_concurrent",
+    "gpus_per_trial": "resources.gpus",
+    "seed": "seed",
+}
+
+
+def with_overrides(spec: StudySpec, **flags: Any) -> StudySpec:
+    """The spec with the given `hpsearch run` flags applied and validated again."""
+    data = spec.model_dump()
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        *parents, leaf = OVERRIDES[flag].split(".")
+        target = data
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+        try:
+            StudySpec.model_validate(data)
+        except pydantic.ValidationError as exc:
+            msg = format_validation_error(exc, "").split(": ", 2)[-1]
+            raise UserError(f"--{flag.replace('_', '-')}: {msg}") from None
+    return StudySpec.model_validate(data)
+
+
+def check_name(name: str) -> str:
+    """A study name as typed on the command line: letters, digits, - and _ only (it names folders)."""
+    if not re.match(NAME_PATTERN, name) or len(name) > 100:
+        raise UserError(f"invalid study name {name!r}: use letters, digits, '-' and '_' only")
+    return name

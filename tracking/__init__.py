@@ -1,0 +1,32 @@
+"""Everything MLflow: runs, metrics, artifacts, checkpoints, the registry. The only package importing mlflow."""
+
+from . import _runs as tags
+from ._models import (
+    load_best_checkpoint,
+    load_model,
+    log_best_checkpoint,
+    log_servable_model,
+    register_model,
+    state_digest,
+)
+from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
+from ._runs import StudyRecorder
+from ._store import HOME_ENV, Store, data_home
+
+__all__ = [
+    "HOME_ENV",
+    "Store",
+    "StudyRecorder",
+    "cached_test_metrics",
+    "data_home",
+    "load_best_checkpoint",
+    "load_model",
+    "log_best_checkpoint",
+    "log_servable_model",
+    "parent_runs",
+    "recorded_studies",
+    "register_model",
+    "state_digest",
+    "tags",
+    "trial_rows",
+]

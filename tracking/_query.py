@@ -1,0 +1,74 @@
+"""Reading what a study's runs hold: the rows behind `results`, the latest parent run, the test cache."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlflow.entities import Run, ViewType
+
+from . import _runs as t
+from ._store import Store
+
+
+def parent_runs(store: Store, study: str) -> list[Run]:
+    """The study's `hpsearch run` invocations, newest first; [] when the study has no records."""
+    if not store.exists():
+        return []
+    exp = store.experiment_id(study)
+    if exp is None:
+        return []
+    return list(
+        store.client.search_runs(
+            [exp], filter_string=f"tags.`{t.KIND}` = 'study'", run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time DESC"], max_results=1000,
+        )
+    )  # fmt: skip
+
+
+def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
+    """One plain dict per trial of a parent run (unsorted)."""
+    runs = store.client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
+    )  # fmt: skip
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        rows.append(
+            {
+                "trial_id": tags.get(t.TRIAL_ID, run.info.run_name),
+                "state": tags.get(t.STATE, "running"),
+                "metric": run.data.metrics.get(t.BEST_VALUE),
+                "epochs": int(tags[t.EPOCHS]) if t.EPOCHS in tags else None,
+                "best_epoch": int(tags[t.BEST_EPOCH]) if t.BEST_EPOCH in tags else None,
+                "reason": tags.get(t.REASON),
+                "params": json.loads(tags.get(t.PARAMS, "{}")),
+                "run_id": run.info.run_id,
+            }
+        )
+    return rows
+
+
+def cached_test_metrics(store: Store, study: str, digest: str) -> dict[str, float] | None:
+    """Test metrics already measured for a checkpoint with this digest, in any run of the study."""
+    exp = store.experiment_id(study)
+    if exp is None:
+        return None
+    runs = store.client.search_runs([exp], filter_string=f"tags.`{t.TEST_DIGEST}` = '{digest}'", max_results=1)
+    if not runs:
+        return None
+    return {k: v for k, v in runs[0].data.metrics.items() if k.startswith("test_")}
+
+
+def recorded_studies(store: Store) -> dict[str, int]:
+    """Study name -> number of `hpsearch run` invocations recorded."""
+    if not store.exists():
+        return {}
+    counts: dict[str, int] = {}
+    for exp in store.client.search_experiments():
+        runs = parent_runs(store, exp.name)
+        if runs:
+            counts[exp.name] = len(runs)
+    return counts

@@ -1,0 +1,59 @@
+"""Where a study's records live: the embedded default (sqlite + a file artifact store under one data
+directory) or any MLflow tracking URI (`--tracking-uri`, e.g. a server on PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+HOME_ENV = "HPSEARCH_HOME"
+DEFAULT_HOME = "hpsearch-runs"
+
+
+def data_home() -> Path:
+    """The data directory: $HPSEARCH_HOME, else ./hpsearch-runs. Absolute, because Ray moves each trial
+    into its own working directory."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+
+
+class Store:
+    """One MLflow tracking/registry location."""
+
+    def __init__(self, tracking_uri: str | None = None, home: Path | None = None):
+        self.home = home or data_home()
+        self.embedded = tracking_uri is None
+        self.db_path = self.home / "mlflow.db"
+        self.tracking_uri = tracking_uri or f"sqlite:///{self.db_path}"
+        self._client: MlflowClient | None = None
+
+    def exists(self) -> bool:
+        """False when the embedded store was never written: nothing to read, and reading must not create it."""
+        return not self.embedded or self.db_path.exists()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            if self.embedded:
+                self.home.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def use(self) -> None:
+        """Point MLflow's fluent API (needed by log_model) at this store."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+    def artifact_location(self, study: str) -> str | None:
+        # With sqlite, MLflow would put artifacts under ./mlruns of whatever the cwd is; pin them in home.
+        return (self.home / "artifacts" / study).as_uri() if self.embedded else None
+
+    def experiment_id(self, study: str, create: bool = False) -> str | None:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        return self.client.create_experiment(study, artifact_location=self.artifact_location(study))

@@ -1,0 +1,18 @@
+"""Model/dataset pairs and the training loop. Imports torch, never ray or mlflow."""
+
+from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
+from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
+
+__all__ = [
+    "EPOCH",
+    "STOP_DIVERGED",
+    "STOP_EARLY",
+    "STOP_KEY",
+    "MemoryReporter",
+    "Reporter",
+    "Trainable",
+    "get_trainable",
+    "is_import_path",
+    "list_trainables",
+    "register",
+]

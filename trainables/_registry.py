@@ -1,0 +1,84 @@
+"""Trainables by name, and a user's own by import path (`pkg.module:function`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    """A model/dataset pair the engine can sweep.
+
+    Only `train` is required. The optional hooks let the engine do the after-search work (revalidate,
+    test once, export a servable model) without knowing anything about the model or its data.
+    """
+
+    name: str
+    train: Callable[[dict, Any], None]  # train(config, reporter)
+    metric: str | None = None  # the default study metric, e.g. "val_accuracy"
+    mode: str | None = None  # "max" or "min"
+    # hyperparameter -> one line saying what it is and its unit; also the names a study may search
+    hyperparameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # evaluate(config, model_state, split) -> metrics on "val" or "test", same code as training's validation
+    evaluate: Callable[[dict, dict, str], dict[str, float]] | None = None
+    # export(config, model_state) -> (nn.Module taking raw inputs, numpy input example of batch > 1)
+    export: Callable[[dict, dict], tuple[Any, Any]] | None = None
+    # data_info(config) -> {"fingerprint": str, "split_seed": int, ...} for provenance tags
+    data_info: Callable[[dict], dict[str, Any]] | None = None
+    description: str = ""
+
+
+_REGISTRY: dict[str, Trainable] = {}
+
+
+def register(trainable: Trainable) -> Trainable:
+    """Add a trainable under its name. A duplicate name is refused rather than silently replaced."""
+    if trainable.name in _REGISTRY and _REGISTRY[trainable.name] is not trainable:
+        raise ValueError(f"a trainable named {trainable.name!r} is already registered")
+    _REGISTRY[trainable.name] = trainable
+    return trainable
+
+
+def list_trainables() -> list[Trainable]:
+    _load_builtins()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def is_import_path(ref: str) -> bool:
+    return bool(_IMPORT_PATH.match(ref))
+
+
+def get_trainable(ref: str) -> Trainable:
+    """A registered name, or `pkg.module:attr` naming a `Trainable` or a plain `train(config, reporter)`.
+
+    Raises LookupError with a message fit to show a user.
+    """
+    _load_builtins()
+    if ref in _REGISTRY:
+        return _REGISTRY[ref]
+    if not is_import_path(ref):
+        known = ", ".join(sorted(_REGISTRY))
+        raise LookupError(f"unknown trainable {ref!r}; known: {known} (or use an import path pkg.module:function)")
+    module_name, attr = ref.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"cannot import {module_name!r} for trainable {ref!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if isinstance(obj, Trainable):
+        return obj
+    if callable(obj):
+        return Trainable(name=ref, train=obj)
+    raise LookupError(f"{ref!r}: module {module_name!r} has no callable {attr!r}")
+
+
+def _load_builtins() -> None:
+    # Importing the modules registers them; done lazily so `import trainables` stays cheap.
+    from . import _digits  # noqa: F401

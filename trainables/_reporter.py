@@ -1,0 +1,106 @@
+"""The one channel between a trainable and whatever runs it.
+
+A trainable never imports ray or mlflow: it talks to a `Reporter`. The search engine adapts it to Ray Tune;
+tests and `hpsearch check` use `MemoryReporter`. Keeping the surface this small (report, restore, a seed,
+a per-worker cache) is what lets the same training code run under Ray, in a unit test or in a notebook.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# Why a trial ended by its own decision. A trial that reports fewer epochs than the study's max_t
+# without one of these was stopped by the scheduler (pruned).
+STOP_EARLY = "early_stopping"  # patience ran out: counts as a finished (completed) trial
+STOP_DIVERGED = "diverged"  # NaN/inf loss: counts as failed, never as a good value
+
+# Keys the reporter adds to every report; trainables must not use them for their own metrics.
+EPOCH = "epoch"
+STOP_KEY = "stop_reason"
+
+# Data sets built in this process, shared by every trial the process runs (Ray reuses workers).
+_WORKER_CACHE: dict[Any, Any] = {}
+
+
+class Reporter(abc.ABC):
+    """What a trainable may ask of the engine that runs it."""
+
+    # The study's objective: the metric the trial checkpoints on and early-stops on.
+    metric: str = "val_loss"
+    mode: str = "min"
+
+    @abc.abstractmethod
+    def _emit(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        """Deliver one epoch's metrics (and maybe a checkpoint) to the engine."""
+
+    @abc.abstractmethod
+    def restore(self) -> dict[str, Any] | None:
+        """The checkpoint dict to continue from, or None for a fresh start."""
+
+    @property
+    @abc.abstractmethod
+    def seed(self) -> int:
+        """This trial's seed: derived from the study seed and the trial's index, so a sweep repeats."""
+
+    def report(
+        self,
+        epoch: int,
+        metrics: Mapping[str, float],
+        checkpoint: dict[str, Any] | None = None,
+        stop: str | None = None,
+    ) -> None:
+        """Report one epoch (1-based). Pass `checkpoint` when the trial's best value improved, and `stop`
+        (STOP_EARLY or STOP_DIVERGED) on the last report of a trial that ends itself; then return."""
+        if stop not in (None, STOP_EARLY, STOP_DIVERGED):
+            raise ValueError(f"stop must be None, {STOP_EARLY!r} or {STOP_DIVERGED!r}, not {stop!r}")
+        clash = {EPOCH, STOP_KEY} & set(metrics)
+        if clash:
+            raise ValueError(f"metric names {sorted(clash)} are reserved by the reporter")
+        values = {k: float(v) for k, v in metrics.items()}
+        if stop is None and any(not math.isfinite(v) for v in values.values()):
+            # A non-finite metric must never reach the sampler as if it were a value.
+            stop = STOP_DIVERGED
+        values[EPOCH] = int(epoch)
+        if stop is not None:
+            values[STOP_KEY] = stop
+        self._emit(values, checkpoint)
+
+    def cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        """Build `key` once per worker process and hand the same object to every later trial."""
+        if key not in _WORKER_CACHE:
+            _WORKER_CACHE[key] = build()
+        return _WORKER_CACHE[key]
+
+
+class MemoryReporter(Reporter):
+    """Keeps reports in lists: for tests, preflight checks and notebooks."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        checkpoint: dict[str, Any] | None = None,
+        metric: str = "val_accuracy",
+        mode: str = "max",
+    ):
+        self._seed = seed
+        self.metric, self.mode = metric, mode
+        self._restore_from = checkpoint
+        self.results: list[dict[str, Any]] = []
+        self.checkpoints: list[dict[str, Any]] = []
+
+    def _emit(self, metrics, checkpoint):
+        self.results.append(metrics)
+        if checkpoint is not None:
+            # A checkpoint holds live tensors (state_dict); keep a snapshot, as saving to disk would.
+            self.checkpoints.append(copy.deepcopy(checkpoint))
+
+    def restore(self):
+        return self._restore_from
+
+    @property
+    def seed(self) -> int:
+        return self._seed
