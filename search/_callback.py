@@ -33,6 +33,11 @@ class TrackingCallback(Callback):
         self.out = out or sys.stdout
         self.started = time.monotonic()
 
+    def __getstate__(self):
+        # Ray pickles callbacks into its experiment-state snapshots. The MLflow handle and the output
+        # stream belong to this driver process only; a resumed sweep is given fresh ones.
+        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "out")}
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.configs[trial.trial_id] = dict(trial.config)
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))

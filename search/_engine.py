@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import sys
 import time
@@ -58,6 +59,8 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, **overrides:
     """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
+    if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started
+        sys.path.insert(0, os.getcwd())
     try:
         trainable = get_trainable(spec.trainable)
     except LookupError as exc:
@@ -94,6 +97,7 @@ def execute(plan: Plan, out=None) -> Outcome:
     fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     recorder.start(_spec_params(spec, plan), yaml.safe_dump(spec.model_dump(), sort_keys=False), run_name)
+    recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode})
     print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
 
@@ -102,7 +106,7 @@ def execute(plan: Plan, out=None) -> Outcome:
         from ._tune import run_tune
 
         callback = run_tune(plan, recorder, fixed, run_name, store, out)
-        outcome = _finish(plan, store, recorder, callback, started)
+        outcome = _finish(plan, store, recorder, callback, started, out)
         status = "FINISHED"
         return outcome
     except KeyboardInterrupt:
@@ -112,9 +116,7 @@ def execute(plan: Plan, out=None) -> Outcome:
         recorder.finish(status)
 
 
-def _finish(plan, store, recorder, callback, started) -> Outcome:
-    import tracking
-
+def _finish(plan, store, recorder, callback, started, out) -> Outcome:
     best = callback.best_trial()
     counts = callback.counts()
     test_metrics: dict[str, float] = {}
@@ -122,41 +124,47 @@ def _finish(plan, store, recorder, callback, started) -> Outcome:
     best_value = callback.progress[best].best_value if best else None
     recorder.set_parent_tags({"hpsearch.count." + k: v for k, v in counts.items()})
     if best is not None:
-        config = callback.configs[best]
-        state = _load_checkpoint(callback.checkpoints.get(best), best)["model"]
         recorder.log_parent_metrics({T.BEST_VALUE: best_value})
-        payload = {"model": state, "config": config, "metric": plan.metric, "mode": plan.mode,
-                   "value": best_value, "trial_id": best, "epoch": callback.progress[best].best_epoch}  # fmt: skip
-        tracking.log_best_checkpoint(store, recorder.parent_id, payload)
-        digest = tracking.state_digest(state)
-        parent_tags = {T.BEST_TRIAL: best, T.CHECKPOINT_DIGEST: digest, T.METRIC: plan.metric, T.MODE: plan.mode}
-        if plan.trainable.export is not None:
-            model, example = plan.trainable.export(config, state)
-            model_uri = tracking.log_servable_model(store, recorder.parent_id, model, example)
-            parent_tags[T.MODEL_URI] = model_uri
-        if plan.trainable.evaluate is not None:
-            # The test split is read here, once per checkpoint, and never takes part in selection.
-            test_metrics = tracking.cached_test_metrics(store, plan.spec.name, digest) or plan.trainable.evaluate(
-                config, state, "test"
-            )
-            recorder.log_parent_metrics(test_metrics)
-            parent_tags[T.TEST_DIGEST] = digest
-        recorder.set_parent_tags(parent_tags)
+        recorder.set_parent_tags({T.BEST_TRIAL: best})
+        checkpoint = callback.checkpoints.get(best)
+        if checkpoint is None:
+            print(f"trial {best} saved no checkpoint: there is no best model to log or test", file=out)
+        else:
+            model_uri, test_metrics = _log_best(plan, store, recorder, callback, best, checkpoint)
     return Outcome(
         plan.spec.name, recorder.parent_id, best, best_value, plan.metric, counts, test_metrics, model_uri,
         time.monotonic() - started,
     )  # fmt: skip
 
 
-def _load_checkpoint(checkpoint, trial_id: str) -> dict:
+def _log_best(plan, store, recorder, callback, best: str, checkpoint) -> tuple[str | None, dict[str, float]]:
+    """Log the best trial's best epoch as a state_dict and a servable model; test it once."""
     import torch
+
+    import tracking
 
     from ._ray_reporter import CHECKPOINT_FILE
 
-    if checkpoint is None:
-        raise RuntimeError(f"trial {trial_id} reported a best value but Ray kept no checkpoint for it")
     with checkpoint.as_directory() as path:
-        return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
+    config, progress = callback.configs[best], callback.progress[best]
+    payload = {"model": state, "config": config, "metric": plan.metric, "mode": plan.mode,
+               "value": progress.best_value, "trial_id": best, "epoch": progress.best_epoch}  # fmt: skip
+    tracking.log_best_checkpoint(store, recorder.parent_id, payload)
+    digest = tracking.state_digest(state)
+    tags, model_uri, test_metrics = {T.CHECKPOINT_DIGEST: digest}, None, {}
+    if plan.trainable.export is not None:
+        model, example = plan.trainable.export(config, state)
+        model_uri = tags[T.MODEL_URI] = tracking.log_servable_model(store, recorder.parent_id, model, example)
+    if plan.trainable.evaluate is not None:
+        # The test split is read here, once per checkpoint (cached by digest), never for selection.
+        test_metrics = tracking.cached_test_metrics(store, plan.spec.name, digest) or plan.trainable.evaluate(
+            config, state, "test"
+        )
+        recorder.log_parent_metrics(test_metrics)
+        tags[T.TEST_DIGEST] = digest
+    recorder.set_parent_tags(tags)
+    return model_uri, test_metrics
 
 
 def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:

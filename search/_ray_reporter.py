@@ -38,13 +38,7 @@ class RayReporter(Reporter):
             return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def trial_seed(study_seed: int, trial_id: str) -> int:
-    """Ray numbers a run's trials 00000, 00001, ...: the same study seed gives every trial the same seed."""
-    index = int(trial_id.rsplit("_", 1)[-1]) if trial_id.rsplit("_", 1)[-1].isdigit() else 0
-    return (study_seed * 1_000_003 + index) % 2**31
-
-
-def make_trial_function(trainable_ref: str, metric: str, mode: str, seed: int, threads: int, cwd: str):
+def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str):
     """The function Ray runs per trial. It resolves the trainable inside the worker, so a user's
     `pkg.module:function` is imported from the directory `hpsearch` was started in."""
 
@@ -53,7 +47,8 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, seed: int, t
             sys.path.insert(0, cwd)
         torch.set_num_threads(threads)
         trainable = get_trainable(trainable_ref)
-        trial_id = tune.get_context().get_trial_id()
-        trainable.train(dict(config), RayReporter(metric, mode, trial_seed(seed, trial_id)))
+        config = dict(config)
+        seed = int(config.pop("seed", 0))  # set per trial by the searcher; not a hyperparameter of the model
+        trainable.train(config, RayReporter(metric, mode, seed))
 
     return hpsearch_trial

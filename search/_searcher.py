@@ -22,6 +22,10 @@ from ._states import COMPLETED, PRUNED, TrialProgress
 log = logging.getLogger(__name__)
 
 
+def trial_seed(study_seed: int, number: int) -> int:
+    return (study_seed * 1_000_003 + number) % 2**31
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     # OptunaSearch ignores its own seed once a sampler is given: seed the sampler itself.
     if name == "tpe":
@@ -32,22 +36,39 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args, max_t: int, **kwargs):
+    def __init__(self, *args, max_t: int, study_seed: int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        self._study_seed = study_seed
         self._progress: dict[str, TrialProgress] = {}
+        self._reported: dict[str, set[int]] = {}  # trial_id -> epochs already given to Optuna
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            # Each trial's own seed follows from the study seed and its Optuna trial number, so a
+            # sweep repeats (with max_concurrent 1) and any one trial can be rerun from its params.
+            config["seed"] = trial_seed(self._study_seed, self._ot_trials[trial_id].number)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
         progress = self._progress.setdefault(trial_id, TrialProgress(self.metric, self.mode))
         progress.update(result)
-        value = result.get(self.metric)
-        if trial_id in self._completed_trials or value is None or not math.isfinite(value):
-            return
-        self._ot_trials[trial_id].report(float(value), int(result[EPOCH]))
+        value, step = result.get(self.metric), int(result.get(EPOCH, 0))
+        if value is not None and math.isfinite(value) and step not in self._reported.setdefault(trial_id, set()):
+            self._ot_trials[trial_id].report(float(value), step)
+            self._reported[trial_id].add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        # Ray does not pass the result on which ASHA stops a trial (its last, at a rung or at max_t) to
+        # on_trial_result; it arrives here as `result`, and it counts like every other epoch.
+        if result:
+            self.on_trial_result(trial_id, result)
+        self._reported.pop(trial_id, None)
         progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
         state, _ = progress.outcome(error, self._max_t)
         ot_trial = self._ot_trials[trial_id]

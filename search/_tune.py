@@ -56,6 +56,7 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
         study_name=run_name,  # one Optuna study per invocation, in the study's journal file
         storage=storage,
         max_t=spec.asha.max_t,
+        study_seed=spec.seed,
     )
     scheduler = ASHAScheduler(
         time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
@@ -65,7 +66,7 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
     )
     callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, spec.trials, out)
     threads = max(1, int(spec.resources.cpus))
-    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, spec.seed, threads, os.getcwd())
+    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     tuner = tune.Tuner(
         tune.with_resources(trial_fn, resources),

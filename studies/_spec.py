@@ -19,7 +19,11 @@ from .errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 SAMPLERS = ("tpe", "random")
-RESERVED_PARAMS = {"epochs": "set by asha.max_t", "split_seed": "set by the study's split_seed"}
+RESERVED_PARAMS = {
+    "epochs": "set by asha.max_t",
+    "split_seed": "set by the study's split_seed",
+    "seed": "set per trial from the study's seed",
+}
 
 
 class _Strict(BaseModel):
