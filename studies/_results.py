@@ -37,11 +37,14 @@ def results(
     store, parent = study_run(study, tracking_uri, run_id)
     mode = parent.data.tags.get(T.MODE) or parent.data.params.get("mode", "max")
     rows = tracking.trial_rows(store, parent)
+    best = parent.data.tags.get(T.BEST_TRIAL)
 
     def key(row):
         value = row["metric"]
         missing = value is None or (isinstance(value, float) and math.isnan(value)) or row["state"] == "failed"
-        return (missing, 0.0 if missing else (-value if mode == "max" else value), row["trial_id"])
+        # Among equal values, the trial the run chose (whose checkpoint was logged and tested) ranks first.
+        return (missing, 0.0 if missing else (-value if mode == "max" else value), row["trial_id"] != best,
+                row["trial_id"])  # fmt: skip
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):
