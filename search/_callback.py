@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 
 from ray.tune import Callback
@@ -12,6 +10,7 @@ from tracking import StudyRecorder
 from tracking import tags as T
 from trainables import EPOCH, STOP_KEY
 
+from ._progress import Progress
 from ._states import COMPLETED, FAILED, PRUNED, TrialProgress
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
@@ -23,25 +22,33 @@ _RAY_KEYS = {
 
 
 class TrackingCallback(Callback):
-    def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, trials: int, out=None):
+    def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=()):
         self.recorder = recorder
-        self.metric, self.mode, self.max_t, self.trials = metric, mode, max_t, trials
+        self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.live = progress
+        self._started_at: dict[str, float] = {}
+        self._durations: list[float] = []
         self.progress: dict[str, TrialProgress] = {}
         self.configs: dict[str, dict] = {}
         self.outcomes: dict[str, tuple[str, str | None]] = {}
         self.checkpoints: dict[str, object] = {}  # trial_id -> its latest (= best) ray Checkpoint
-        self.out = out or sys.stdout
-        self.started = time.monotonic()
+        self._searched = set(searched)
 
     def __getstate__(self):
         # Ray pickles callbacks into its experiment-state snapshots. The MLflow handle and the output
         # stream belong to this driver process only; a resumed sweep is given fresh ones.
-        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "out")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "live")}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.configs[trial.trial_id] = dict(trial.config)
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
         self.recorder.trial_started(trial.trial_id, trial.config)
+        if trial.trial_id not in self._started_at:
+            self._started_at[trial.trial_id] = time.monotonic()
+            self.live.summary.counts["running"] += 1
+
+    def on_step_end(self, iteration, trials, **info):
+        self.live.tick()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode)).update(result)
@@ -70,7 +77,25 @@ class TrackingCallback(Callback):
         if progress.best_epoch is not None:
             summary[T.BEST_EPOCH] = progress.best_epoch
         self.recorder.trial_ended(trial.trial_id, state, summary, reason=reason)
-        self._print_line(trial.trial_id, state, reason, progress)
+        self._update_summary(trial.trial_id, state)
+        value = "-" if progress.best_value is None else f"{progress.best_value:.4f}"
+        why = f" ({reason})" if reason and state != PRUNED else ""
+        self.live.event(
+            f"{trial.trial_id} {state}{why} after {progress.epochs} epochs: {self.metric}={value} | "
+            + self.live.summary.best_text(with_params=False)
+        )
+
+    def _update_summary(self, trial_id: str, state: str) -> None:
+        summary = self.live.summary
+        if trial_id in self._started_at:
+            summary.counts["running"] -= 1
+            self._durations.append(time.monotonic() - self._started_at.pop(trial_id))
+            summary.mean_trial_s = sum(self._durations) / len(self._durations)
+        summary.counts[state] += 1
+        best = self.best_trial()
+        if best is not None:
+            summary.best_trial, summary.best_value = best, self.progress[best].best_value
+            summary.best_params = {k: v for k, v in self.configs[best].items() if k in self._searched}
 
     def best_trial(self) -> str | None:
         """The trial with the best value among those that did not fail (completed or pruned)."""
@@ -88,18 +113,6 @@ class TrackingCallback(Callback):
         for state, _ in self.outcomes.values():
             counts[state] += 1
         return counts
-
-    def _print_line(self, trial_id, state, reason, progress) -> None:
-        best = self.best_trial()
-        best_value = self.progress[best].best_value if best else math.nan
-        value = "-" if progress.best_value is None else f"{progress.best_value:.4f}"
-        why = f" ({reason})" if reason and state != PRUNED else ""
-        print(
-            f"[{len(self.outcomes):>3}/{self.trials}] {trial_id} {state}{why} after {progress.epochs} epochs: "
-            f"{self.metric}={value}  best={best_value:.4f}  elapsed {time.monotonic() - self.started:.0f}s",
-            file=self.out,
-            flush=True,
-        )
 
 
 def _error_line(trial) -> str:

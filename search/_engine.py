@@ -20,7 +20,9 @@ from tracking import Store, StudyRecorder
 from tracking import tags as T
 from trainables import Trainable, get_trainable
 
+from ._space import grid_size
 from ._states import COMPLETED, FAILED, PRUNED
+from ._warm import warm_points
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class Plan:
     tracking_uri: str | None
     address: str | None
     storage: str | None
+    warm_points: tuple = ()  # configurations enqueued before the sampler's own
+    notes: tuple = ()  # messages for the user, printed when the run starts
 
 
 @dataclasses.dataclass
@@ -55,7 +59,8 @@ class Outcome:
         return 0 if self.best_trial else 1
 
 
-def plan(study: str, tracking_uri=None, address=None, storage=None, **overrides: Any) -> Plan:
+def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: str | None = None,
+         warm_count: int = 5, **overrides: Any) -> Plan:  # fmt: skip
     """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
@@ -84,7 +89,19 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, **overrides:
             raise UserError(
                 f"{source}: resources.gpus: {spec.resources.gpus:g} per trial but this machine has {available} GPU(s)"
             )
-    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage)
+    notes: list[str] = []
+    if spec.sampler == "grid":
+        size = grid_size(spec)
+        if spec.trials > size:
+            notes.append(f"grid sampler: the grid has {size} points, so {size} trials instead of {spec.trials}")
+            spec = spec.model_copy(update={"trials": size})
+    points: list[dict] = []
+    if warm_start is not None:
+        if spec.sampler == "grid":
+            raise UserError("--warm-start: not with sampler grid (a grid is fixed)")
+        points, messages = warm_points(spec, studies.check_name(warm_start), warm_count, tracking_uri)
+        notes += messages
+    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes))
 
 
 def execute(plan: Plan, out=None) -> Outcome:
@@ -100,6 +117,8 @@ def execute(plan: Plan, out=None) -> Outcome:
     recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode})
     print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
+    for note in plan.notes:
+        print(note, file=out, flush=True)
 
     status = "FAILED"
     try:

@@ -8,7 +8,6 @@ COMPLETE, with their best value.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import optuna
@@ -17,21 +16,35 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import EPOCH
 
+from ._space import grid, is_conditional
 from ._states import COMPLETED, PRUNED, TrialProgress
-
-log = logging.getLogger(__name__)
 
 
 def trial_seed(study_seed: int, number: int) -> int:
     return (study_seed * 1_000_003 + number) % 2**31
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(spec) -> optuna.samplers.BaseSampler:
     # OptunaSearch ignores its own seed once a sampler is given: seed the sampler itself.
+    name, seed = spec.sampler, spec.seed
+    conditional = is_conditional(spec)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        # group=True lets multivariate TPE model each conditional sub-space on its own.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(spec), seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if name == "cmaes":
+        # CMA-ES handles float/int parameters; categorical ones fall back to seeded random sampling.
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, consider_pruned_trials=True, warn_independent_sampling=False,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+        )  # fmt: skip
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}")
 
 
@@ -42,6 +55,10 @@ class StudySearch(OptunaSearch):
         self._study_seed = study_seed
         self._progress: dict[str, TrialProgress] = {}
         self._reported: dict[str, set[int]] = {}  # trial_id -> epochs already given to Optuna
+
+    def enqueue(self, params: dict) -> None:
+        """A configuration to try before the sampler's own (a warm start); missing parameters are sampled."""
+        self._ot_study.enqueue_trial(params, skip_if_exists=False)
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -72,10 +89,16 @@ class StudySearch(OptunaSearch):
         progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
         state, _ = progress.outcome(error, self._max_t)
         ot_trial = self._ot_trials[trial_id]
-        if state == COMPLETED and progress.best_value is not None:
-            self._ot_study.tell(ot_trial, progress.best_value)
-        elif state == PRUNED:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        else:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        try:
+            if state == COMPLETED and progress.best_value is not None:
+                self._ot_study.tell(ot_trial, progress.best_value)
+            elif state == PRUNED:
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is covered, which Optuna allows only inside
+            # optimize(); the tell itself has been stored by then, and num_samples already ends the sweep.
+            if "Study.stop" not in str(exc):
+                raise
         self._completed_trials.add(trial_id)

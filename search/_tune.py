@@ -18,10 +18,13 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
+from studies import STATES, StudySummary  # noqa: E402
+
 from ._callback import TrackingCallback  # noqa: E402
+from ._progress import Progress  # noqa: E402
 from ._ray_reporter import make_trial_function  # noqa: E402
 from ._searcher import StudySearch, make_sampler  # noqa: E402
-from ._space import to_distributions  # noqa: E402
+from ._space import DefineByRun, is_conditional, to_distributions  # noqa: E402
 
 
 def connect(address: str | None) -> None:
@@ -49,22 +52,27 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     searcher = StudySearch(
-        space=to_distributions(spec),
+        space=DefineByRun(spec) if is_conditional(spec) else to_distributions(spec),
         metric=plan.metric,
         mode=plan.mode,
-        sampler=make_sampler(spec.sampler, spec.seed),
+        sampler=make_sampler(spec),
         study_name=run_name,  # one Optuna study per invocation, in the study's journal file
         storage=storage,
         max_t=spec.asha.max_t,
         study_seed=spec.seed,
     )
+    for point in plan.warm_points:
+        searcher.enqueue(point)
     scheduler = ASHAScheduler(
         time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
         max_t=spec.asha.max_t,
         grace_period=spec.asha.grace_period,
         reduction_factor=spec.asha.reduction_factor,
     )
-    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, spec.trials, out)
+    summary = StudySummary(study=spec.name, metric=plan.metric, counts={s: 0 for s in STATES}, elapsed_s=0.0,
+                           trials=spec.trials, hours=spec.hours, concurrency=spec.max_concurrent)  # fmt: skip
+    live = Progress(summary, out)
+    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space)
     threads = max(1, int(spec.resources.cpus))
     trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
@@ -93,5 +101,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
     # Without the auto loggers the ResultGrid cannot read per-trial metrics files, and says so per trial;
     # the callback already holds everything we use.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        live.close()
     return callback

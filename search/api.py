@@ -12,6 +12,7 @@ import studies
 import tracking
 from studies import UserError
 from studies import results as results  # re-exported: the API mirrors the CLI
+from studies import summary as show  # noqa: F401  `hpsearch show`
 from tracking import tags as T
 from trainables import list_trainables
 
@@ -21,9 +22,13 @@ _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
-        out=None, **overrides: Any) -> Outcome:  # fmt: skip
+        warm_start: str | None = None, warm_count: int = 5, out=None, **overrides: Any) -> Outcome:  # fmt: skip
     """`hpsearch run`: overrides are trials, hours, max_concurrent, gpus_per_trial, seed."""
-    return execute(plan(study, tracking_uri=tracking_uri, address=address, storage=storage, **overrides), out=out)
+    return execute(
+        plan(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
+             warm_count=warm_count, **overrides),
+        out=out,
+    )  # fmt: skip
 
 
 def promote(

@@ -36,14 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument("--gpus-per-trial", type=_positive_float, help="GPUs per trial; fractions pack trials")
     p.add_argument("--seed", type=int, help="sampler and trial seed")
+    p.add_argument("--warm-start", metavar="OTHER_STUDY", help="first try the best configurations of another study")
+    p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
     p.add_argument("--address", help="an existing Ray cluster to join (default: a local Ray)")
     p.add_argument("--storage", help="Ray experiment storage path or URI (default: $HPSEARCH_HOME/ray)")
     _common(p)
 
     p = sub.add_parser("results", help="one row per trial, best first")
     p.add_argument("study")
-    p.add_argument("--top", type=int, help="only the best K rows")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--top", type=int, help="only the first K rows")
+    p.add_argument("--state", help="only trials in this state: running, completed, pruned or failed")
+    p.add_argument("--where", help='a pandas query over columns and params, e.g. "lr < 0.01 and epochs > 3"')
+    p.add_argument("--sort", help="order by a column or param instead of the rank; NAME:desc for descending")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
+    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _common(p)
+
+    p = sub.add_parser("show", help="a study's progress: counts by state, best so far, budget and ETA")
+    p.add_argument("study")
+    p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
     _common(p)
 
@@ -86,7 +98,8 @@ def _run(args) -> int:
 
     overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
                      gpus_per_trial=args.gpus_per_trial, seed=args.seed)  # fmt: skip
-    plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage, **overrides)
+    plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
+                    warm_start=args.warm_start, warm_count=args.warm_count, **overrides)  # fmt: skip
     outcome = api.execute(plan)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     print(f"\nstudy {outcome.study} finished in {outcome.seconds:.0f}s: {counts}")
@@ -103,19 +116,48 @@ def _run(args) -> int:
 
 
 def _results(args) -> int:
-    import pandas as pd
+    from . import api
+
+    from studies import UserError, flat_results
+
+    if args.format == "parquet" and not args.output:
+        raise UserError("--format parquet: give --output FILE (parquet is binary)")
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top: must be >= 1 (got {args.top})")
+    frame = api.results(args.study, top=args.top, tracking_uri=args.tracking_uri, run_id=args.run_id,
+                        state=args.state, where=args.where, sort=args.sort)  # fmt: skip
+    if args.format == "parquet":
+        flat_results(frame).to_parquet(args.output, index=False)
+        print(f"wrote {len(frame)} rows to {args.output}")
+        return 0
+    if args.format == "json":
+        text = json.dumps(_records(frame), indent=2) + "\n"
+    elif args.format == "csv":
+        text = flat_results(frame).to_csv(index=False)
+    else:
+        text = _table(frame) + "\n"
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {len(frame)} rows to {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _show(args) -> int:
+    import dataclasses
 
     from . import api
 
-    frame = api.results(args.study, top=args.top, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    summary, status = api.show(args.study, tracking_uri=args.tracking_uri, run_id=args.run_id)
     if args.format == "json":
-        print(json.dumps(_records(frame), indent=2))
-    elif args.format == "csv":
-        params = frame["params"].apply(lambda p: {f"param.{k}": v for k, v in p.items()}).tolist()
-        flat = frame.drop(columns=["params"]).join(pd.DataFrame(params, index=frame.index))
-        print(flat.to_csv(index=False), end="")
-    else:
-        print(_table(frame))
+        print(json.dumps({**status, **dataclasses.asdict(summary), "eta_s": summary.eta_s()}, indent=2, default=str))
+        return 0
+    print(f"study {summary.study}: run {status['run_id']} ({status['run_name']}), {status['status']}, started {status['started']}")
+    print(f"trials: {summary.counts_text()}")
+    print(summary.best_text())
+    print(summary.budget_text())
     return 0
 
 
@@ -180,7 +222,7 @@ def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-_COMMANDS = {"run": _run, "results": _results, "promote": _promote, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "results": _results, "show": _show, "promote": _promote, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,12 +15,15 @@ from ._spec import (
     parse_spec,
     with_overrides,
 )
-from ._results import results, study_run
+from ._results import flat_results, results, study_run, summary
+from ._summary import STATES, StudySummary
 from .errors import UserError
 
 __all__ = [
     "NAME_PATTERN",
     "SAMPLERS",
+    "STATES",
+    "StudySummary",
     "Asha",
     "CategoricalParam",
     "FloatParam",
@@ -30,10 +33,12 @@ __all__ = [
     "UserError",
     "builtin_studies",
     "check_name",
+    "flat_results",
     "load_spec_file",
     "load_study",
     "parse_spec",
     "results",
     "study_run",
+    "summary",
     "with_overrides",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 
@@ -10,9 +11,10 @@ import tracking
 from tracking import tags as T
 
 from ._spec import check_name
+from ._summary import STATES, StudySummary
 from .errors import UserError
 
-COLUMNS = ["rank", "trial_id", "state", "metric", "epochs", "best_epoch", "reason", "params", "run_id"]
+COLUMNS = ["rank", "trial_id", "state", "metric", "epochs", "best_epoch", "reason", "seconds", "params", "run_id"]
 
 
 def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = None):
@@ -31,9 +33,16 @@ def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = 
 
 
 def results(
-    study: str, top: int | None = None, tracking_uri: str | None = None, run_id: str | None = None
-) -> pd.DataFrame:
-    """One row per trial, best first (failed and unmeasured trials last)."""
+    study: str, top: int | None = None, tracking_uri: str | None = None, run_id: str | None = None,
+    state: str | None = None, where: str | None = None, sort: str | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """One row per trial, best first (failed and unmeasured trials last).
+
+    `state` keeps one state; `where` is a pandas query over the columns and the params (`lr < 0.01`);
+    `sort` orders by a column or param (`name:desc` or `-name` for descending) instead of the rank.
+    """
+    if state is not None and state not in STATES:
+        raise UserError(f"--state: {state!r} is not one of {', '.join(STATES)}")
     store, parent = study_run(study, tracking_uri, run_id)
     mode = parent.data.tags.get(T.MODE) or parent.data.params.get("mode", "max")
     rows = tracking.trial_rows(store, parent)
@@ -50,6 +59,66 @@ def results(
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    if state is not None:
+        frame = frame[frame["state"] == state]
+    if where is not None:
+        try:
+            kept = _flat(frame).query(where, engine="python").index
+        except Exception as exc:  # pandas raises many kinds for a bad expression; all are the user's
+            raise UserError(f"--where: cannot apply {where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        frame = frame.loc[kept]
+    if sort is not None:
+        descending = sort.startswith("-") or sort.endswith(":desc")
+        key = sort.removeprefix("-").removesuffix(":desc").removesuffix(":asc")
+        flat = _flat(frame)
+        if key not in flat.columns and not frame.empty:
+            raise UserError(f"--sort: no column or param {key!r}; have: {', '.join(flat.columns)}")
+        if not frame.empty:
+            order = flat.sort_values(key, ascending=not descending, na_position="last", kind="stable")
+            frame = frame.loc[order.index]
     frame.attrs.update(metric=parent.data.tags.get(T.METRIC) or parent.data.params.get("metric"), mode=mode,
                        run_id=parent.info.run_id)  # fmt: skip
     return frame.head(top) if top else frame
+
+
+def _flat(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with each param as a column of its own (a param missing in a trial is NaN)."""
+    params = pd.DataFrame(frame["params"].tolist(), index=frame.index)
+    params = params[[c for c in params.columns if c not in frame.columns]]
+    return frame.drop(columns=["params"]).join(params)
+
+
+def flat_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """For csv and parquet: params as `param.NAME` columns."""
+    params = pd.DataFrame(frame["params"].tolist(), index=frame.index).add_prefix("param.")
+    return frame.drop(columns=["params"]).join(params)
+
+
+def summary(study: str, tracking_uri: str | None = None, run_id: str | None = None) -> tuple[StudySummary, dict]:
+    """`hpsearch show`: the live-progress summary, rebuilt from what MLflow holds (for a sweep running in
+    another shell, or a finished one), plus the run's status."""
+    store, parent = study_run(study, tracking_uri, run_id)
+    frame = results(study, tracking_uri=tracking_uri, run_id=parent.info.run_id)
+    info, params = parent.info, parent.data.params
+    end_ms = info.end_time or int(time.time() * 1000)
+    done = frame[frame["seconds"].notna()]
+    counts = {s: int((frame["state"] == s).sum()) for s in STATES}
+    ok = frame[frame["state"].isin(["completed", "pruned"]) & frame["metric"].notna()]
+    best = ok.iloc[0] if not ok.empty else None
+    hours = params.get("hours")
+    result = StudySummary(
+        study=study,
+        metric=frame.attrs.get("metric") or "metric",
+        counts=counts,
+        elapsed_s=(end_ms - info.start_time) / 1000,
+        trials=int(params.get("trials", len(frame))),
+        hours=float(hours) if hours not in (None, "None") else None,
+        concurrency=int(params.get("max_concurrent", 1)),
+        best_value=None if best is None else float(best["metric"]),
+        best_trial=None if best is None else best["trial_id"],
+        best_params={} if best is None else dict(best["params"]),
+        mean_trial_s=float(done["seconds"].mean()) if not done.empty else None,
+    )
+    status = {"run_id": info.run_id, "status": info.status, "run_name": info.run_name,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000))}  # fmt: skip
+    return result, status

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 RESERVED_PARAMS = {
     "epochs": "set by asha.max_t",
     "split_seed": "set by the study's split_seed",
@@ -30,7 +30,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FloatParam(_Strict):
+Scalar = Union[bool, int, float, str]
+
+
+class _Param(_Strict):
+    # Sample this parameter only when every named earlier parameter has one of the given values
+    # (e.g. momentum only with optimizer: sgd); elsewhere the trial does not have it at all.
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+
+    def condition(self) -> dict[str, list]:
+        return {k: v if isinstance(v, list) else [v] for k, v in (self.when or {}).items()}
+
+
+class _Numeric(_Param):
+    # For the grid sampler: explicit grid values, or a number of evenly spaced points (log-spaced
+    # with log: true) from low to high inclusive.
+    values: list[float] | None = Field(None, min_length=1)
+    grid_points: int | None = Field(None, ge=2)
+
+    def _check_grid(self):
+        if self.values is not None and self.grid_points is not None:
+            raise ValueError("give values or grid_points, not both")
+        for v in self.values or []:
+            if not self.low <= v <= self.high:
+                raise ValueError(f"value {v} is outside low..high ({self.low}..{self.high})")
+
+
+class FloatParam(_Numeric):
     type: Literal["float"]
     low: float
     high: float
@@ -41,10 +67,11 @@ class FloatParam(_Strict):
         _check_bounds(self.low, self.high, self.log)
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ValueError("low and high must be finite")
+        self._check_grid()
         return self
 
 
-class IntParam(_Strict):
+class IntParam(_Numeric):
     type: Literal["int"]
     low: int
     high: int
@@ -56,12 +83,15 @@ class IntParam(_Strict):
         _check_bounds(self.low, self.high, self.log)
         if self.log and self.step != 1:
             raise ValueError("step must be 1 with log: true")
+        self._check_grid()
+        if self.values and any(v != int(v) for v in self.values):
+            raise ValueError("values of an int parameter must be whole numbers")
         return self
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(_Param):
     type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str]] = Field(min_length=1)
+    choices: list[Scalar] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -110,7 +140,7 @@ class StudySpec(_Strict):
     asha: Asha = Field(default_factory=Asha)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(2, ge=1)
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "qmc"] = "tpe"
     seed: int = 0  # seeds the sampler and every trial: same seed, same sweep (with max_concurrent 1)
     split_seed: int = 0  # seeds the data splits alone, so sweeps with other seeds share one test split
 
@@ -122,6 +152,22 @@ class StudySpec(_Strict):
         for name, why in RESERVED_PARAMS.items():
             if name in self.space or name in self.fixed:
                 raise ValueError(f"{name!r} cannot be in space or fixed: it is {why}")
+        seen: dict[str, Any] = {}
+        for name, param in self.space.items():
+            for parent, allowed in param.condition().items():
+                if parent not in seen:
+                    raise ValueError(f"space.{name}.when: {parent!r} must be a parameter listed before {name!r}")
+                choices = getattr(seen[parent], "choices", None)
+                bad = [v for v in allowed if choices is not None and v not in choices]
+                if bad:
+                    raise ValueError(f"space.{name}.when: {bad} not among {parent}'s choices {choices}")
+            seen[name] = param
+        if self.sampler == "grid":
+            for name, param in self.space.items():
+                if param.when:
+                    raise ValueError(f"sampler grid: space.{name} is conditional; a grid needs a fixed space")
+                if not isinstance(param, CategoricalParam) and param.values is None and param.grid_points is None:
+                    raise ValueError(f"sampler grid: space.{name} needs values or grid_points")
         return self
 
 

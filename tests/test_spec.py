@@ -23,7 +23,19 @@ CASES = {
         "space.optimizer.choices: List should have at least 1 item",
     ),
     "unknown_trainable": (GOOD.replace("trainable: digits-mlp", "trainable: nope"), "trainable: unknown trainable 'nope'; known: digits-cnn, digits-mlp"),
-    "unknown_sampler": (GOOD + "sampler: grid\n", "sampler: Input should be 'tpe' or 'random'"),
+    "unknown_sampler": (GOOD + "sampler: bogus\n", "sampler: Input should be 'tpe', 'random', 'grid', 'gp', 'cmaes' or 'qmc'"),
+    "grid_without_points": (GOOD + "sampler: grid\n", "sampler grid: space.lr needs values or grid_points"),
+    "condition_on_later_param": (
+        GOOD.replace("log: true}\n", "log: true, when: {optimizer: sgd}}\n  optimizer: {type: categorical, choices: [adam, sgd]}\n"),
+        "space.lr.when: 'optimizer' must be a parameter listed before 'lr'",
+    ),
+    "condition_on_unknown_choice": (
+        GOOD.replace("  lr:", "  optimizer: {type: categorical, choices: [adam, sgd]}\n  lr:").replace("log: true}", "log: true, when: {optimizer: rmsprop}}"),
+        "space.lr.when: ['rmsprop'] not among optimizer's choices",
+    ),
+    "grid_value_outside_range": (
+        GOOD.replace("log: true}", "log: true, values: [0.5]}"), "space.lr: value 0.5 is outside low..high",
+    ),
     "zero_trials": (GOOD.replace("trials: 2", "trials: 0"), "trials: Input should be greater than 0"),
     "too_many_gpus": (GOOD + "resources: {cpus: 1, gpus: 64}\n", "resources.gpus: 64 per trial but this machine has"),
     "unknown_hyperparameter": (GOOD + "fixed: {depth: 3}\n", "depth not hyperparameters of digits-mlp"),

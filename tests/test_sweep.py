@@ -141,7 +141,8 @@ def test_promote_registers_the_model_with_alias_and_it_predicts_the_test_split(s
 
 def test_run_prints_progress_results_and_model(swept):
     out = swept["run"].stdout
-    assert out.count("/6] ") == 6  # one progress line per finished trial
+    assert out.count("/6] ") == 6  # one progress line per finished trial (output is not a terminal)
+    assert "\r" not in out
     assert "best: trial" in out and "test_accuracy=" in out and "models:/m-" in out
 
 
@@ -199,3 +200,48 @@ def test_same_seed_same_sweep_with_one_trial_at_a_time(tmp_path, monkeypatch):
     assert signature(frames[0]) == signature(frames[1])
     assert signature(frames[0]) != signature(frames[2])
     assert all(math.isfinite(m) for m in frames[0]["metric"])
+
+
+def test_results_filters_sorts_and_formats(swept, cli, tmp_path):
+    import pandas as pd
+
+    uri = ["--tracking-uri", swept["uri"]]
+    rows = swept["rows"]
+    code, out, err = cli("results", "tiny", "--state", "pruned", "--format", "json", *uri)
+    assert code == 0, err
+    assert [r["trial_id"] for r in json.loads(out)] == [r["trial_id"] for r in rows if r["state"] == "pruned"]
+
+    code, out, _ = cli("results", "tiny", "--where", "lr < 0.003 and epochs >= 1", "--format", "json", *uri)
+    assert [r["trial_id"] for r in json.loads(out)] == [r["trial_id"] for r in rows if r["params"]["lr"] < 0.003]
+
+    code, out, _ = cli("results", "tiny", "--sort", "lr:desc", "--format", "json", *uri)
+    lrs = [r["params"]["lr"] for r in json.loads(out)]
+    assert lrs == sorted(lrs, reverse=True) and len(lrs) == 6
+
+    code, out, _ = cli("results", "tiny", "--format", "csv", "--top", "3", *uri)
+    lines = out.strip().splitlines()
+    assert len(lines) == 4 and "param.lr" in lines[0].split(",")
+
+    target = tmp_path / "rows.parquet"
+    code, _, err = cli("results", "tiny", "--format", "parquet", "--output", target, *uri)
+    assert code == 0, err
+    frame = pd.read_parquet(target)
+    assert len(frame) == 6 and list(frame["trial_id"]) == [r["trial_id"] for r in rows]
+
+    for bad, message in [
+        (["--where", "lr <"], "--where: cannot apply 'lr <'"),
+        (["--where", "nosuch > 1"], "--where: cannot apply 'nosuch > 1'"),
+        (["--sort", "nosuch"], "--sort: no column or param 'nosuch'"),
+        (["--state", "done"], "--state: 'done' is not one of"),
+        (["--format", "parquet"], "--format parquet: give --output FILE"),
+    ]:
+        code, _, err = cli("results", "tiny", *bad, *uri)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_show_summarises_the_finished_sweep(swept, cli):
+    code, out, err = cli("show", "tiny", "--tracking-uri", swept["uri"])
+    assert code == 0, err
+    pruned = sum(r["state"] == "pruned" for r in swept["rows"])
+    assert f"0 running, {6 - pruned} completed, {pruned} pruned, 0 failed" in out
+    assert f"trial {swept['rows'][0]['trial_id']}" in out and "FINISHED" in out

@@ -45,6 +45,7 @@ def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
                 "best_epoch": int(tags[t.BEST_EPOCH]) if t.BEST_EPOCH in tags else None,
                 "reason": tags.get(t.REASON),
                 "params": json.loads(tags.get(t.PARAMS, "{}")),
+                "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
                 "run_id": run.info.run_id,
             }
         )

@@ -1,0 +1,150 @@
+"""The search machinery on a trainable that costs nothing: samplers, conditional spaces, warm starts,
+progress output. Real Ray (one local instance for the module), real Optuna journals, real MLflow."""
+
+import io
+import json
+
+import optuna
+import pytest
+import yaml
+
+from search import api
+from search._progress import Progress
+from studies import STATES, StudySummary
+
+BASE = {
+    "trainable": "tests.quad:train",
+    "metric": "loss",
+    "mode": "min",
+    "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}, "n": {"type": "int", "low": 0, "high": 3}},
+    "trials": 4,
+    "asha": {"max_t": 2, "grace_period": 2},
+    "max_concurrent": 2,
+}
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+
+    def write(name, **fields):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**BASE, "name": name, **fields}, sort_keys=False))
+        return str(path)
+
+    return write
+
+
+def optuna_trials(home, name):
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "optuna" / f"{name}.journal"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
+def test_each_sampler_runs_a_tiny_sweep(sampler, study, tmp_path):
+    outcome = api.run(study(f"s-{sampler}", sampler=sampler), out=io.StringIO())
+    assert outcome.exit_code == 0
+    frame = api.results(f"s-{sampler}")
+    assert len(frame) == 4 and set(frame["state"]) == {"completed"}
+    trials = optuna_trials(tmp_path / "home", f"s-{sampler}")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert all(-1.0 <= t.params["x"] <= 1.0 and t.params["n"] in range(4) for t in trials)
+
+
+def test_grid_sampler_covers_the_grid_once(study, tmp_path):
+    space = {"x": {"type": "float", "low": -1.0, "high": 1.0, "grid_points": 3},
+             "n": {"type": "int", "low": 0, "high": 3, "values": [0, 3]}}  # fmt: skip
+    out = io.StringIO()
+    api.run(study("s-grid", sampler="grid", space=space, trials=10), out=out)
+    assert "the grid has 6 points, so 6 trials instead of 10" in out.getvalue()
+    points = sorted((r["x"], r["n"]) for r in api.results("s-grid")["params"])
+    assert points == sorted((x, n) for x in (-1.0, 0.0, 1.0) for n in (0, 3))
+
+
+def test_conditional_parameter_exists_only_where_it_applies(study, tmp_path):
+    space = {
+        "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+        "momentum": {"type": "float", "low": 0.0, "high": 0.99, "when": {"optimizer": "sgd"}},
+        "x": {"type": "float", "low": -1.0, "high": 1.0},
+    }
+    api.run(study("cond", space=space, trials=8, sampler="random"), out=io.StringIO())
+    params = list(api.results("cond")["params"])
+    assert {p["optimizer"] for p in params} == {"adam", "sgd"}
+    for p in params:
+        assert ("momentum" in p) == (p["optimizer"] == "sgd"), p
+    for t in optuna_trials(tmp_path / "home", "cond"):
+        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
+
+
+def test_warm_start_enqueues_the_best_configurations_fitted_to_the_new_space(study, tmp_path):
+    api.run(study("warm-src", trials=4, space={**BASE["space"], "n": {"type": "int", "low": 0, "high": 3}}),
+            out=io.StringIO())  # fmt: skip
+    best = [r for r in api.results("warm-src")["params"]][:2]
+    # The new space: a narrower x (clipping), no n (dropped).
+    out = io.StringIO()
+    api.run(study("warm-dst", space={"x": {"type": "float", "low": 0.0, "high": 0.2}}, trials=3),
+            warm_start="warm-src", warm_count=2, out=out)  # fmt: skip
+    text = out.getvalue()
+    assert "warm start from warm-src: 2 configuration(s) enqueued" in text
+    assert "warm start: dropped n: not in this study's space (configuration 1, 2)" in text
+    first_two = sorted(optuna_trials(tmp_path / "home", "warm-dst"), key=lambda t: t.number)[:2]
+    for trial, source in zip(first_two, best):
+        assert trial.params["x"] == min(max(source["x"], 0.0), 0.2)
+        assert "n" not in trial.params
+    if any(not 0.0 <= s["x"] <= 0.2 for s in best):
+        assert "warm start: clipped x into 0.0..0.2" in text
+
+
+def test_warm_start_from_a_study_without_records_is_a_user_error(study, cli):
+    code, _, err = cli("run", study("w"), "--warm-start", "nothing-here")
+    assert code == 2 and "no records for study 'nothing-here'" in err
+
+
+def test_progress_in_a_log_is_one_line_per_event_and_bounded():
+    summary = StudySummary("s", "loss", {s: 0 for s in STATES}, 0.0, trials=500)
+    out = io.StringIO()
+    progress = Progress(summary, out, tty=False, heartbeat_s=3600)
+    for i in range(500):
+        summary.counts["completed"] += 1
+        progress.event(f"trial {i} completed")
+        for _ in range(20):
+            progress.tick()  # Tune calls this every loop step: it must not print each time
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 500 and "\r" not in out.getvalue()
+    assert lines[-1].startswith("[500/500] trial 499 completed | 0 running, 500 completed")
+
+
+def test_progress_on_a_terminal_redraws_one_status_line_in_place():
+    summary = StudySummary("s", "loss", {s: 0 for s in STATES}, 0.0, trials=5, best_value=0.5, best_trial="t1")
+    out = io.StringIO()
+    progress = Progress(summary, out, tty=True)
+    for _ in range(1000):
+        progress.tick()
+    progress.close()
+    text = out.getvalue()
+    assert text.count("\r\x1b[2K") <= 3  # one draw (the first), then throttled to once a second; then cleared
+    assert "best loss=0.5000 (trial t1)" in text and "\n" not in text
+
+
+def test_summary_eta_uses_pace_and_hours():
+    summary = StudySummary("s", "loss", {"running": 2, "completed": 4, "pruned": 4, "failed": 0}, 100.0,
+                           trials=20, hours=None, concurrency=2, mean_trial_s=10.0)  # fmt: skip
+    assert summary.eta_s() == pytest.approx(10.0 * (12 - 2 / 2) / 2)  # 12 left, 2 of them half done
+    summary.hours = 100 / 3600 + 5 / 3600  # 5 s left in the budget
+    assert summary.eta_s() == pytest.approx(5.0)
+
+
+def test_show_reports_what_results_hold(study, cli, tmp_path):
+    api.run(study("shown"), out=io.StringIO())
+    code, out, err = cli("show", "shown", "--format", "json")
+    assert code == 0, err
+    shown = json.loads(out)
+    frame = api.results("shown")
+    assert shown["counts"]["completed"] == (frame["state"] == "completed").sum() == 4
+    assert shown["best_trial"] == frame.iloc[0]["trial_id"] and shown["status"] == "FINISHED"
+    code, out, _ = cli("show", "shown")
+    assert code == 0 and "0 running, 4 completed, 0 pruned, 0 failed" in out and "0 of 4 trials left" in out
