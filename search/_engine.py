@@ -21,7 +21,6 @@ from tracking import tags as T
 from trainables import Trainable, get_trainable
 
 from ._space import grid_size
-from ._states import COMPLETED, FAILED, PRUNED
 from ._warm import warm_points
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,11 @@ def execute(plan: Plan, out=None) -> Outcome:
     fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     recorder.start(_spec_params(spec, plan), yaml.safe_dump(spec.model_dump(), sort_keys=False), run_name)
-    recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode})
+    # The parent run's id makes the Ray experiment and the Optuna study unique to this invocation.
+    run_name = f"{run_name}-{recorder.parent_id[:8]}"
+    storage = plan.storage or str(store.home / "ray")
+    recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode, T.OPTUNA_STUDY: run_name,
+                              T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}"})  # fmt: skip
     print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
     for note in plan.notes:
@@ -124,7 +127,7 @@ def execute(plan: Plan, out=None) -> Outcome:
     try:
         from ._tune import run_tune
 
-        callback = run_tune(plan, recorder, fixed, run_name, store, out)
+        callback = run_tune(plan, recorder, fixed, run_name, storage, store, out)
         outcome = _finish(plan, store, recorder, callback, started, out)
         status = "FINISHED"
         return outcome
@@ -210,5 +213,3 @@ def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
             tags[f"hpsearch.data.{k}"] = str(v)
     return tags
 
-
-__all__ = ["COMPLETED", "FAILED", "PRUNED", "Outcome", "Plan", "execute", "plan"]

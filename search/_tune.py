@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 # Ray's per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; skip their disk writes.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -44,7 +43,7 @@ def connect(address: str | None) -> None:
     )
 
 
-def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
+def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out):
     spec = plan.spec
     connect(plan.address)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -91,7 +90,7 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, store, out):
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=plan.storage or str(Path(store.home) / "ray"),
+            storage_path=storage_path,
             callbacks=[callback],
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement

@@ -96,6 +96,8 @@ def test_optuna_was_told_pruned_and_complete_with_intermediate_values(swept):
     journal = swept["root"] / "home" / "optuna" / "tiny.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     (summary,) = optuna.get_all_study_summaries(storage)
+    (parent,), _ = _runs(swept["client"])
+    assert summary.study_name == parent.data.tags["hpsearch.optuna_study"]
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     by_state = {s: [t for t in trials if t.state == s] for s in optuna.trial.TrialState}
     rows = swept["rows"]

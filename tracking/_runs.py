@@ -30,6 +30,8 @@ MODEL_URI = "hpsearch.model_uri"
 BEST_TRIAL = "hpsearch.best_trial"
 CHECKPOINT_DIGEST = "hpsearch.checkpoint_sha256"
 TEST_DIGEST = "hpsearch.test_checkpoint_sha256"
+OPTUNA_STUDY = "hpsearch.optuna_study"  # the Optuna study (in optuna/STUDY.journal) of this invocation
+RAY_EXPERIMENT = "hpsearch.ray_experiment"  # Ray Tune's experiment folder of this invocation
 PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strings; this keeps types)
 BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
 

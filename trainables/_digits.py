@@ -118,7 +118,7 @@ def build_cnn(config: dict) -> nn.Module:
 
 
 def _digits_trainable(name: str, build, shape, hyperparameters, defaults, description) -> Trainable:
-    all_defaults = {**LOOP_DEFAULTS, **defaults, "split_seed": 0}
+    all_defaults = {**LOOP_DEFAULTS, **defaults, "split_seed": 0, "train_subset": 0}
 
     def with_defaults(config: dict) -> dict:
         return {**all_defaults, **config}
@@ -129,7 +129,11 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
     def train(config: dict, reporter: Reporter) -> None:
         config = with_defaults(config)
         data = _data(config, reporter)
-        fit(config, reporter, build, as_model_input(data.split("train")), as_model_input(data.split("val")))
+        train_split = as_model_input(data.split("train"))
+        subset = int(config["train_subset"])
+        if subset:
+            train_split = Split(train_split.x[:subset], train_split.y[:subset])
+        fit(config, reporter, build, train_split, as_model_input(data.split("val")))
 
     def load(config: dict, model_state: dict) -> nn.Module:
         model = build(config)
@@ -157,7 +161,13 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
             train=train,
             metric="val_accuracy",
             mode="max",
-            hyperparameters={**LOOP_HYPERPARAMETERS, **hyperparameters, "split_seed": "seed of the data splits"},
+            hyperparameters={
+                **LOOP_HYPERPARAMETERS,
+                **hyperparameters,
+                "split_seed": "seed of the data splits",
+                # A learning-curve knob: fewer examples make a task that does not saturate (benchmarks).
+                "train_subset": "train on only the first N examples of the (shuffled) training split; 0 = all",
+            },
             defaults=all_defaults,
             evaluate=evaluate_split,
             export=export,
