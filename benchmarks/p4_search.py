@@ -92,6 +92,10 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
             values.append(result[METRIC])
 
     class Seeded(OptunaSearch):  # stock bookkeeping; only the per-trial seed, as hpsearch's trials get
+        def on_trial_result(self, trial_id, result):
+            if METRIC in result:  # a diverged trial's last report has no metric; stock would KeyError
+                super().on_trial_result(trial_id, result)
+
         def suggest(self, trial_id):
             config = super().suggest(trial_id)
             if isinstance(config, dict):

@@ -148,3 +148,20 @@ def test_show_reports_what_results_hold(study, cli, tmp_path):
     assert shown["best_trial"] == frame.iloc[0]["trial_id"] and shown["status"] == "FINISHED"
     code, out, _ = cli("show", "shown")
     assert code == 0 and "0 running, 4 completed, 0 pruned, 0 failed" in out and "0 of 4 trials left" in out
+
+
+def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_path):
+    """A NaN loss (no validation metric in its last report) and an exception in trial code each fail
+    their own trial; the others complete, and MLflow and Optuna both say why."""
+    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise"]}}
+    out = io.StringIO()
+    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=3,
+                            asha={"max_t": 3, "grace_period": 3}), out=out)  # fmt: skip
+    assert outcome.exit_code == 0 and outcome.counts == {"completed": 1, "pruned": 0, "failed": 2}
+    rows = {r["params"]["fault"]: r for r in api.results("faults").to_dict("records")}
+    assert rows["none"]["state"] == "completed" and rows["none"]["epochs"] == 3
+    assert rows["nan"]["state"] == "failed" and rows["nan"]["reason"] == "diverged"
+    assert rows["raise"]["state"] == "failed" and "injected failure in trial code" in rows["raise"]["reason"]
+    states = {t.params["fault"]: t.state for t in optuna_trials(tmp_path / "home", "faults")}
+    assert states == {"none": optuna.trial.TrialState.COMPLETE, "nan": optuna.trial.TrialState.FAIL,
+                      "raise": optuna.trial.TrialState.FAIL}  # fmt: skip
