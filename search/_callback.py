@@ -11,7 +11,7 @@ from tracking import tags as T
 from trainables import EPOCH, STOP_KEY
 
 from ._progress import Progress
-from ._states import COMPLETED, FAILED, PRUNED, TrialProgress
+from ._states import COMPLETED, FAILED, PRUNED, STOPPED, TrialProgress, classify_error
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
 _RAY_KEYS = {
@@ -22,7 +22,8 @@ _RAY_KEYS = {
 
 
 class TrackingCallback(Callback):
-    def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=()):
+    def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
+                 halt=None, keep_checkpoints: int | None = None):  # fmt: skip
         self.recorder = recorder
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.live = progress
@@ -33,16 +34,18 @@ class TrackingCallback(Callback):
         self.outcomes: dict[str, tuple[str, str | None]] = {}
         self.checkpoints: dict[str, object] = {}  # trial_id -> its latest (= best) ray Checkpoint
         self._searched = set(searched)
+        self.halt = halt  # () -> reason the whole sweep is being stopped (budget, `hpsearch stop`), or None
+        self.keep_checkpoints = keep_checkpoints
 
     def __getstate__(self):
         # Ray pickles callbacks into its experiment-state snapshots. The MLflow handle and the output
         # stream belong to this driver process only; a resumed sweep is given fresh ones.
-        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "live")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "live", "halt")}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.configs[trial.trial_id] = dict(trial.config)
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
-        self.recorder.trial_started(trial.trial_id, trial.config)
+        self.recorder.trial_started(trial.trial_id, trial.config, trial_dir=getattr(trial, "path", None))
         if trial.trial_id not in self._started_at:
             self._started_at[trial.trial_id] = time.monotonic()
             self.live.summary.counts["running"] += 1
@@ -67,17 +70,18 @@ class TrackingCallback(Callback):
         self._ended(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial, errored=True, error=_error_line(trial))
+        self._ended(trial, errored=True, error=classify_error(_error_text(trial)))
 
     def _ended(self, trial, errored: bool, error: str | None = None) -> None:
         progress = self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
-        state, reason = progress.outcome(errored, self.max_t, error)
+        state, reason = progress.outcome(errored, self.max_t, error, halted=self.halt() if self.halt else None)
         self.outcomes[trial.trial_id] = (state, reason)
         summary = {T.EPOCHS: progress.epochs, T.BEST_VALUE: progress.best_value}
         if progress.best_epoch is not None:
             summary[T.BEST_EPOCH] = progress.best_epoch
         self.recorder.trial_ended(trial.trial_id, state, summary, reason=reason)
         self._update_summary(trial.trial_id, state)
+        self._collect_checkpoints()
         value = "-" if progress.best_value is None else f"{progress.best_value:.4f}"
         why = f" ({reason})" if reason and state != PRUNED else ""
         self.live.event(
@@ -97,32 +101,47 @@ class TrackingCallback(Callback):
             summary.best_trial, summary.best_value = best, self.progress[best].best_value
             summary.best_params = {k: v for k, v in self.configs[best].items() if k in self._searched}
 
-    def best_trial(self) -> str | None:
-        """The trial with the best value among those that did not fail (completed or pruned)."""
+    def ranked(self) -> list[str]:
+        """Ended trials that did not fail (completed, pruned or stopped), best first; ties keep start order."""
         candidates = [
-            (p.best_value, tid) for tid, p in self.progress.items()
-            if p.best_value is not None and self.outcomes.get(tid, (None,))[0] in (COMPLETED, PRUNED)
+            tid for tid, p in self.progress.items()
+            if p.best_value is not None and self.outcomes.get(tid, (None,))[0] in (COMPLETED, PRUNED, STOPPED)
         ]  # fmt: skip
-        if not candidates:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(candidates, key=lambda c: c[0])[1]
+        sign = -1 if self.mode == "max" else 1
+        return sorted(candidates, key=lambda tid: sign * self.progress[tid].best_value)
+
+    def best_trial(self) -> str | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def _collect_checkpoints(self) -> None:
+        """Keep the checkpoints of the best `keep_checkpoints` ended trials (and every running trial's
+        latest, which Ray manages); delete the rest as trials are beaten, so a 200-trial study holds about
+        K + concurrency checkpoints."""
+        if self.keep_checkpoints is None:
+            return
+        keep = set(self.ranked()[: self.keep_checkpoints])
+        for tid in list(self.checkpoints):
+            if tid in self.outcomes and tid not in keep:
+                checkpoint = self.checkpoints.pop(tid)
+                try:
+                    checkpoint.filesystem.delete_dir(checkpoint.path)
+                except (OSError, FileNotFoundError):
+                    pass  # already gone: nothing to free
 
     def counts(self) -> dict[str, int]:
-        counts = {COMPLETED: 0, PRUNED: 0, FAILED: 0}
+        counts = {COMPLETED: 0, PRUNED: 0, STOPPED: 0, FAILED: 0}
         for state, _ in self.outcomes.values():
             counts[state] += 1
         return counts
 
 
-def _error_line(trial) -> str:
-    text = ""
+def _error_text(trial) -> str:
     path = getattr(trial, "error_file", None)
     try:
         if path:
             with open(path) as f:
-                text = f.read()
+                return f.read()
     except OSError:
         pass
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return ("error: " + lines[-1])[:500] if lines else "error"
+    return ""

@@ -20,6 +20,7 @@ from tracking import Store, StudyRecorder
 from tracking import tags as T
 from trainables import Trainable, get_trainable
 
+from ._control import check_free_disk
 from ._space import grid_size
 from ._warm import warm_points
 
@@ -100,6 +101,9 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
             raise UserError("--warm-start: not with sampler grid (a grid is fixed)")
         points, messages = warm_points(spec, studies.check_name(warm_start), warm_count, tracking_uri)
         notes += messages
+    from tracking import data_home
+
+    check_free_disk(data_home())
     return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes))
 
 
@@ -195,7 +199,8 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
         "hours": spec.hours, "max_t": spec.asha.max_t, "grace_period": spec.asha.grace_period,
         "reduction_factor": spec.asha.reduction_factor, "cpus_per_trial": spec.resources.cpus,
         "gpus_per_trial": spec.resources.gpus, "max_concurrent": spec.max_concurrent, "sampler": spec.sampler,
-        "seed": spec.seed, "split_seed": spec.split_seed,
+        "seed": spec.seed, "split_seed": spec.split_seed, "max_failures": spec.max_failures,
+        "keep_checkpoints": spec.keep_checkpoints,
     }  # fmt: skip
 
 

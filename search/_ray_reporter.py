@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -12,6 +14,7 @@ from ray import tune
 from trainables import Reporter, get_trainable
 
 CHECKPOINT_FILE = "checkpoint.pt"
+OUTPUT_FILE = "output.log"  # a trial's stdout and stderr, in its Ray trial folder
 
 
 class RayReporter(Reporter):
@@ -46,9 +49,16 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int
         if cwd not in sys.path:
             sys.path.insert(0, cwd)
         torch.set_num_threads(threads)
-        trainable = get_trainable(trainable_ref)
         config = dict(config)
         seed = int(config.pop("seed", 0))  # set per trial by the searcher; not a hyperparameter of the model
-        trainable.train(config, RayReporter(metric, mode, seed))
+        # The trial's own output goes to its folder (for `hpsearch logs`), not into the sweep's console.
+        log_path = Path(tune.get_context().get_trial_dir()) / OUTPUT_FILE
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+            try:
+                get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed))
+            except BaseException:
+                traceback.print_exc()  # Ray also writes error.txt; this keeps output and traceback together
+                raise
 
     return hpsearch_trial

@@ -12,6 +12,7 @@ import math
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables import EPOCH
@@ -49,8 +50,9 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args, max_t: int, study_seed: int, **kwargs):
+    def __init__(self, *args, max_t: int, study_seed: int, halt=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._halt = halt  # () -> a reason once the sweep is being stopped; then no new trials
         self._max_t = max_t
         self._study_seed = study_seed
         self._progress: dict[str, TrialProgress] = {}
@@ -61,6 +63,8 @@ class StudySearch(OptunaSearch):
         self._ot_study.enqueue_trial(params, skip_if_exists=False)
 
     def suggest(self, trial_id: str):
+        if self._halt is not None and self._halt():
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             # Each trial's own seed follows from the study seed and its Optuna trial number, so a

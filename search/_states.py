@@ -7,7 +7,8 @@ import math
 
 from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
 
-COMPLETED, PRUNED, FAILED, RUNNING = "completed", "pruned", "failed", "running"
+COMPLETED, PRUNED, STOPPED, FAILED, RUNNING = "completed", "pruned", "stopped", "failed", "running"
+ENDED = (COMPLETED, PRUNED, STOPPED, FAILED)
 
 
 @dataclasses.dataclass
@@ -30,8 +31,11 @@ class TrialProgress:
         if self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value):
             self.best_value, self.best_epoch = float(value), self.epochs
 
-    def outcome(self, errored: bool, max_t: int, error: str | None = None) -> tuple[str, str | None]:
-        """(state, reason). Fewer epochs than max_t, with no error and no stop of its own: ASHA pruned it."""
+    def outcome(
+        self, errored: bool, max_t: int, error: str | None = None, halted: str | None = None
+    ) -> tuple[str, str | None]:
+        """(state, reason). Fewer epochs than max_t, with no error and no stop of its own: ASHA pruned it,
+        unless the sweep itself was halted (`halted`: the budget ran out, or `hpsearch stop`)."""
         if errored:
             return FAILED, error or "error"
         if self.stop == STOP_DIVERGED:
@@ -40,4 +44,17 @@ class TrialProgress:
             return COMPLETED, STOP_EARLY
         if self.epochs >= max_t:
             return COMPLETED, None
+        if halted:
+            return STOPPED, halted
         return PRUNED, "asha" if self.epochs else "stopped before its first epoch"
+
+
+def classify_error(text: str) -> str:
+    """A failed trial's reason from its error text: `oom`, `worker died`, or the exception's last line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if "OutOfMemoryError" in text or "CUDA out of memory" in text:
+        return "oom: " + last[:300]
+    if "ActorDiedError" in text or "died unexpectedly" in text or "RayActorError" in text:
+        return "worker died: " + last[:300]
+    return ("error: " + last)[:500] if last else "error"

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from studies import STATES, StudySummary  # noqa: E402
 
 from ._callback import TrackingCallback  # noqa: E402
+from ._control import Halt, stop_file  # noqa: E402
 from ._progress import Progress  # noqa: E402
 from ._ray_reporter import make_trial_function  # noqa: E402
 from ._searcher import StudySearch, make_sampler  # noqa: E402
@@ -53,6 +54,7 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     journal = store.home / "optuna" / f"{spec.name}.journal"
     journal.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    halt = Halt(stop_file(store.home, spec.name), spec.hours)
     searcher = StudySearch(
         space=DefineByRun(spec) if is_conditional(spec) else to_distributions(spec),
         metric=plan.metric,
@@ -62,6 +64,7 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
         storage=storage,
         max_t=spec.asha.max_t,
         study_seed=spec.seed,
+        halt=halt.reason,
     )
     for point in plan.warm_points:
         searcher.enqueue(point)
@@ -74,7 +77,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     summary = StudySummary(study=spec.name, metric=plan.metric, counts={s: 0 for s in STATES}, elapsed_s=0.0,
                            trials=spec.trials, hours=spec.hours, concurrency=spec.max_concurrent)  # fmt: skip
     live = Progress(summary, out)
-    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space)
+    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space,
+                                halt=halt.reason, keep_checkpoints=spec.keep_checkpoints)  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
     trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
@@ -88,16 +92,17 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
             scheduler=scheduler,
             num_samples=spec.trials,
             max_concurrent_trials=spec.max_concurrent,
-            time_budget_s=spec.hours * 3600 if spec.hours else None,
+            # --hours is enforced by `halt`, which also records why trials were cut short.
             reuse_actors=True,  # the worker's imports and data cache outlive a trial
         ),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage_path,
             callbacks=[callback],
+            stop=halt,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
     # Without the auto loggers the ResultGrid cannot read per-trial metrics files, and says so per trial;
@@ -107,4 +112,5 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
         tuner.fit()
     finally:
         live.close()
+        halt.close()
     return callback

@@ -19,7 +19,7 @@ def warm_points(spec: StudySpec, other: str, count: int, tracking_uri: str | Non
     if count < 1:
         raise UserError(f"--warm-count: must be >= 1 (got {count})")
     frame = studies.results(other, tracking_uri=tracking_uri)
-    rows = frame[frame["state"].isin(["completed", "pruned"])].head(count)
+    rows = frame[frame["state"].isin(["completed", "pruned", "stopped"])].head(count)
     if rows.empty:
         raise UserError(f"--warm-start: study {other!r} has no completed or pruned trial to start from")
     points, changes = [], defaultdict(list)

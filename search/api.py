@@ -43,7 +43,7 @@ def promote(
         raise UserError(f"--name: {name!r} is not allowed: letters, digits, '.', '-' and '_' only")
     store, parent = studies.study_run(study, tracking_uri, run_id)
     rows = tracking.trial_rows(store, parent)
-    if not any(r["state"] in ("completed", "pruned") for r in rows):
+    if not any(r["state"] in ("completed", "pruned", "stopped") for r in rows):
         raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
     ptags = parent.data.tags
     model_uri = ptags.get(T.MODEL_URI)
@@ -70,6 +70,36 @@ def promote(
     info = tracking.register_model(store, model_uri, name, alias, lineage, description)
     return {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": lineage["trial_id"],
             "test_metrics": test_metrics}  # fmt: skip
+
+
+def stop(study: str) -> str:
+    """`hpsearch stop`: ask a sweep running in another shell to end cleanly. Returns the request file."""
+    from ._control import request_stop
+
+    studies.check_name(study)
+    home = tracking.data_home()
+    if not studies.builtin_studies().get(study) and not (home / "mlflow.db").exists() and not home.exists():
+        raise UserError(f"no records for study {study!r} under {home}")
+    return str(request_stop(home, study))
+
+
+def logs(study: str, trial: str, tracking_uri: str | None = None, run_id: str | None = None) -> list[tuple[str, str]]:
+    """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file."""
+    from pathlib import Path
+
+    store, parent = studies.study_run(study, tracking_uri, run_id)
+    rows = [r for r in tracking.trial_rows(store, parent) if r["trial_id"] == trial]
+    if not rows:
+        raise UserError(f"study {study!r} has no trial {trial!r} in run {parent.info.run_id}")
+    trial_dir = rows[0].get("trial_dir")
+    if not trial_dir or not Path(trial_dir).is_dir():
+        raise UserError(f"trial {trial}: its folder {trial_dir or '(unknown)'} is not on this machine")
+    out = []
+    for name in ("output.log", "error.txt"):
+        path = Path(trial_dir) / name
+        if path.exists():
+            out.append((str(path), path.read_text(errors="replace")))
+    return out
 
 
 def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:

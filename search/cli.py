@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
     _common(p)
 
+    p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell")
+    p.add_argument("study")
+
+    p = sub.add_parser("logs", help="a trial's output and traceback")
+    p.add_argument("study")
+    p.add_argument("trial", help="a trial id, as in `hpsearch results`")
+    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _common(p)
+
     p = sub.add_parser("promote", help="register the study's best model and set an alias")
     p.add_argument("study")
     p.add_argument("--alias", default="champion")
@@ -158,6 +167,25 @@ def _show(args) -> int:
     print(f"trials: {summary.counts_text()}")
     print(summary.best_text())
     print(summary.budget_text())
+    if summary.disk_bytes is not None:
+        print(f"disk: {summary.disk_bytes / 2**20:.1f} MB of checkpoints, logs and artifacts")
+    return 0
+
+
+def _stop(args) -> int:
+    from . import api
+
+    path = api.stop(args.study)
+    print(f"asked study {args.study} to stop ({path}); running trials end as `stopped` and the study is finalised")
+    return 0
+
+
+def _logs(args) -> int:
+    from . import api
+
+    for name, text in api.logs(args.study, args.trial, tracking_uri=args.tracking_uri, run_id=args.run_id):
+        print(f"==> {name} <==")
+        print(text.rstrip() or "(empty)")
     return 0
 
 
@@ -222,7 +250,7 @@ def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-_COMMANDS = {"run": _run, "results": _results, "show": _show, "promote": _promote, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

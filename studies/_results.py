@@ -14,7 +14,8 @@ from ._spec import check_name
 from ._summary import STATES, StudySummary
 from .errors import UserError
 
-COLUMNS = ["rank", "trial_id", "state", "metric", "epochs", "best_epoch", "reason", "seconds", "params", "run_id"]
+COLUMNS = ["rank", "trial_id", "state", "metric", "epochs", "best_epoch", "reason", "seconds", "params", "run_id",
+           "trial_dir"]  # fmt: skip
 
 
 def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = None):
@@ -103,7 +104,7 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
     end_ms = info.end_time or int(time.time() * 1000)
     done = frame[frame["seconds"].notna()]
     counts = {s: int((frame["state"] == s).sum()) for s in STATES}
-    ok = frame[frame["state"].isin(["completed", "pruned"]) & frame["metric"].notna()]
+    ok = frame[frame["state"].isin(["completed", "pruned", "stopped"]) & frame["metric"].notna()]
     best = ok.iloc[0] if not ok.empty else None
     hours = params.get("hours")
     result = StudySummary(
@@ -118,7 +119,27 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
         best_trial=None if best is None else best["trial_id"],
         best_params={} if best is None else dict(best["params"]),
         mean_trial_s=float(done["seconds"].mean()) if not done.empty else None,
+        disk_bytes=_disk_bytes(parent.data.tags.get(T.RAY_EXPERIMENT), info.artifact_uri),
     )
     status = {"run_id": info.run_id, "status": info.status, "run_name": info.run_name,
               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000))}  # fmt: skip
     return result, status
+
+
+def _disk_bytes(*locations: str | None) -> int | None:
+    """Bytes under the local folders among `locations` (paths or file: URIs); None when none is local."""
+    from urllib.parse import urlparse
+    from pathlib import Path
+
+    total, local = 0, False
+    for location in locations:
+        if not location:
+            continue
+        parsed = urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            continue
+        path = Path(parsed.path if parsed.scheme == "file" else location)
+        if path.exists():
+            local = True
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return total if local else None

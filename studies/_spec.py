@@ -140,6 +140,8 @@ class StudySpec(_Strict):
     asha: Asha = Field(default_factory=Asha)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=0)  # retries of a trial whose code raised, from its last checkpoint
+    keep_checkpoints: int = Field(3, ge=1)  # checkpoints kept of ended trials: the best K
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "qmc"] = "tpe"
     seed: int = 0  # seeds the sampler and every trial: same seed, same sweep (with max_concurrent 1)
     split_seed: int = 0  # seeds the data splits alone, so sweeps with other seeds share one test split

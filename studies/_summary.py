@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-STATES = ("running", "completed", "pruned", "failed")
+STATES = ("running", "completed", "pruned", "stopped", "failed")
 
 
 @dataclasses.dataclass
@@ -21,6 +21,7 @@ class StudySummary:
     best_trial: str | None = None
     best_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     mean_trial_s: float | None = None  # mean wall time of finished trials
+    disk_bytes: int | None = None  # the study's checkpoints and artifacts on local disk
 
     @property
     def finished(self) -> int:

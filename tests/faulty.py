@@ -1,13 +1,28 @@
 """Trainables that fail on purpose, by configuration: `tests.faulty:train`."""
 
 import math
+from pathlib import Path
+
+import torch
 
 
 def train(config, reporter):
-    for epoch in range(1, config["epochs"] + 1):
-        if config["fault"] == "raise" and epoch == 2:
-            raise ValueError("injected failure in trial code")
+    print(f"faulty trial with fault={config['fault']}")
+    start = 1
+    checkpoint = reporter.restore()
+    if checkpoint is not None:
+        start = int(checkpoint["epoch"]) + 1
+    for epoch in range(start, config["epochs"] + 1):
+        if epoch == 2:
+            if config["fault"] == "raise":
+                raise ValueError("injected failure in trial code")
+            if config["fault"] == "oom":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            marker = Path(config["marker_dir"]) / "flaky-failed-once"
+            if config["fault"] == "flaky" and not marker.exists():
+                marker.write_text("1")
+                raise RuntimeError("flaky failure, first attempt only")
         loss = math.nan if config["fault"] == "nan" and epoch == 2 else 1.0 / epoch
-        reporter.report(epoch, {"loss": loss})
+        reporter.report(epoch, {"loss": loss}, checkpoint={"epoch": epoch, "model": {"w": torch.zeros(1)}})
         if not math.isfinite(loss):
             return

@@ -115,7 +115,7 @@ def test_progress_in_a_log_is_one_line_per_event_and_bounded():
     progress.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 500 and "\r" not in out.getvalue()
-    assert lines[-1].startswith("[500/500] trial 499 completed | 0 running, 500 completed")
+    assert lines[-1].startswith("[500/500] trial 499 completed | 0 running, 500 completed, 0 pruned, 0 stopped")
 
 
 def test_progress_on_a_terminal_redraws_one_status_line_in_place():
@@ -147,21 +147,30 @@ def test_show_reports_what_results_hold(study, cli, tmp_path):
     assert shown["counts"]["completed"] == (frame["state"] == "completed").sum() == 4
     assert shown["best_trial"] == frame.iloc[0]["trial_id"] and shown["status"] == "FINISHED"
     code, out, _ = cli("show", "shown")
-    assert code == 0 and "0 running, 4 completed, 0 pruned, 0 failed" in out and "0 of 4 trials left" in out
+    assert code == 0 and "0 running, 4 completed, 0 pruned, 0 stopped, 0 failed" in out and "0 of 4 trials left" in out
 
 
-def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_path):
-    """A NaN loss (no validation metric in its last report) and an exception in trial code each fail
-    their own trial; the others complete, and MLflow and Optuna both say why."""
-    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise"]}}
-    out = io.StringIO()
-    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=3,
-                            asha={"max_t": 3, "grace_period": 3}), out=out)  # fmt: skip
-    assert outcome.exit_code == 0 and outcome.counts == {"completed": 1, "pruned": 0, "failed": 2}
+def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_path, cli):
+    """A NaN loss (no validation metric in its last report), an exception, a CUDA out-of-memory error and a
+    failure that a retry (max_failures: 1, from the last checkpoint) gets past: the sweep finishes, and
+    MLflow, Optuna and `hpsearch logs` all say what happened to each trial."""
+    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise", "oom", "flaky"]}}
+    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=5,
+                            fixed={"marker_dir": str(tmp_path)}, max_failures=1,
+                            asha={"max_t": 3, "grace_period": 3}), out=io.StringIO())  # fmt: skip
+    assert outcome.exit_code == 0 and outcome.counts == {"completed": 2, "pruned": 0, "stopped": 0, "failed": 3}
     rows = {r["params"]["fault"]: r for r in api.results("faults").to_dict("records")}
     assert rows["none"]["state"] == "completed" and rows["none"]["epochs"] == 3
+    assert rows["flaky"]["state"] == "completed" and rows["flaky"]["epochs"] == 3  # retried, then finished
     assert rows["nan"]["state"] == "failed" and rows["nan"]["reason"] == "diverged"
     assert rows["raise"]["state"] == "failed" and "injected failure in trial code" in rows["raise"]["reason"]
+    assert rows["oom"]["state"] == "failed" and rows["oom"]["reason"].startswith("oom: ")
     states = {t.params["fault"]: t.state for t in optuna_trials(tmp_path / "home", "faults")}
-    assert states == {"none": optuna.trial.TrialState.COMPLETE, "nan": optuna.trial.TrialState.FAIL,
-                      "raise": optuna.trial.TrialState.FAIL}  # fmt: skip
+    ok, fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    assert states == {"none": ok, "flaky": ok, "nan": fail, "raise": fail, "oom": fail}
+
+    code, out, err = cli("logs", "faults", rows["raise"]["trial_id"])
+    assert code == 0, err
+    assert "faulty trial with fault=raise" in out and "ValueError: injected failure in trial code" in out
+    code, _, err = cli("logs", "faults", "nosuchtrial")
+    assert code == 2 and "has no trial 'nosuchtrial'" in err

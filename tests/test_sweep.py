@@ -245,5 +245,5 @@ def test_show_summarises_the_finished_sweep(swept, cli):
     code, out, err = cli("show", "tiny", "--tracking-uri", swept["uri"])
     assert code == 0, err
     pruned = sum(r["state"] == "pruned" for r in swept["rows"])
-    assert f"0 running, {6 - pruned} completed, {pruned} pruned, 0 failed" in out
+    assert f"0 running, {6 - pruned} completed, {pruned} pruned, 0 stopped, 0 failed" in out
     assert f"trial {swept['rows'][0]['trial_id']}" in out and "FINISHED" in out

@@ -46,6 +46,7 @@ def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
                 "reason": tags.get(t.REASON),
                 "params": json.loads(tags.get(t.PARAMS, "{}")),
                 "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+                "trial_dir": tags.get(t.TRIAL_DIR) or None,
                 "run_id": run.info.run_id,
             }
         )

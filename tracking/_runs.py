@@ -32,6 +32,7 @@ CHECKPOINT_DIGEST = "hpsearch.checkpoint_sha256"
 TEST_DIGEST = "hpsearch.test_checkpoint_sha256"
 OPTUNA_STUDY = "hpsearch.optuna_study"  # the Optuna study (in optuna/STUDY.journal) of this invocation
 RAY_EXPERIMENT = "hpsearch.ray_experiment"  # Ray Tune's experiment folder of this invocation
+TRIAL_DIR = "hpsearch.trial_dir"  # where Ray keeps the trial's stdout, stderr, error.txt and checkpoint
 PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strings; this keeps types)
 BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
 
@@ -76,12 +77,12 @@ class StudyRecorder:
         self.store.client.set_terminated(self.parent_id, status=status)
 
     # ---- children ----
-    def trial_started(self, trial_id: str, params: Mapping[str, Any]) -> None:
+    def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None) -> None:
         if trial_id in self._children:  # a retried trial keeps its one child run
             return
         exp = self.store.experiment_id(self.study)
         tags = {**self.tags, KIND: "trial", STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
-                PARAMS: json.dumps(dict(params), sort_keys=True),
+                PARAMS: json.dumps(dict(params), sort_keys=True), TRIAL_DIR: trial_dir or "",
                 MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id}  # fmt: skip
         run = self.store.client.create_run(exp, tags=tags, run_name=trial_id)
         self._children[trial_id] = run.info.run_id

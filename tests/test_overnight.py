@@ -1,0 +1,103 @@
+"""Budgets, `hpsearch stop`, checkpoint collection and the free-disk check, on real sweeps."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search import api
+from tests.conftest import run_cli
+
+QUAD = {
+    "trainable": "tests.quad:train",
+    "metric": "loss",
+    "mode": "min",
+    "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+    "max_concurrent": 2,
+}
+
+
+def write(tmp_path, name, **fields):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**QUAD, "name": name, **fields}, sort_keys=False))
+    return str(path)
+
+
+def checkpoint_dirs(home: Path, study: str) -> list[Path]:
+    return sorted((home / "ray").glob(f"{study}-*/*/checkpoint_*"))
+
+
+def optuna_states(home: Path, study: str):
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "optuna" / f"{study}.journal"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return [t.state for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials]
+
+
+def test_hours_budget_stops_running_trials_cleanly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    # Trials of 40 x 0.25 s = 10 s each, a budget of 6 s: the first two are cut short.
+    path = write(tmp_path, "budget", trials=6, hours=6 / 3600, fixed={"sleep": 0.25},
+                 asha={"max_t": 40, "grace_period": 40})  # fmt: skip
+    outcome = api.run(path, out=io.StringIO())
+    assert outcome.exit_code == 0 and outcome.best_trial is not None
+    frame = api.results("budget")
+    assert set(frame["state"]) == {"stopped"} and set(frame["reason"]) == {"budget"}
+    assert all(0 < e < 40 for e in frame["epochs"])
+    assert set(optuna_states(tmp_path / "home", "budget")) <= {optuna.trial.TrialState.PRUNED}
+    assert outcome.seconds < 60
+
+
+def test_stop_from_another_shell_ends_the_sweep_cleanly(tmp_path):
+    home = tmp_path / "home"
+    env = {"HPSEARCH_HOME": str(home)}
+    path = write(tmp_path, "stoppable", trials=4, fixed={"sleep": 0.5}, asha={"max_t": 200, "grace_period": 200})
+    exe = Path(sys.executable).parent / "hpsearch"
+    proc = subprocess.Popen([str(exe), "run", path], cwd=Path(__file__).parent.parent,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list((home / "ray").glob("stoppable-*/*/output.log")) and time.monotonic() < deadline:
+            time.sleep(0.5)  # until a trial is running
+        time.sleep(2)
+        stop = run_cli("stop", "stoppable", env=env)
+        assert stop.returncode == 0, stop.stderr
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    rows = json.loads(run_cli("results", "stoppable", "--format", "json", env=env).stdout)
+    assert rows and {r["state"] for r in rows} == {"stopped"} and {r["reason"] for r in rows} == {"stop requested"}
+    assert set(optuna_states(home, "stoppable")) <= {optuna.trial.TrialState.PRUNED}
+    assert not (home / "control" / "stoppable.stop").exists()  # the request is consumed
+
+
+def test_checkpoints_of_beaten_trials_are_deleted(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    no_pruning = {"max_t": 3, "grace_period": 3}
+    api.run(write(tmp_path, "keepall", trials=8, keep_checkpoints=100, asha=no_pruning), out=io.StringIO())
+    api.run(write(tmp_path, "keep2", trials=8, keep_checkpoints=2, asha=no_pruning), out=io.StringIO())
+    assert len(checkpoint_dirs(home, "keepall")) == 8
+    kept = checkpoint_dirs(home, "keep2")
+    assert len(kept) == 2
+    best = api.results("keep2").iloc[:2]  # the two best trials are the ones whose checkpoints remain
+    assert {d.parent.name.split("_")[2] for d in kept} == set(best["trial_id"])
+    summary, _ = api.show("keep2")
+    assert summary.disk_bytes and summary.disk_bytes > 0
+
+
+def test_run_refuses_to_start_without_free_disk(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HPSEARCH_MIN_FREE_MB", str(10**12))
+    code, _, err = cli("run", write(tmp_path, "full", trials=2))
+    assert code == 2 and "a sweep needs at least" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "home").exists()
