@@ -67,8 +67,9 @@ def run_hpsearch(seed: int, workdir: Path) -> list[float]:
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.run_id}'")
     values = []
     for run in sorted(children, key=lambda r: r.info.start_time):
-        history = sorted(client.get_metric_history(run.info.run_id, METRIC), key=lambda m: m.step)
-        values += [m.value for m in history]
+        by_epoch = {m.step: m.value for m in client.get_metric_history(run.info.run_id, METRIC)}
+        # Every epoch trained counts, also a diverged one that reported no validation value.
+        values += [by_epoch.get(epoch, float("-inf")) for epoch in range(1, int(run.data.tags["hpsearch.epochs"]) + 1)]
     return values
 
 
@@ -89,7 +90,7 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
 
     class Collect(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            values.append(result[METRIC])
+            values.append(result.get(METRIC, float("-inf")))  # a diverged epoch counts, with no score
 
     class Seeded(OptunaSearch):  # stock bookkeeping; only the per-trial seed, as hpsearch's trials get
         def on_trial_result(self, trial_id, result):
