@@ -4,7 +4,6 @@ checkpoint, its servable model and one test evaluation, all recorded in MLflow."
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import platform
 import sys
@@ -23,9 +22,6 @@ from trainables import Trainable, get_trainable
 from ._control import check_free_disk
 from ._space import grid_size
 from ._warm import warm_points
-
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 
 from search import api

@@ -18,7 +18,6 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from . import _runs as t
 from ._store import Store
 
 CHECKPOINT_ARTIFACT = "checkpoint/best_checkpoint.pt"
