@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +42,47 @@ class RayReporter(Reporter):
             return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
+class _ThreadStreams:
+    """sys.stdout/sys.stderr for a Ray worker: each write goes to the file of the trial running in the
+    writing thread, else to the original stream. Ray runs a function trial in a thread of its own and, with
+    actor reuse, the next trial can start before the last one's thread has unwound; swapping the global
+    streams per trial (contextlib.redirect_stdout) then sends one trial's output to another's file."""
+
+    def __init__(self, original):
+        self.original = original
+        self.local = threading.local()
+
+    def write(self, text):
+        return (getattr(self.local, "file", None) or self.original).write(text)
+
+    def flush(self):
+        (getattr(self.local, "file", None) or self.original).flush()
+
+    def __getattr__(self, name):
+        return getattr(self.original, name)
+
+
+class _TrialOutput:
+    def __init__(self):
+        self.streams: tuple[_ThreadStreams, _ThreadStreams] | None = None
+
+    @contextmanager
+    def to(self, file):
+        if self.streams is None:  # installed once per worker process
+            self.streams = (_ThreadStreams(sys.stdout), _ThreadStreams(sys.stderr))
+            sys.stdout, sys.stderr = self.streams
+        for stream in self.streams:
+            stream.local.file = file
+        try:
+            yield
+        finally:
+            for stream in self.streams:
+                stream.local.file = None
+
+
+_TRIAL_OUTPUT = _TrialOutput()
+
+
 def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str):
     """The function Ray runs per trial. It resolves the trainable inside the worker, so a user's
     `pkg.module:function` is imported from the directory `hpsearch` was started in."""
@@ -54,11 +96,11 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int
         # The trial's own output goes to its folder (for `hpsearch logs`), not into the sweep's console.
         log_path = Path(tune.get_context().get_trial_dir()) / OUTPUT_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
+        with open(log_path, "a", buffering=1) as log, _TRIAL_OUTPUT.to(log):
             try:
                 get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed))
             except BaseException:
-                traceback.print_exc()  # Ray also writes error.txt; this keeps output and traceback together
+                traceback.print_exc(file=log)  # Ray also writes error.txt; this keeps output and traceback together
                 raise
 
     return hpsearch_trial
