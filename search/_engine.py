@@ -15,7 +15,7 @@ import yaml
 
 import studies
 from studies import StudySpec, UserError
-from tracking import Store, StudyRecorder
+from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
 from trainables import Trainable, get_trainable
 
@@ -97,8 +97,6 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
             raise UserError("--warm-start: not with sampler grid (a grid is fixed)")
         points, messages = warm_points(spec, studies.check_name(warm_start), warm_count, tracking_uri)
         notes += messages
-    from tracking import data_home
-
     check_free_disk(data_home())
     return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes))
 

@@ -234,6 +234,8 @@ def _records(frame) -> list[dict]:
 
 
 def _table(frame) -> str:
+    from studies import short_value
+
     if frame.empty:
         return "(no trials)"
     metric = frame.attrs.get("metric") or "metric"
@@ -242,12 +244,10 @@ def _table(frame) -> str:
     constant = {k for k in frame["params"].iloc[0] if all(p.get(k) == frame["params"].iloc[0][k] for p in frame["params"])}
     if len(frame) == 1:
         constant = set()
-    params = frame["params"].apply(lambda p: " ".join(f"{k}={_short(v)}" for k, v in sorted(p.items()) if k not in constant))
+    params = frame["params"].apply(
+        lambda p: " ".join(f"{k}={short_value(v)}" for k, v in sorted(p.items()) if k not in constant)
+    )
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 _COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "studies": _studies, "trainables": _trainables}

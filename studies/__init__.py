@@ -16,7 +16,7 @@ from ._spec import (
     with_overrides,
 )
 from ._results import flat_results, results, study_run, summary
-from ._summary import STATES, StudySummary
+from ._summary import STATES, StudySummary, short_value
 from .errors import UserError
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "load_study",
     "parse_spec",
     "results",
+    "short_value",
     "study_run",
     "summary",
     "with_overrides",

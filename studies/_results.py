@@ -83,15 +83,15 @@ def results(
 
 
 def _flat(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows with each param as a column of its own (a param missing in a trial is NaN)."""
-    params = pd.DataFrame(frame["params"].tolist(), index=frame.index)
-    params = params[[c for c in params.columns if c not in frame.columns]]
-    return frame.drop(columns=["params"]).join(params)
+    """For queries: each param as a column of its own (NaN where a trial lacks it); a param named like a
+    column (say `state`) is left to the column."""
+    return flat_results(frame, prefix="")
 
 
-def flat_results(frame: pd.DataFrame) -> pd.DataFrame:
+def flat_results(frame: pd.DataFrame, prefix: str = "param.") -> pd.DataFrame:
     """For csv and parquet: params as `param.NAME` columns."""
-    params = pd.DataFrame(frame["params"].tolist(), index=frame.index).add_prefix("param.")
+    params = pd.DataFrame(frame["params"].tolist(), index=frame.index).add_prefix(prefix)
+    params = params[[c for c in params.columns if c not in frame.columns]]
     return frame.drop(columns=["params"]).join(params)
 
 

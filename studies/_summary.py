@@ -48,7 +48,7 @@ class StudySummary:
             return "best: none yet"
         text = f"best {self.metric}={self.best_value:.4f} (trial {self.best_trial})"
         if with_params and self.best_params:
-            text += " " + " ".join(f"{k}={_short(v)}" for k, v in sorted(self.best_params.items()))
+            text += " " + " ".join(f"{k}={short_value(v)}" for k, v in sorted(self.best_params.items()))
         return text
 
     def budget_text(self) -> str:
@@ -71,5 +71,5 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def _short(v) -> str:
+def short_value(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
