@@ -11,7 +11,7 @@ from tracking import tags as T
 from trainables import EPOCH, STOP_KEY
 
 from ._progress import Progress
-from ._states import COMPLETED, FAILED, PRUNED, STOPPED, TrialProgress, classify_error
+from ._states import COMPLETED, FAILED, LOST, PRUNED, STOPPED, TrialProgress, classify_error
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
 _RAY_KEYS = {
@@ -19,11 +19,24 @@ _RAY_KEYS = {
     "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
     "experiment_tag", "should_checkpoint", "experiment_id", EPOCH, STOP_KEY,
 }  # fmt: skip
+ELAPSED_EVERY_S = 30.0
+
+
+def asha_state(scheduler) -> dict:
+    """ASHA's rungs (what each trial scored at each milestone): Ray's snapshots leave them out, so a
+    resumed sweep would otherwise judge its next trials against empty rungs."""
+    return {"brackets": scheduler._brackets, "trial_info": scheduler._trial_info, "counter": scheduler._counter}
+
+
+def restore_asha(scheduler, state: dict) -> None:
+    scheduler._brackets, scheduler._trial_info, scheduler._counter = (
+        state["brackets"], state["trial_info"], state["counter"]
+    )
 
 
 class TrackingCallback(Callback):
     def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
-                 halt=None, keep_checkpoints: int | None = None):  # fmt: skip
+                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None):  # fmt: skip
         self.recorder = recorder
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.live = progress
@@ -36,11 +49,77 @@ class TrackingCallback(Callback):
         self._searched = set(searched)
         self.halt = halt  # () -> reason the whole sweep is being stopped (budget, `hpsearch stop`), or None
         self.keep_checkpoints = keep_checkpoints
+        self.scheduler = scheduler  # ASHA: its rungs are saved with the callback's state (Ray saves neither)
+        self._spent_s, self._t0, self._last_beat = spent_s, time.monotonic(), time.monotonic()
+        self._reconciled = False
+        self._lost_in_optuna = lost_in_optuna  # () -> [(trial_id, params)] the searcher's restore failed
+        self.lost = 0  # trials a crash lost: started after Ray's last saved state
 
     def __getstate__(self):
-        # Ray pickles callbacks into its experiment-state snapshots. The MLflow handle and the output
-        # stream belong to this driver process only; a resumed sweep is given fresh ones.
-        return {k: v for k, v in self.__dict__.items() if k not in ("recorder", "live", "halt")}
+        # Ray pickles the callback into tuner.pkl when the sweep starts. The MLflow handle, the output
+        # stream and the scheduler belong to this driver process; a resumed sweep is given fresh ones.
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna")}  # fmt: skip
+
+    # ---- saved with each of Ray's experiment-state snapshots, restored by `hpsearch run --resume` ----
+    def get_state(self) -> dict:
+        state = {k: getattr(self, k) for k in ("progress", "configs", "outcomes", "checkpoints", "_durations")}
+        if self.scheduler is not None:
+            state["asha"] = asha_state(self.scheduler)
+        return state
+
+    def set_state(self, state: dict) -> None:
+        for key in ("progress", "configs", "outcomes", "checkpoints", "_durations"):
+            setattr(self, key, state[key])
+        if self.scheduler is not None and "asha" in state:
+            restore_asha(self.scheduler, state["asha"])
+        summary = self.live.summary
+        for outcome, _ in self.outcomes.values():
+            summary.counts[outcome] += 1
+        if self._durations:
+            summary.mean_trial_s = sum(self._durations) / len(self._durations)
+        self._refresh_best()
+
+    def spent_s(self) -> float:
+        """Seconds this study has run, over all its resumes: what `--hours` is measured against."""
+        return self._spent_s + time.monotonic() - self._t0
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._reconciled:
+            self._reconciled = True
+            self._reconcile(trials)
+
+    def _reconcile(self, trials) -> None:
+        """After a resume: settle the trials whose MLflow runs the interruption left open. Trials Ray will
+        resume keep their runs (reattached when they restart); trials Ray knows as ended are closed with
+        their outcome; trials Ray's last snapshot never saw are closed as failed, since nothing can resume them.
+        """
+        statuses = {t.trial_id: t.status for t in trials}
+        for trial_id in self.recorder.unfinished_trials():
+            status = statuses.get(trial_id)
+            if status in ("PENDING", "PAUSED", "RUNNING"):
+                continue  # resumes from its checkpoint
+            if status is None:
+                outcome = (FAILED, LOST)
+                self.lost += 1
+            else:
+                outcome = self.outcomes.get(trial_id) or self.progress.setdefault(
+                    trial_id, TrialProgress(self.metric, self.mode)
+                ).outcome(status == "ERROR", self.max_t, "error (before the crash)")
+            self._count(trial_id, outcome)
+            self.recorder.close_trial(trial_id, *outcome)
+        # Optuna had suggested these, but the crash came before MLflow heard of them: record them too.
+        for trial_id, params in self._lost_in_optuna() if self._lost_in_optuna else []:
+            if trial_id not in statuses and not self.recorder.knows(trial_id):
+                self.recorder.trial_started(trial_id, params)
+                self.recorder.trial_ended(trial_id, FAILED, {}, reason=LOST)
+                self._count(trial_id, (FAILED, LOST))
+                self.lost += 1
+
+    def _count(self, trial_id: str, outcome: tuple[str, str | None]) -> None:
+        if trial_id not in self.outcomes:
+            self.outcomes[trial_id] = outcome
+            self.live.summary.counts[outcome[0]] += 1
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.configs[trial.trial_id] = dict(trial.config)
@@ -52,6 +131,9 @@ class TrackingCallback(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.live.tick()
+        if time.monotonic() - self._last_beat > ELAPSED_EVERY_S:  # so a crash loses at most this much budget
+            self._last_beat = time.monotonic()
+            self.recorder.set_parent_tags({T.ELAPSED: round(self.spent_s(), 1)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode)).update(result)
@@ -96,6 +178,10 @@ class TrackingCallback(Callback):
             self._durations.append(time.monotonic() - self._started_at.pop(trial_id))
             summary.mean_trial_s = sum(self._durations) / len(self._durations)
         summary.counts[state] += 1
+        self._refresh_best()
+
+    def _refresh_best(self) -> None:
+        summary = self.live.summary
         best = self.best_trial()
         if best is not None:
             summary.best_trial, summary.best_value = best, self.progress[best].best_value

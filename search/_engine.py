@@ -7,19 +7,20 @@ import dataclasses
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 import studies
+import tracking
 from studies import StudySpec, UserError
 from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
 from trainables import Trainable, get_trainable
 
-from ._control import check_free_disk
+from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
 from ._space import grid_size
 from ._warm import warm_points
 
@@ -36,6 +37,8 @@ class Plan:
     storage: str | None
     warm_points: tuple = ()  # configurations enqueued before the sampler's own
     notes: tuple = ()  # messages for the user, printed when the run starts
+    resume_run: Any = None  # --resume: the unfinished parent run (an mlflow Run) to continue
+    replaces: Any = None  # --fresh: the unfinished parent run that the new one replaces
 
 
 @dataclasses.dataclass
@@ -56,8 +59,10 @@ class Outcome:
 
 
 def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: str | None = None,
-         warm_count: int = 5, **overrides: Any) -> Plan:  # fmt: skip
+         warm_count: int = 5, resume: bool = False, fresh: bool = False, **overrides: Any) -> Plan:  # fmt: skip
     """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
+    if resume and fresh:
+        raise UserError("--resume and --fresh: give one (continue the unfinished run, or start a new one)")
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
     if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started
@@ -97,26 +102,84 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
             raise UserError("--warm-start: not with sampler grid (a grid is fixed)")
         points, messages = warm_points(spec, studies.check_name(warm_start), warm_count, tracking_uri)
         notes += messages
+    if resume and points:
+        raise UserError("--warm-start: not with --resume (the resumed run keeps its own queue)")
+    unfinished = _unfinished_run(spec.name, tracking_uri)
+    if resume:
+        if unfinished is None:
+            raise UserError(f"--resume: study {spec.name!r} has no unfinished run to resume; run it without --resume")
+        _check_resumable(spec, unfinished, tracking_uri)
+    elif unfinished is not None and not fresh:
+        raise UserError(
+            f"study {spec.name!r} has an unfinished run {unfinished.info.run_id} ({unfinished.info.run_name}, "
+            f"{unfinished.info.status}): continue it with --resume, or start over with --fresh"
+        )
     check_free_disk(data_home())
-    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes))
+    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes),
+                resume_run=unfinished if resume else None, replaces=unfinished if fresh else None)  # fmt: skip
+
+
+def _unfinished_run(study: str, tracking_uri: str | None):
+    """The study's latest parent run if a crash (RUNNING) or Ctrl-C/SIGTERM (KILLED) left it unfinished.
+    Raises UserError when that run is in fact alive (its lock has a fresh heartbeat)."""
+    live = read_lock(data_home(), study)
+    if live is not None:
+        raise running_error(study, live)
+    runs = tracking.parent_runs(Store(tracking_uri), study)
+    if runs and runs[0].info.status in ("RUNNING", "KILLED"):
+        return runs[0]
+    return None
+
+
+def _check_resumable(spec: StudySpec, run, tracking_uri: str | None) -> None:
+    tags = run.data.tags
+    if tags.get(T.SPEC_DIGEST) != studies.spec_digest(spec):
+        store = Store(tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            old = Path(store.client.download_artifacts(run.info.run_id, "study.yaml", tmp)).read_text()
+        changes = studies.spec_changes(old, spec) or ["(the spec's hash differs)"]
+        raise UserError(f"--resume: the study's spec changed since run {run.info.run_id}: {'; '.join(changes)}")
+    experiment = tags.get(T.RAY_EXPERIMENT, "")
+    if "://" not in experiment and not list(Path(experiment).glob("experiment_state-*.json")):
+        raise UserError(f"--resume: run {run.info.run_id} saved no experiment state under {experiment or '(none)'}; "
+                        "start over with --fresh")  # fmt: skip
 
 
 def execute(plan: Plan, out=None) -> Outcome:
-    """Run the sweep. Every record goes to MLflow from this (the driver) process."""
+    """Run the sweep (or continue an unfinished one). Every record goes to MLflow from this (the driver)
+    process. Raises Interrupted after Ctrl-C or SIGTERM, with the run left for `--resume`."""
     out = out or sys.stdout
+    lock = StudyLock(data_home(), plan.spec.name).acquire()
+    try:
+        return _execute(plan, out)
+    finally:
+        lock.release()
+
+
+def _execute(plan: Plan, out) -> Outcome:
     started = time.monotonic()
     spec = plan.spec
     store = Store(plan.tracking_uri)
-    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
-    recorder.start(_spec_params(spec, plan), yaml.safe_dump(spec.model_dump(), sort_keys=False), run_name)
-    # The parent run's id makes the Ray experiment and the Optuna study unique to this invocation.
-    run_name = f"{run_name}-{recorder.parent_id[:8]}"
-    storage = plan.storage or str(store.home / "ray")
-    recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode, T.OPTUNA_STUDY: run_name,
-                              T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}"})  # fmt: skip
-    print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
+    if plan.resume_run is not None:
+        run = plan.resume_run
+        recorder.resume(run.info.run_id)
+        run_name, spent_s = run.data.tags[T.OPTUNA_STUDY], float(run.data.tags.get(T.ELAPSED, 0))
+        storage = run.data.tags[T.RAY_EXPERIMENT].rstrip("/").rsplit("/", 1)[0]
+        print(f"study {spec.name}: resuming run {recorder.parent_id} ({spent_s:.0f}s spent before)", file=out)
+    else:
+        if plan.replaces is not None:
+            _abandon(plan.replaces, store, spec.name, out)
+        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        recorder.start(_spec_params(spec, plan), studies.spec_text(spec), run_name)
+        # The parent run's id makes the Ray experiment and the Optuna study unique to this invocation.
+        run_name, spent_s = f"{run_name}-{recorder.parent_id[:8]}", 0.0
+        storage = plan.storage or str(store.home / "ray")
+        recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode, T.OPTUNA_STUDY: run_name,
+                                  T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}",
+                                  T.SPEC_DIGEST: studies.spec_digest(spec)})  # fmt: skip
+        print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
     for note in plan.notes:
         print(note, file=out, flush=True)
@@ -125,15 +188,37 @@ def execute(plan: Plan, out=None) -> Outcome:
     try:
         from ._tune import run_tune
 
-        callback = run_tune(plan, recorder, fixed, run_name, storage, store, out)
+        callback = run_tune(plan, recorder, fixed, run_name, storage, store, out,
+                            resume=plan.resume_run is not None, spent_s=spent_s)  # fmt: skip
+        recorder.set_parent_tags({T.ELAPSED: round(callback.spent_s(), 1)})
         outcome = _finish(plan, store, recorder, callback, started, out)
         status = "FINISHED"
         return outcome
+    except Interrupted as exc:
+        status = "KILLED"
+        _signal, spent = exc.args
+        recorder.set_parent_tags({T.ELAPSED: round(spent, 1)})
+        raise Interrupted(
+            f"study {spec.name} interrupted; its state is saved: continue with `hpsearch run {plan.spec.name} "
+            "--resume` (same spec file and flags)"
+        ) from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         recorder.finish(status)
+
+
+def _abandon(run, store, study: str, out) -> None:
+    """--fresh: close the unfinished run it replaces, in MLflow and in Optuna, so nothing stays RUNNING."""
+    from ._tune import abandon_optuna_study
+
+    reason = "not resumed: a --fresh run replaced it"
+    closed = tracking.close_unfinished(store, run.info.run_id, reason)
+    optuna_study = run.data.tags.get(T.OPTUNA_STUDY)
+    if optuna_study:
+        abandon_optuna_study(store.home, study, optuna_study, reason)
+    print(f"closed unfinished run {run.info.run_id} ({closed} open trial(s) marked failed)", file=out)
 
 
 def _finish(plan, store, recorder, callback, started, out) -> Outcome:

@@ -99,6 +99,8 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int
         with open(log_path, "a", buffering=1) as log, _TRIAL_OUTPUT.to(log):
             try:
                 get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed))
+            except SystemExit:
+                raise  # how Ray ends a trial it stops (ASHA, a budget): not an error
             except BaseException:
                 traceback.print_exc(file=log)  # Ray also writes error.txt; this keeps output and traceback together
                 raise

@@ -9,6 +9,7 @@ COMPLETE, with their best value.
 from __future__ import annotations
 
 import math
+import pickle
 
 import optuna
 from optuna.trial import TrialState
@@ -18,7 +19,23 @@ from ray.tune.search.optuna import OptunaSearch
 from trainables import EPOCH
 
 from ._space import grid, is_conditional
-from ._states import COMPLETED, PRUNED, TrialProgress
+from ._states import COMPLETED, LOST, PRUNED, TrialProgress
+
+
+RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
+
+
+def fail_running(study: optuna.Study, reason: str, keep=frozenset()) -> list[tuple[str, dict]]:
+    """Tell FAIL, with `reason`, for the study's trials left RUNNING (Optuna's journal storage has no
+    heartbeat, so a crashed sweep's trials would stay RUNNING forever), except those in `keep` (storage ids
+    of trials that a resume continues). Returns their (Ray trial id, params)."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial._trial_id not in keep:
+            study._storage.set_trial_user_attr(trial._trial_id, "hpsearch_reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed.append((trial.user_attrs.get(RAY_TRIAL_ID, f"optuna-{trial.number}"), dict(trial.params)))
+    return failed
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -58,6 +75,30 @@ class StudySearch(OptunaSearch):
         self._progress: dict[str, TrialProgress] = {}
         self._reported: dict[str, set[int]] = {}  # trial_id -> epochs already given to Optuna
 
+    # ---- saved with Ray's experiment snapshots; plain ids, not the pickled study and its storage ----
+    def save(self, checkpoint_path: str) -> None:
+        state = {"trials": {tid: t._trial_id for tid, t in self._ot_trials.items()},
+                 "completed": set(self._completed_trials), "progress": self._progress, "reported": self._reported}  # fmt: skip
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Reattach to the Optuna trials of the saved Ray trials; fail the ones the snapshot never saw."""
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        study = self._ot_study
+        finished = {t._trial_id for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._ot_trials = {tid: optuna.Trial(study, ot_id) for tid, ot_id in state["trials"].items()}
+        # A trial Optuna was told about after the snapshot reruns from its checkpoint in Ray; Optuna keeps
+        # the first telling.
+        told = {tid for tid, ot_id in state["trials"].items() if ot_id in finished}
+        self._completed_trials = set(state["completed"]) | told
+        self._progress, self._reported = state["progress"], state["reported"]
+        self.lost = fail_running(study, LOST, keep=set(state["trials"].values()))
+        # The sampler was built afresh with the study's seed: without a new seed it would repeat the
+        # configurations it suggested before the interruption.
+        study.sampler.reseed_rng()
+
     def enqueue(self, params: dict) -> None:
         """A configuration to try before the sampler's own (a warm start); missing parameters are sampled."""
         self._ot_study.enqueue_trial(params, skip_if_exists=False)
@@ -69,7 +110,9 @@ class StudySearch(OptunaSearch):
         if isinstance(config, dict):
             # Each trial's own seed follows from the study seed and its Optuna trial number, so a
             # sweep repeats (with max_concurrent 1) and any one trial can be rerun from its params.
-            config["seed"] = trial_seed(self._study_seed, self._ot_trials[trial_id].number)
+            ot_trial = self._ot_trials[trial_id]
+            config["seed"] = trial_seed(self._study_seed, ot_trial.number)
+            ot_trial.set_user_attr(RAY_TRIAL_ID, trial_id)  # so a crash's lost trials can be named everywhere
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -9,6 +9,7 @@ from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
 
 COMPLETED, PRUNED, STOPPED, FAILED, RUNNING = "completed", "pruned", "stopped", "failed", "running"
 ENDED = (COMPLETED, PRUNED, STOPPED, FAILED)
+LOST = "lost in a crash: it started after the last saved experiment state"
 
 
 @dataclasses.dataclass

@@ -14,6 +14,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # A diverged trial's last report has a NaN loss and no validation metric; Ray's strict check would turn
 # that one trial's report into an error that ends the whole sweep. ASHA and our searcher skip such a result.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+# Ctrl-C and SIGTERM go through our handler (Signals), which asks Tune to stop by its SIGUSR1 handler.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -23,11 +25,22 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from studies import STATES, StudySummary  # noqa: E402
 
 from ._callback import TrackingCallback  # noqa: E402
-from ._control import Halt, stop_file  # noqa: E402
+from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
 from ._progress import Progress  # noqa: E402
 from ._ray_reporter import make_trial_function  # noqa: E402
 from ._searcher import StudySearch, make_sampler  # noqa: E402
 from ._space import DefineByRun, is_conditional, to_distributions  # noqa: E402
+
+
+class _HideRestoreHints(logging.Filter):
+    """Tune's messages on an interrupt tell the user to call Tuner.restore; hpsearch says `--resume` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("Stop signal received" in text or "Resume experiment with" in text)
+
+
+logging.getLogger("ray.tune.tune").addFilter(_HideRestoreHints())
 
 
 def connect(address: str | None) -> None:
@@ -47,14 +60,33 @@ def connect(address: str | None) -> None:
     )
 
 
-def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out):
+def optuna_storage(home, study: str) -> optuna.storages.BaseStorage:
+    """The study's Optuna journal (one file per hpsearch study, one Optuna study per invocation in it)."""
+    journal = home / "optuna" / f"{study}.journal"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+
+
+def abandon_optuna_study(home, study: str, optuna_study: str, reason: str) -> int:
+    """Fail the trials an unresumed run left RUNNING in Optuna (a --fresh run replaces it)."""
+    from ._searcher import fail_running
+
+    storage = optuna_storage(home, study)
+    try:
+        return fail_running(optuna.load_study(study_name=optuna_study, storage=storage), reason)
+    except KeyError:  # the run crashed before its Optuna study existed
+        return 0
+
+
+def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out, resume: bool = False,
+             spent_s: float = 0.0):  # fmt: skip
+    """Run (or, with `resume`, continue) the sweep. Raises Interrupted after Ctrl-C or SIGTERM, once Ray has
+    saved the state that `hpsearch run --resume` continues from."""
     spec = plan.spec
     connect(plan.address)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = store.home / "optuna" / f"{spec.name}.journal"
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    halt = Halt(stop_file(store.home, spec.name), spec.hours)
+    storage = optuna_storage(store.home, spec.name)
+    halt = Halt(stop_file(store.home, spec.name), spec.hours, spent_s, home=store.home)
     searcher = StudySearch(
         space=DefineByRun(spec) if is_conditional(spec) else to_distributions(spec),
         metric=plan.metric,
@@ -78,39 +110,61 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
                            trials=spec.trials, hours=spec.hours, concurrency=spec.max_concurrent)  # fmt: skip
     live = Progress(summary, out)
     callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space,
-                                halt=halt.reason, keep_checkpoints=spec.keep_checkpoints)  # fmt: skip
+                                halt=halt.reason, keep_checkpoints=spec.keep_checkpoints, scheduler=scheduler,
+                                spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []))  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
     trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    tuner = tune.Tuner(
-        tune.with_resources(trial_fn, resources),
-        param_space=fixed,
-        tune_config=tune.TuneConfig(
-            metric=plan.metric,
-            mode=plan.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.trials,
-            max_concurrent_trials=spec.max_concurrent,
-            # --hours is enforced by `halt`, which also records why trials were cut short.
-            reuse_actors=True,  # the worker's imports and data cache outlive a trial
-        ),
-        run_config=tune.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            callbacks=[callback],
-            stop=halt,
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        ),
-    )
-    # Without the auto loggers the ResultGrid cannot read per-trial metrics files, and says so per trial;
-    # the callback already holds everything we use.
+    trainable = tune.with_resources(trial_fn, resources)
+    # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says
+    # so per trial; the callback already holds everything we use.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if resume:
+        # Ray restores its trials (unfinished ones continue from their checkpoints) and then the searcher's
+        # and the callback's saved state into the objects given here: the pickled ones in tuner.pkl hold
+        # the previous process's handles.
+        experiment = f"{storage_path.rstrip('/')}/{run_name}"
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=fixed)
+        internal = tuner._local_tuner
+        internal._tune_config.search_alg, internal._tune_config.scheduler = searcher, scheduler
+        run_config = internal.get_run_config()
+        run_config.callbacks, run_config.stop = [callback], halt
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=fixed,
+            tune_config=tune.TuneConfig(
+                metric=plan.metric,
+                mode=plan.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=spec.trials,
+                max_concurrent_trials=spec.max_concurrent,
+                # --hours is enforced by `halt`, which also records why trials were cut short.
+                reuse_actors=True,  # the worker's imports and data cache outlive a trial
+            ),
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                callbacks=[callback],
+                stop=halt,
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            ),
+        )
     try:
-        tuner.fit()
+        with Signals() as signals:
+            tuner.fit()
+        halted = halt.reason()
     finally:
         live.close()
         halt.close()
+    if halted:
+        print(f"sweep ended early: {halted}", file=out)
+    if signals.received is not None:
+        raise Interrupted(signals.received, callback.spent_s())
+    if callback.lost:
+        print(f"{callback.lost} trial(s) had started after the last saved state and were lost; "
+              "they are recorded as failed", file=out)  # fmt: skip
     return callback

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler and trial seed")
     p.add_argument("--warm-start", metavar="OTHER_STUDY", help="first try the best configurations of another study")
     p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
+    p.add_argument("--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)")
+    p.add_argument("--fresh", action="store_true", help="start a new run even though the last one is unfinished")
     p.add_argument("--address", help="an existing Ray cluster to join (default: a local Ray)")
     p.add_argument("--storage", help="Ray experiment storage path or URI (default: $HPSEARCH_HOME/ray)")
     _common(p)
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("hpsearch: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hpsearch results x | head`
         sys.stderr.close()
@@ -108,7 +110,8 @@ def _run(args) -> int:
     overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
                      gpus_per_trial=args.gpus_per_trial, seed=args.seed)  # fmt: skip
     plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
-                    warm_start=args.warm_start, warm_count=args.warm_count, **overrides)  # fmt: skip
+                    warm_start=args.warm_start, warm_count=args.warm_count, resume=args.resume, fresh=args.fresh,
+                    **overrides)  # fmt: skip
     outcome = api.execute(plan)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     print(f"\nstudy {outcome.study} finished in {outcome.seconds:.0f}s: {counts}")
@@ -240,6 +243,7 @@ def _table(frame) -> str:
         return "(no trials)"
     metric = frame.attrs.get("metric") or "metric"
     shown = frame[["rank", "trial_id", "state", "metric", "epochs"]].rename(columns={"metric": metric})
+    shown = shown.assign(epochs=shown["epochs"].astype("Int64"))  # running trials have none yet: not 8.0000
     # Only what varies between trials: fixed params (epochs, split_seed, ...) would drown the searched ones.
     constant = {k for k in frame["params"].iloc[0] if all(p.get(k) == frame["params"].iloc[0][k] for p in frame["params"])}
     if len(frame) == 1:

@@ -13,6 +13,9 @@ from ._spec import (
     check_name,
     load_spec_file,
     parse_spec,
+    spec_changes,
+    spec_digest,
+    spec_text,
     with_overrides,
 )
 from ._results import flat_results, results, study_run, summary
@@ -39,6 +42,9 @@ __all__ = [
     "parse_spec",
     "results",
     "short_value",
+    "spec_changes",
+    "spec_digest",
+    "spec_text",
     "study_run",
     "summary",
     "with_overrides",

@@ -249,3 +249,35 @@ def check_name(name: str) -> str:
     if not re.match(NAME_PATTERN, name) or len(name) > 100:
         raise UserError(f"invalid study name {name!r}: use letters, digits, '-' and '_' only")
     return name
+
+
+def spec_text(spec: StudySpec) -> str:
+    """The effective spec as YAML: logged with each run, and what a --resume is compared against."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def spec_digest(spec: StudySpec) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def spec_changes(old_text: str, spec: StudySpec) -> list[str]:
+    """`field: old -> new` for each field (dotted, e.g. asha.max_t) that differs from a logged spec."""
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out or {prefix.rstrip("."): {}}
+        return {prefix.rstrip("."): value}
+
+    old, new = flat(yaml.safe_load(old_text) or {}), flat(yaml.safe_load(spec_text(spec)))
+    missing = object()
+    return [
+        f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]

@@ -100,3 +100,31 @@ def test_run_refuses_to_start_without_free_disk(tmp_path, cli, monkeypatch):
     code, _, err = cli("run", write(tmp_path, "full", trials=2))
     assert code == 2 and "a sweep needs at least" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "home").exists()
+
+
+def test_a_sweep_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
+    import threading
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    monkeypatch.setenv("HPSEARCH_STOP_FREE_MB", "0")
+    path = write(tmp_path, "fills", trials=6, fixed={"sleep": 0.3}, asha={"max_t": 40, "grace_period": 40})
+
+    def fill_the_disk():  # as seen by the sweep: free space drops below the stop threshold mid-run
+        deadline = time.monotonic() + 120
+        while not list((home / "ray").glob("fills-*/*/output.log")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        os.environ["HPSEARCH_STOP_FREE_MB"] = str(10**12)
+
+    filler = threading.Thread(target=fill_the_disk, daemon=True)
+    filler.start()
+    out = io.StringIO()
+    outcome = api.run(path, out=out)
+    filler.join()
+    assert "sweep ended early: disk full" in out.getvalue()
+    frame = api.results("fills")
+    assert len(frame) < 6 and set(frame["state"]) == {"stopped"}
+    assert all(reason.startswith("disk full") for reason in frame["reason"])
+    assert outcome.best_trial is not None and outcome.exit_code == 0  # finalised: best checkpoint logged
+    assert set(optuna_states(home, "fills")) <= {optuna.trial.TrialState.PRUNED}

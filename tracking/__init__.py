@@ -10,7 +10,7 @@ from ._models import (
     state_digest,
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
-from ._runs import StudyRecorder
+from ._runs import StudyRecorder, close_unfinished
 from ._store import HOME_ENV, Store, data_home
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Store",
     "StudyRecorder",
     "cached_test_metrics",
+    "close_unfinished",
     "data_home",
     "load_best_checkpoint",
     "load_model",

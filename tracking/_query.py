@@ -28,13 +28,8 @@ def parent_runs(store: Store, study: str) -> list[Run]:
 
 def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
     """One plain dict per trial of a parent run (unsorted)."""
-    runs = store.client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-        run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
-    )  # fmt: skip
     rows = []
-    for run in runs:
+    for run in t.child_runs(store, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
         rows.append(
             {
@@ -48,6 +43,7 @@ def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
                 "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
                 "trial_dir": tags.get(t.TRIAL_DIR) or None,
                 "run_id": run.info.run_id,
+                "status": run.info.status,
             }
         )
     return rows

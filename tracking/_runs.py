@@ -33,6 +33,9 @@ TEST_DIGEST = "hpsearch.test_checkpoint_sha256"
 OPTUNA_STUDY = "hpsearch.optuna_study"  # the Optuna study (in optuna/STUDY.journal) of this invocation
 RAY_EXPERIMENT = "hpsearch.ray_experiment"  # Ray Tune's experiment folder of this invocation
 TRIAL_DIR = "hpsearch.trial_dir"  # where Ray keeps the trial's stdout, stderr, error.txt and checkpoint
+SPEC_DIGEST = "hpsearch.spec_sha256"  # the effective study spec's hash: a --resume must match it
+ELAPSED = "hpsearch.elapsed_s"  # seconds the study has run, over all its resumes (for --hours)
+RESUMES = "hpsearch.resumes"  # how many times the run was resumed
 PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strings; this keeps types)
 BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
 
@@ -48,7 +51,9 @@ class StudyRecorder:
         self.study = study
         self.tags = dict(tags)  # provenance carried by every run
         self.parent_id: str | None = None
-        self._children: dict[str, str] = {}  # trial_id -> run_id
+        self._children: dict[str, str] = {}  # trial_id -> run_id, of the trials running now
+        self._recorded: dict[str, tuple[str, str]] = {}  # trial_id -> (run_id, status), from before a resume
+        self._closed: set[str] = set()
         self._pending: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
 
@@ -62,6 +67,35 @@ class StudyRecorder:
         client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in params.items()])
         client.log_text(self.parent_id, spec_text, "study.yaml")
         return self.parent_id
+
+    def resume(self, parent_id: str) -> None:
+        """Continue an earlier invocation's parent run: the same run, its trials' child runs reattached."""
+        client = self.store.client
+        parent = client.get_run(parent_id)
+        self.parent_id = parent_id
+        client.update_run(parent_id, status="RUNNING")
+        self.set_parent_tags({RESUMES: int(parent.data.tags.get(RESUMES, 0)) + 1})
+        self._recorded = {
+            run.data.tags[TRIAL_ID]: (run.info.run_id, run.info.status)
+            for run in child_runs(self.store, parent.info.experiment_id, parent_id)
+            if TRIAL_ID in run.data.tags
+        }  # fmt: skip
+
+    def unfinished_trials(self) -> list[str]:
+        """Trials whose child runs the interruption left open: RUNNING (a crash) or KILLED (Ctrl-C, SIGTERM)."""
+        return [tid for tid, (_, status) in self._recorded.items() if status in ("RUNNING", "KILLED")]
+
+    def knows(self, trial_id: str) -> bool:
+        """Whether the trial has a child run (open now, or recorded before a resume and not yet closed)."""
+        return trial_id in self._children or trial_id in self._recorded or trial_id in self._closed
+
+    def close_trial(self, trial_id: str, state: str, reason: str | None) -> None:
+        """End a recorded trial that is not running now (reconciling after a crash)."""
+        run_id, _ = self._recorded.pop(trial_id)
+        self._closed.add(trial_id)
+        tags = [RunTag(STATE, state)] + ([RunTag(REASON, reason)] if reason else [])
+        self.store.client.log_batch(run_id, tags=tags)
+        self.store.client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
 
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
         self.store.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -79,6 +113,12 @@ class StudyRecorder:
     # ---- children ----
     def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None) -> None:
         if trial_id in self._children:  # a retried trial keeps its one child run
+            return
+        if trial_id in self._recorded:  # resumed after an interruption: its run continues
+            run_id, _ = self._recorded.pop(trial_id)
+            self.store.client.update_run(run_id, status="RUNNING")
+            self.store.client.set_tag(run_id, STATE, "running")
+            self._children[trial_id] = run_id
             return
         exp = self.store.experiment_id(self.study)
         tags = {**self.tags, KIND: "trial", STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
@@ -120,6 +160,31 @@ class StudyRecorder:
         pending = self._pending.pop(trial_id, [])
         for i in range(0, len(pending), _BATCH):
             self.store.client.log_batch(run_id, metrics=pending[i : i + _BATCH])
+
+
+def child_runs(store: Store, experiment_id: str, parent_id: str):
+    from mlflow.entities import ViewType
+
+    return store.client.search_runs(
+        [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
+        run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
+    )  # fmt: skip
+
+
+def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
+    """End a run that will not be resumed (a --fresh run replaces it): its open trials become failed with
+    `reason`, and the run itself KILLED. Returns how many trials were closed."""
+    client = store.client
+    parent = client.get_run(parent_id)
+    closed = 0
+    for run in child_runs(store, parent.info.experiment_id, parent_id):
+        if run.info.status in ("RUNNING", "KILLED"):
+            client.log_batch(run.info.run_id, tags=[RunTag(STATE, "failed"), RunTag(REASON, reason)])
+            client.set_terminated(run.info.run_id, status="FAILED")
+            closed += 1
+    client.set_tag(parent_id, REASON, reason)
+    client.set_terminated(parent_id, status="KILLED")
+    return closed
 
 
 def _param(value: Any) -> str:

@@ -9,6 +9,9 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+# MLflow draws a progress bar for every artifact it downloads (a spec, a checkpoint): noise on a console.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 HOME_ENV = "HPSEARCH_HOME"
 DEFAULT_HOME = "hpsearch-runs"
 
