@@ -123,7 +123,7 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     # The best checkpoint loads and reproduces its metric: quad's loss at (x, epoch) is (x - 0.3)^2 + 1/epoch.
     best = tracking.load_best_checkpoint(store, parents[0].info.run_id)
     x = float(best["model"]["x"][0])
-    assert abs((x - 0.3) ** 2 + 1.0 / best["epoch"] - best["value"]) < 1e-9
+    assert abs((x - 0.3) ** 2 + 1.0 / best["epoch"] - best["value"]) < 1e-6  # x is kept as float32
     assert best["value"] == min(r["metric"] for r in frame if r["metric"] is not None)
 
 
