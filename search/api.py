@@ -104,6 +104,30 @@ def logs(study: str, trial: str, tracking_uri: str | None = None, run_id: str | 
     return out
 
 
+def ui_command(study: str | None = None, tracking_uri: str | None = None, host: str = "127.0.0.1",
+               port: int = 5000) -> tuple[list[str], str]:  # fmt: skip
+    """`hpsearch ui`: the `mlflow ui` command for the study's store, and the URL to open."""
+    import sys
+
+    store = tracking.Store(tracking_uri)
+    if store.tracking_uri.startswith(("http://", "https://", "databricks")):
+        raise UserError(f"--tracking-uri {store.tracking_uri} is a server with its own UI: open it in a browser")
+    if not store.exists():
+        raise UserError(f"no records under {store.home}; run a study first (or give --tracking-uri)")
+    if not 0 < port < 65536:
+        raise UserError(f"--port: {port} is not a port number")
+    url = f"http://{host}:{port}/"
+    if study is not None:
+        studies.check_name(study)
+        exp = store.experiment_id(study)
+        if exp is None:
+            raise UserError(f"no records for study {study!r} in {store.tracking_uri}")
+        url += f"#/experiments/{exp}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
+               "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    return command, url
+
+
 def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:
     """Built-in studies and studies with records in the store."""
     store = tracking.Store(tracking_uri)

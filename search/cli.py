@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
     _common(p)
 
+    p = sub.add_parser("ui", help="the MLflow UI on the study store, on 127.0.0.1 unless --host says otherwise")
+    p.add_argument("study", nargs="?", help="open this study's experiment")
+    p.add_argument("--host", default="127.0.0.1", help="the interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    _common(p)
+
     p = sub.add_parser("studies", help="built-in studies and studies with records")
     p.add_argument("--format", choices=["table", "json"], default="table")
     _common(p)
@@ -205,6 +211,39 @@ def _promote(args) -> int:
     return 0
 
 
+def _ui(args) -> int:
+    import os
+    import signal
+    import subprocess
+
+    from . import api
+
+    command, url = api.ui_command(args.study, tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach it can read and change this store",
+              file=sys.stderr)  # fmt: skip
+    print(f"MLflow UI at {url} (Ctrl-C to stop)", flush=True)
+    # `mlflow ui` runs its server as a child process: give both a process group of their own, and end the
+    # group on Ctrl-C or SIGTERM, so no server is left behind.
+    server = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(server.pid, sig)
+                server.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
 def _studies(args) -> int:
     from . import api
 
@@ -254,7 +293,7 @@ def _table(frame) -> str:
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "ui": _ui, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

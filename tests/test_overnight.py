@@ -128,3 +128,41 @@ def test_a_sweep_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
     assert all(reason.startswith("disk full") for reason in frame["reason"])
     assert outcome.best_trial is not None and outcome.exit_code == 0  # finalised: best checkpoint logged
     assert set(optuna_states(home, "fills")) <= {optuna.trial.TrialState.PRUNED}
+
+
+def test_ui_serves_the_study_store_on_localhost_only(tmp_path, monkeypatch, cli):
+    import socket
+    import urllib.request
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    code, _, err = cli("ui")
+    assert code == 2 and "no records under" in err  # nothing to serve yet, and nothing created
+    assert not home.exists()
+    api.run(write(tmp_path, "viewed", trials=2), out=io.StringIO())
+    code, _, err = cli("ui", "nosuch")
+    assert code == 2 and "no records for study 'nosuch'" in err
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "hpsearch"
+    proc = subprocess.Popen([str(exe), "ui", "viewed", "--port", str(port)], env={**os.environ},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=viewed"
+        deadline, body = time.monotonic() + 90, None
+        while time.monotonic() < deadline and body is None and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "the UI did not answer"
+        assert body["experiment"]["name"] == "viewed"  # it serves this store
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert listening and all("127.0.0.1:" in line for line in listening.strip().splitlines()), listening
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"MLflow UI at http://127.0.0.1:{port}/#/experiments/" in out
