@@ -135,7 +135,13 @@ def curve(values: list[float], target: float | None) -> tuple[float, int | None]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--fifo-trials", type=int, default=FIFO_TRIALS,
+                        help=f"the budget, in FIFO trials of {MAX_T} epochs (default {FIFO_TRIALS})")  # fmt: skip
     args = parser.parse_args()
+    global FIFO_TRIALS, ASHA_TRIALS, BUDGET
+    FIFO_TRIALS, BUDGET = args.fifo_trials, args.fifo_trials * MAX_T
+    ASHA_TRIALS = max(ASHA_TRIALS, 13 * FIFO_TRIALS)  # ASHA trials average under 3 epochs: enough to spend it
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from search import _tune  # noqa: F401  (sets Ray's environment before ray starts)
 
@@ -144,7 +150,7 @@ def main() -> None:
         workdir = Path(tmp)
         os.environ["HPSEARCH_HOME"] = str(workdir / "home")
         _tune.connect(None)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             started = time.monotonic()
             fifo = run_tuner(seed, "fifo", workdir)  # 12 trials x 27 epochs, less if one diverged
             target, _ = curve(fifo, None)

@@ -1,6 +1,7 @@
 """Trainables that fail on purpose, by configuration: `tests.faulty:train`."""
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ def train(config, reporter):
         if epoch == 2:
             if config["fault"] == "raise":
                 raise ValueError("injected failure in trial code")
+            if config["fault"] == "die":
+                os._exit(3)  # the worker process itself dies, as a segfault or the kernel's OOM killer would
             if config["fault"] == "oom":
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             marker = Path(config["marker_dir"]) / "flaky-failed-once"

@@ -151,23 +151,24 @@ def test_show_reports_what_results_hold(study, cli, tmp_path):
 
 
 def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_path, cli):
-    """A NaN loss (no validation metric in its last report), an exception, a CUDA out-of-memory error and a
-    failure that a retry (max_failures: 1, from the last checkpoint) gets past: the sweep finishes, and
-    MLflow, Optuna and `hpsearch logs` all say what happened to each trial."""
-    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise", "oom", "flaky"]}}
-    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=5,
+    """A NaN loss (no validation metric in its last report), an exception, a CUDA out-of-memory error, a
+    worker process that dies, and a failure that a retry (max_failures: 1, from the last checkpoint) gets
+    past: the sweep finishes, and MLflow, Optuna and `hpsearch logs` all say what happened to each trial."""
+    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise", "oom", "flaky", "die"]}}
+    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=6,
                             fixed={"marker_dir": str(tmp_path)}, max_failures=1,
                             asha={"max_t": 3, "grace_period": 3}), out=io.StringIO())  # fmt: skip
-    assert outcome.exit_code == 0 and outcome.counts == {"completed": 2, "pruned": 0, "stopped": 0, "failed": 3}
+    assert outcome.exit_code == 0 and outcome.counts == {"completed": 2, "pruned": 0, "stopped": 0, "failed": 4}
     rows = {r["params"]["fault"]: r for r in api.results("faults").to_dict("records")}
     assert rows["none"]["state"] == "completed" and rows["none"]["epochs"] == 3
     assert rows["flaky"]["state"] == "completed" and rows["flaky"]["epochs"] == 3  # retried, then finished
     assert rows["nan"]["state"] == "failed" and rows["nan"]["reason"] == "diverged"
     assert rows["raise"]["state"] == "failed" and "injected failure in trial code" in rows["raise"]["reason"]
     assert rows["oom"]["state"] == "failed" and rows["oom"]["reason"].startswith("oom: ")
+    assert rows["die"]["state"] == "failed" and rows["die"]["reason"].startswith("worker died: ")
     states = {t.params["fault"]: t.state for t in optuna_trials(tmp_path / "home", "faults")}
     ok, fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
-    assert states == {"none": ok, "flaky": ok, "nan": fail, "raise": fail, "oom": fail}
+    assert states == {"none": ok, "flaky": ok, "nan": fail, "raise": fail, "oom": fail, "die": fail}
 
     code, out, err = cli("logs", "faults", rows["raise"]["trial_id"])
     assert code == 0, err
