@@ -133,13 +133,13 @@ def curve(values: list[float], target: float | None) -> tuple[float, int | None]
 
 
 def main() -> None:
+    global FIFO_TRIALS, ASHA_TRIALS, BUDGET
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--fifo-trials", type=int, default=FIFO_TRIALS,
                         help=f"the budget, in FIFO trials of {MAX_T} epochs (default {FIFO_TRIALS})")  # fmt: skip
     args = parser.parse_args()
-    global FIFO_TRIALS, ASHA_TRIALS, BUDGET
     FIFO_TRIALS, BUDGET = args.fifo_trials, args.fifo_trials * MAX_T
     ASHA_TRIALS = max(ASHA_TRIALS, 13 * FIFO_TRIALS)  # ASHA trials average under 3 epochs: enough to spend it
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
