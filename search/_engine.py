@@ -292,8 +292,29 @@ def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
             tags[f"hpsearch.version.{pkg}"] = version(pkg)
         except PackageNotFoundError:
             tags[f"hpsearch.version.{pkg}"] = "unknown"
+    commit = _git_commit(plan.trainable.train)
+    if commit:
+        tags["hpsearch.git_commit"] = commit
     if plan.trainable.data_info is not None:
         for k, v in plan.trainable.data_info(fixed).items():
             tags[f"hpsearch.data.{k}"] = str(v)
     return tags
 
+
+
+def _git_commit(function) -> str | None:
+    """The commit of the git repository holding the trainable's code (with `-dirty` if it has uncommitted
+    changes), or None where the code is not in a git repository."""
+    import inspect
+    import subprocess
+
+    try:
+        folder = Path(inspect.getsourcefile(function) or "").resolve().parent
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return None

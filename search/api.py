@@ -61,7 +61,8 @@ def promote(
         "metric": ptags.get(T.METRIC, ""),
         "val_value": str(parent.data.metrics.get(T.BEST_VALUE, "")),
         "checkpoint_sha256": ptags.get(T.CHECKPOINT_DIGEST, ""),
-        **{k.removeprefix("hpsearch."): v for k, v in ptags.items() if k.startswith(("hpsearch.data.", "hpsearch.version."))},
+        **{k.removeprefix("hpsearch."): v for k, v in ptags.items()
+           if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"},
         "split_seed": ptags.get("hpsearch.split_seed", ""),
         **{k: repr(v) for k, v in test_metrics.items()},
     }
@@ -72,6 +73,42 @@ def promote(
     info = tracking.register_model(store, model_uri, name, alias, lineage, description)
     return {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": lineage["trial_id"],
             "test_metrics": test_metrics}  # fmt: skip
+
+
+def report(study: str, output: str | None = None, tracking_uri: str | None = None,
+           run_id: str | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """`hpsearch report`: write the study's HTML report (and log it to the parent run); returns its path and
+    the top trials' diagnoses."""
+    import os
+    import sys
+
+    from ._report import build_report
+
+    if os.getcwd() not in sys.path:  # a `pkg.module:function` trainable resolves from where hpsearch started
+        sys.path.insert(0, os.getcwd())
+    path, diagnoses = build_report(study, output=output, tracking_uri=tracking_uri, run_id=run_id)
+    return str(path), diagnoses
+
+
+def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None) -> dict[str, Any]:
+    """`hpsearch rollback`: point `alias` back at the version it had before the last promotion (and keep
+    the demoted one as the previous alias, so a second rollback undoes the first)."""
+    if not _ALIAS.match(alias):
+        raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_'")
+    store = tracking.Store(tracking_uri)
+    known = {r["name"] for r in tracking.registered_models(store)}
+    if name not in known:
+        raise UserError(f"no registered model {name!r} in {store.tracking_uri}" +
+                        (f"; registered: {', '.join(sorted(known))}" if known else ""))  # fmt: skip
+    info = tracking.rollback(store, name, alias)
+    if info is None:
+        raise UserError(f"model {name!r} has no @{alias} and @{tracking.previous_alias(alias)} pair to swap")
+    return info
+
+
+def models(tracking_uri: str | None = None) -> pd.DataFrame:
+    """`hpsearch models`: every registered model version, its aliases, study, trial and test metrics."""
+    return pd.DataFrame(tracking.registered_models(tracking.Store(tracking_uri)))
 
 
 def stop(study: str) -> str:

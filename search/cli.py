@@ -18,6 +18,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in $HPSEARCH_HOME or ./hpsearch-runs)")
 
 
+def _reads_a_run(p: argparse.ArgumentParser) -> None:
+    """For commands that read one of a study's runs: --run, and the common options."""
+    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _common(p)
+
+
 def _positive_float(text: str) -> float:
     try:
         return float(text)
@@ -52,14 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", help="order by a column or param instead of the rank; NAME:desc for descending")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
-    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
-    _common(p)
+    _reads_a_run(p)
 
     p = sub.add_parser("show", help="a study's progress: counts by state, best so far, budget and ETA")
     p.add_argument("study")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
-    _common(p)
+    _reads_a_run(p)
 
     p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell")
     p.add_argument("study")
@@ -67,15 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="a trial's output and traceback")
     p.add_argument("study")
     p.add_argument("trial", help="a trial id, as in `hpsearch results`")
-    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
-    _common(p)
+    _reads_a_run(p)
 
     p = sub.add_parser("promote", help="register the study's best model and set an alias")
     p.add_argument("study")
     p.add_argument("--alias", default="champion")
     p.add_argument("--name", help="registered model name (default: the study name)")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    p.add_argument("--run", dest="run_id", help="a parent run id (default: the latest run)")
+    _reads_a_run(p)
+
+    p = sub.add_parser("report", help="an HTML report: Optuna's plots, learning curves, diagnoses, best model")
+    p.add_argument("study")
+    p.add_argument("--output", help="the HTML file (default: $HPSEARCH_HOME/reports/STUDY.html)")
+    _reads_a_run(p)
+
+    p = sub.add_parser("rollback", help="point @champion back at the version it had before the last promote")
+    p.add_argument("model", help="a registered model name (see `hpsearch models`)")
+    p.add_argument("--alias", default="champion")
+    _common(p)
+
+    p = sub.add_parser("models", help="registered models: versions, aliases, study, trial and test metrics")
+    p.add_argument("--format", choices=["table", "json"], default="table")
     _common(p)
 
     p = sub.add_parser("ui", help="the MLflow UI on the study store, on 127.0.0.1 unless --host says otherwise")
@@ -207,7 +223,44 @@ def _promote(args) -> int:
     else:
         test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(info["test_metrics"].items())) or "no test metrics"
         print(f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})")
+        if info.get("previous_version"):
+            print(f"version {info['previous_version']} keeps an alias: undo with `hpsearch rollback {info['name']}`")
         print(f"load it with: mlflow.pyfunc.load_model('{info['model_uri']}')")
+    return 0
+
+
+def _report(args) -> int:
+    from . import api
+
+    path, diagnoses = api.report(args.study, output=args.output, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    for line in diagnoses:
+        print(line)
+    print(f"report: {path} (also logged to the study's MLflow run)")
+    return 0
+
+
+def _rollback(args) -> int:
+    from tracking import previous_alias
+
+    from . import api
+
+    info = api.rollback(args.model, alias=args.alias, tracking_uri=args.tracking_uri)
+    print(f"{info['name']}@{info['alias']} is version {info['version']} again (version {info['previous_version']} "
+          f"is now @{previous_alias(info['alias'])})")  # fmt: skip
+    return 0
+
+
+def _models(args) -> int:
+    from . import api
+
+    frame = api.models(args.tracking_uri)
+    if args.format == "json":
+        print(json.dumps(_records(frame), indent=2, default=str))
+    elif frame.empty:
+        print("(no registered models)")
+    else:
+        shown = frame.drop(columns=["created"]).assign(aliases=frame["aliases"].apply(lambda a: ",".join(a) or "-"))
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -293,7 +346,7 @@ def _table(frame) -> str:
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "ui": _ui, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,7 @@ from ._spec import (
     spec_text,
     with_overrides,
 )
+from ._diagnose import Diagnosis, diagnose
 from ._results import flat_results, results, study_run, summary
 from ._summary import STATES, StudySummary, short_value
 from .errors import UserError
@@ -29,6 +30,7 @@ __all__ = [
     "StudySummary",
     "Asha",
     "CategoricalParam",
+    "Diagnosis",
     "FloatParam",
     "IntParam",
     "Resources",
@@ -36,6 +38,7 @@ __all__ = [
     "UserError",
     "builtin_studies",
     "check_name",
+    "diagnose",
     "flat_results",
     "load_spec_file",
     "load_study",

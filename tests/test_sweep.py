@@ -247,3 +247,33 @@ def test_show_summarises_the_finished_sweep(swept, cli):
     pruned = sum(r["state"] == "pruned" for r in swept["rows"])
     assert f"0 running, {6 - pruned} completed, {pruned} pruned, 0 stopped, 0 failed" in out
     assert f"trial {swept['rows'][0]['trial_id']}" in out and "FINISHED" in out
+
+
+def test_a_second_promotion_keeps_the_previous_champion_and_rollback_swaps_them(swept):
+    """Last in this module: it adds a second run of `tiny` (so `results` would read that one from now on)."""
+    root, env = swept["root"], {"HPSEARCH_HOME": str(swept["root"] / "home")}
+    first = swept["promoted"]
+    version = swept["client"].get_model_version(first["name"], str(first["version"]))
+    assert version.tags["git_commit"]  # the trainable's code lives in this repository
+    assert {"params", "val_value", "split_seed", "version.hpsearch", "checkpoint_sha256"} <= set(version.tags)
+
+    rerun = run_cli("run", root / "tiny.yaml", "--trials", "2", "--seed", "7", cwd=root, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    second = run_cli("promote", "tiny", "--format", "json", cwd=root, env=env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["version"] == 2 and json.loads(second.stdout)["previous_version"] == 1
+
+    def aliases():
+        listed = run_cli("models", "--format", "json", cwd=root, env=env)
+        assert listed.returncode == 0, listed.stderr
+        return {row["version"]: row["aliases"] for row in json.loads(listed.stdout) if row["name"] == "tiny"}
+
+    assert aliases() == {2: ["champion"], 1: ["previous"]}
+    back = run_cli("rollback", "tiny", cwd=root, env=env)
+    assert back.returncode == 0 and "version 1 again" in back.stdout, back.stderr
+    assert aliases() == {1: ["champion"], 2: ["previous"]}
+    models = json.loads(run_cli("models", "--format", "json", cwd=root, env=env).stdout)
+    assert all("test_accuracy" in row and row["study"] == "tiny" for row in models)
+
+    missing = run_cli("rollback", "nosuch", cwd=root, env=env)
+    assert missing.returncode == 2 and "no registered model 'nosuch'" in missing.stderr

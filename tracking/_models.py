@@ -89,8 +89,58 @@ def register_model(
         logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.WARNING)
         version = mlflow.register_model(model_uri, name, tags=dict(tags))
         client.update_model_version(name, version.version, description=description)
+    previous = _alias_version(client, name, alias)
+    if previous is not None and previous != str(version.version):
+        # The version the alias leaves keeps an alias of its own, so `hpsearch rollback` can bring it back.
+        client.set_registered_model_alias(name, previous_alias(alias), previous)
     client.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": int(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}"}
+    return {"name": name, "version": int(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}",
+            "previous_version": int(previous) if previous and previous != str(version.version) else None}  # fmt: skip
+
+
+def previous_alias(alias: str) -> str:
+    """Where the version an alias leaves is kept: `previous` for `champion`, `ALIAS-previous` otherwise."""
+    return "previous" if alias == "champion" else f"{alias}-previous"
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def rollback(store: Store, name: str, alias: str = "champion") -> dict[str, Any] | None:
+    """Swap `alias` and its previous alias; None when the model has no such pair."""
+    client = store.client
+    current, previous = _alias_version(client, name, alias), _alias_version(client, name, previous_alias(alias))
+    if current is None or previous is None:
+        return None
+    client.set_registered_model_alias(name, alias, previous)
+    client.set_registered_model_alias(name, previous_alias(alias), current)
+    return {"name": name, "alias": alias, "version": int(previous), "previous_version": int(current)}
+
+
+def registered_models(store: Store) -> list[dict[str, Any]]:
+    """Every version of every registered model: aliases, test metrics and lineage from its tags."""
+    if not store.exists():
+        return []
+    client = store.client
+    rows = []
+    for model in client.search_registered_models(max_results=1000):
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for version in client.search_model_versions(f"name = '{model.name}'", max_results=1000):
+            tags = version.tags or {}
+            rows.append({
+                "name": model.name, "version": int(version.version),
+                "aliases": sorted(aliases.get(str(version.version), [])),
+                "study": tags.get("study"), "trial_id": tags.get("trial_id"), "val_value": tags.get("val_value"),
+                **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
+                "created": version.creation_timestamp,
+            })  # fmt: skip
+    return sorted(rows, key=lambda r: (r["name"], -r["version"]))
 
 
 def load_model(store: Store, model_uri: str):

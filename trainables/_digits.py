@@ -151,6 +151,10 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
         model = Preprocessed(load(config, model_state), data.mean, data.std, shape).eval()
         return model, data.raw["val"][0][:4].copy()
 
+    def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+        x, y = _data(with_defaults(config)).raw[split]
+        return x, y, (8, 8)
+
     def data_info(config: dict) -> dict[str, Any]:
         data = _data(with_defaults(config))
         return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
@@ -172,6 +176,7 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
             evaluate=evaluate_split,
             export=export,
             data_info=data_info,
+            samples=samples,
             description=description,
         )
     )

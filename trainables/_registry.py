@@ -32,6 +32,9 @@ class Trainable:
     export: Callable[[dict, dict], tuple[Any, Any]] | None = None
     # data_info(config) -> {"fingerprint": str, "split_seed": int, ...} for provenance tags
     data_info: Callable[[dict], dict[str, Any]] | None = None
+    # samples(config, split) -> (raw inputs as export's model takes them, labels, image shape or None):
+    # what `hpsearch report` draws its confusion matrix and sample predictions from (the "val" split)
+    samples: Callable[[dict, str], tuple[Any, Any, tuple[int, ...] | None]] | None = None
     description: str = ""
 
 

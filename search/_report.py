@@ -1,0 +1,203 @@
+"""`hpsearch report STUDY`: one self-contained HTML page for the morning after, logged to the parent run.
+
+Optuna's own plots (optuna.visualization), the top trials' learning curves with a diagnosis in the course
+notes' terms, the best model's confusion matrix and sample predictions on the validation split (the test
+split stays untouched), and the spec, budget and counts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+import studies
+import tracking
+from studies import UserError, diagnose
+from tracking import tags as T
+from trainables import get_trainable
+
+TOP = 5  # trials whose curves and diagnoses are shown
+SAMPLES = 16  # sample predictions in the grid
+
+
+def build_report(study: str, output: str | None = None, tracking_uri: str | None = None,
+                 run_id: str | None = None) -> tuple[Path, list[str]]:  # fmt: skip
+    """Write the page; returns its path and the diagnosis lines of the top trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store, parent = studies.study_run(study, tracking_uri, run_id)
+    frame = studies.results(study, tracking_uri=tracking_uri, run_id=parent.info.run_id)
+    summary, status = studies.summary(study, tracking_uri=tracking_uri, run_id=parent.info.run_id)
+    metric, mode = frame.attrs["metric"], frame.attrs["mode"]
+    if frame.empty:
+        raise UserError(f"study {study!r}: run {parent.info.run_id} has no trials to report on")
+
+    sections: list[tuple[str, str]] = []
+    figures = _optuna_figures(store, parent, study, mode)
+    ranked = frame[frame["metric"].notna() & (frame["state"] != "failed")].head(TOP)
+    curves, diagnoses = _curves(store, ranked, metric)
+    figures.append(("Learning curves of the top trials (train and validation loss)", curves))
+    best = _best_model_figures(store, parent)
+    figures += best
+
+    counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items())
+    spent = parent.data.tags.get(T.ELAPSED)
+    header = (
+        f"<p>Run <code>{html.escape(parent.info.run_id)}</code> ({html.escape(str(status['status']))}, "
+        f"started {html.escape(status['started'])}); trials: {counts}; "
+        f"budget: {summary.finished} of {summary.trials} trials"
+        + (f", {float(spent) / 3600:.2f} of {summary.hours:g} hours" if summary.hours and spent else "")
+        + (f", {float(spent):.0f} s spent" if spent else "")
+        + f". Best {html.escape(metric)} = {summary.best_value if summary.best_value is not None else '-'}"
+        f" (trial {html.escape(str(summary.best_trial))}).</p>"
+    )
+    test = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    if test:
+        header += "<p>Test split (read once, for the final best checkpoint): " + ", ".join(
+            f"{html.escape(k)} = {v:.4f}" for k, v in sorted(test.items())) + "</p>"  # fmt: skip
+    sections.append(("Summary", header))
+    sections.append(("Diagnoses (from each trial's curves, in the course notes' terms)",
+                     "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>"))  # fmt: skip
+    first = True
+    for title, figure in figures:
+        if figure is None:
+            sections.append((title, "<p>(not enough trials for this plot)</p>"))
+            continue
+        # plotly.js is inlined once, with the first figure: the page needs no network.
+        sections.append((title, figure.to_html(full_html=False, include_plotlyjs=first, default_width="100%")))
+        first = False
+    sections.append(("Study spec", f"<pre>{html.escape(_spec_text(store, parent))}</pre>"))
+
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>hpsearch report: {html.escape(study)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}</style></head><body>"
+        f"<h1>Study {html.escape(study)}</h1>"
+        + "".join(f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body in sections)
+        + "</body></html>"
+    )
+    path = Path(output) if output else store.home / "reports" / f"{study}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    store.client.log_artifact(parent.info.run_id, str(path), "report")
+    return path, diagnoses
+
+
+def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.Figure | None]]:
+    from ._tune import optuna_storage
+
+    name = parent.data.tags.get(T.OPTUNA_STUDY)
+    try:
+        source = optuna.load_study(study_name=name, storage=optuna_storage(store.home, study))
+    except (KeyError, TypeError):
+        return [("Optuna plots", None)]
+    # Optuna's history, parallel-coordinate and importance plots draw only COMPLETE trials, and with ASHA
+    # most trials are PRUNED. They are drawn here over a copy where every trial that reported a value
+    # counts, with the best value it reached; the intermediate-values plot reads the real study.
+    view = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    pick = max if mode == "max" else min
+    for trial in source.get_trials(deepcopy=False):
+        values = list(trial.intermediate_values.values())
+        value = trial.value if trial.value is not None else (pick(values) if values else None)
+        if value is None or not np.isfinite(value):
+            continue
+        view.add_trial(optuna.trial.create_trial(
+            params=trial.params, distributions=trial.distributions, value=value,
+            intermediate_values=trial.intermediate_values, user_attrs={"state": trial.state.name},
+        ))  # fmt: skip
+    vis = optuna.visualization
+    out = []
+    for title, draw, study_obj in (
+        ("Optimisation history (every trial, at the best value it reached)", vis.plot_optimization_history, view),
+        ("Parallel coordinates (every trial)", vis.plot_parallel_coordinate, view),
+        ("Parameter importances", vis.plot_param_importances, view),
+        ("Intermediate values (each trial's metric per epoch; ASHA's cuts show)", vis.plot_intermediate_values,
+         source),
+    ):  # fmt: skip
+        try:
+            out.append((title, draw(study_obj)))
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            out.append((title, None))  # e.g. importances need two trials with different params
+    return out
+
+
+def _curves(store, ranked, metric: str) -> tuple[go.Figure, list[str]]:
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", metric))
+    diagnoses = []
+    for _, row in ranked.iterrows():
+        history = {key: _history(store, row["run_id"], key) for key in ("train_loss", "val_loss", metric)}
+        name = row["trial_id"]
+        for key, dash in (("train_loss", "dot"), ("val_loss", "solid")):
+            steps, values = history[key]
+            figure.add_trace(go.Scatter(x=steps, y=values, name=f"{name} {key}", line={"dash": dash}), 1, 1)
+        steps, values = history[metric]
+        figure.add_trace(go.Scatter(x=steps, y=values, name=f"{name} {metric}"), 1, 2)
+        train, val = history["train_loss"][1], history["val_loss"][1]
+        n = min(len(train), len(val))
+        line = diagnose(train[:n], val[:n]).line() if n else "no diagnosis: the trial reports no train_loss/val_loss"
+        diagnoses.append(f"trial {name} ({row['state']}, {metric} {row['metric']:.4f}): {line}")
+    figure.update_layout(height=450, xaxis_title="epoch", xaxis2_title="epoch")
+    return figure, diagnoses
+
+
+def _history(store, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    by_step: dict[int, float] = {}
+    for m in store.client.get_metric_history(run_id, key):
+        by_step[m.step] = m.value  # a resumed trial may log an epoch twice: the later one counts
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
+    """Confusion matrix and sample predictions of the best checkpoint, on the validation split."""
+    tags = parent.data.tags
+    if T.CHECKPOINT_DIGEST not in tags:
+        return [("Best model", None)]
+    payload = tracking.load_best_checkpoint(store, parent.info.run_id)
+    trainable = get_trainable(tags.get("hpsearch.trainable") or parent.data.params["trainable"])
+    if trainable.samples is None or trainable.export is None:
+        return []
+    config = payload["config"]
+    x, y, shape = trainable.samples(config, "val")
+    import torch
+
+    model, _ = trainable.export(config, payload["model"])
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+    classes = int(max(y.max(), predicted.max()) + 1)
+    matrix = np.zeros((classes, classes), dtype=int)
+    np.add.at(matrix, (y, predicted), 1)
+    confusion = go.Figure(go.Heatmap(z=matrix, x=list(range(classes)), y=list(range(classes)), colorscale="Blues",
+                                     text=matrix, texttemplate="%{text}"))  # fmt: skip
+    confusion.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=500,
+                            title=f"validation accuracy {float((predicted == y).mean()):.4f} ({len(y)} examples)")  # fmt: skip
+    figures = [("Best model: confusion matrix (validation split)", confusion)]
+    if shape is not None:
+        # Misclassified examples first: they are the ones worth looking at.
+        order = np.argsort(predicted == y, kind="stable")[:SAMPLES]
+        cols = 8
+        grid = make_subplots(rows=(len(order) + cols - 1) // cols, cols=cols,
+                             subplot_titles=[f"pred {predicted[i]} / true {y[i]}" for i in order])  # fmt: skip
+        for k, i in enumerate(order):
+            grid.add_trace(go.Heatmap(z=x[i].reshape(shape), colorscale="gray_r", showscale=False),
+                           k // cols + 1, k % cols + 1)  # fmt: skip
+        grid.update_yaxes(autorange="reversed", showticklabels=False)
+        grid.update_xaxes(showticklabels=False)
+        grid.update_layout(height=160 * ((len(order) + cols - 1) // cols) + 60)
+        figures.append(("Best model: sample predictions (misclassified first)", grid))
+    return figures
+
+
+def _spec_text(store, parent) -> str:
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(store.client.download_artifacts(parent.info.run_id, "study.yaml", tmp)).read_text()
+    except Exception:  # noqa: BLE001 - an older run without the artifact still gets its page
+        return json.dumps(dict(parent.data.params), indent=2)

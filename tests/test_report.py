@@ -1,0 +1,82 @@
+"""`hpsearch report` on a finished tiny study: the page, its diagnoses, its MLflow artifact, and the page
+rendered in a real headless Chromium (skipped, saying how to install it, where there is none)."""
+
+import io
+import shutil
+import subprocess
+
+import pytest
+
+from search import api
+from tests.conftest import write_study
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FIGURES = 7  # history, parallel coordinates, importances, intermediate values, curves, confusion, samples
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HPSEARCH_HOME", str(root / "home"))
+    study = write_study(root / "rep.yaml", """\
+        name: rep
+        trainable: digits-mlp
+        space:
+          lr: {type: float, low: 1.0e-4, high: 1.0, log: true}
+          hidden: {type: int, low: 8, high: 128, log: true}
+        trials: 6
+        asha: {max_t: 6, grace_period: 2, reduction_factor: 2}
+        max_concurrent: 2
+        """)  # fmt: skip
+    api.run(str(study), out=io.StringIO())
+    path, diagnoses = api.report("rep", output=str(root / "rep.html"))
+    yield {"root": root, "path": root / "rep.html", "returned": path, "diagnoses": diagnoses}
+    mp.undo()
+
+
+def test_report_page_holds_the_plots_diagnoses_and_spec(reported):
+    page = reported["path"].read_text()
+    assert page.count('class="plotly-graph-div"') == FIGURES
+    assert page.count("<script") >= FIGURES and 'src="http' not in page  # self-contained: no script fetched
+    for title in ("Optimisation history", "Parallel coordinates", "Parameter importances", "Intermediate values",
+                  "Learning curves", "confusion matrix", "sample predictions", "Study spec"):  # fmt: skip
+        assert title in page
+    assert reported["diagnoses"] and all("next:" in d for d in reported["diagnoses"])
+    kinds = {"overfitting", "underfitting", "unstable", "healthy"}
+    assert all(any(f"): {k}:" in d for k in kinds) for d in reported["diagnoses"])
+    assert "trainable: digits-mlp" in page and "trials: 6" in page
+
+
+def test_report_is_logged_to_the_parent_run(reported, monkeypatch):
+    import tracking
+
+    monkeypatch.setenv("HPSEARCH_HOME", str(reported["root"] / "home"))
+    store = tracking.Store()
+    parent = tracking.parent_runs(store, "rep")[0]
+    assert [a.path for a in store.client.list_artifacts(parent.info.run_id, "report")] == ["report/rep.html"]
+
+
+def test_report_renders_in_headless_chromium(reported, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("no Chromium: install Debian's with `apt-get install chromium` to run the browser test")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1300,4000"]  # fmt: skip
+    url = reported["path"].as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    # Plotly marks each figure it has drawn js-plotly-plot, and draws into SVGs of class main-svg.
+    drawn = dom.count("plotly-graph-div js-plotly-plot")
+    assert drawn == FIGURES, f"{drawn} of {FIGURES} figures drawn"
+    assert dom.count('class="main-svg"') >= 2 * FIGURES
+    assert dom.count("<path") > 100  # lines, markers, bars and cells, not empty axes
+
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
+    from PIL import Image, ImageStat
+
+    image = Image.open(shot).convert("L")
+    stat = ImageStat.Stat(image)
+    assert image.size == (1300, 4000) and stat.stddev[0] > 20  # not a blank page
+    dark = sum(image.histogram()[:128]) / (image.size[0] * image.size[1])
+    assert 0.005 < dark < 0.5  # ink on a white page: text, axes, plots
