@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
 
+    p = sub.add_parser("check", help="preflight: data, shapes, overfit one batch, LR range test, time estimate")
+    p.add_argument("study", help="a built-in study name or a path to a study YAML file")
+
     p = sub.add_parser("report", help="an HTML report: Optuna's plots, learning curves, diagnoses, best model")
     p.add_argument("study")
     p.add_argument("--output", help="the HTML file (default: $HPSEARCH_HOME/reports/STUDY.html)")
@@ -229,6 +232,20 @@ def _promote(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from ._check import check, exit_code
+
+    checks, config = check(args.study)
+    print(f"checking {args.study} with " + " ".join(f"{k}={v}" for k, v in sorted(config.items())))
+    for c in checks:
+        print(f"[{c.status:>4}] {c.name}")
+        for line in c.lines:
+            print(f"       {line}")
+    code = exit_code(checks)
+    print("preflight failed" if code else "preflight passed")
+    return code
+
+
 def _report(args) -> int:
     from . import api
 
@@ -346,7 +363,7 @@ def _table(frame) -> str:
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "check": _check, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,6 @@
 """Model/dataset pairs and the training loop. Imports torch, never ray or mlflow."""
 
+from ._check import Setup
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
 from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
 
@@ -8,6 +9,7 @@ __all__ = [
     "STOP_DIVERGED",
     "STOP_EARLY",
     "STOP_KEY",
+    "Setup",
     "MemoryReporter",
     "Reporter",
     "Trainable",

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._loop import LOOP_DEFAULTS, LOOP_HYPERPARAMETERS, Split, evaluate, fit
+from ._check import Setup
+from ._loop import LOOP_DEFAULTS, LOOP_HYPERPARAMETERS, Split, evaluate, fit, make_optimizer
 from ._registry import Trainable, register
 from ._reporter import Reporter
 
@@ -151,6 +152,18 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
         model = Preprocessed(load(config, model_state), data.mean, data.std, shape).eval()
         return model, data.raw["val"][0][:4].copy()
 
+    def setup(config: dict) -> Setup:
+        config = with_defaults(config)
+        data = _data(config)
+        return Setup(
+            model=lambda: build(config),
+            train=as_model_input(data.split("train")),
+            val=as_model_input(data.split("val")),
+            loss=nn.functional.cross_entropy,
+            optimizer=lambda params, lr: make_optimizer(params, {**config, "lr": lr}),
+            n_classes=N_CLASSES,
+        )
+
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         x, y = _data(with_defaults(config)).raw[split]
         return x, y, (8, 8)
@@ -177,6 +190,7 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
             export=export,
             data_info=data_info,
             samples=samples,
+            setup=setup,
             description=description,
         )
     )

@@ -35,6 +35,8 @@ class Trainable:
     # samples(config, split) -> (raw inputs as export's model takes them, labels, image shape or None):
     # what `hpsearch report` draws its confusion matrix and sample predictions from (the "val" split)
     samples: Callable[[dict, str], tuple[Any, Any, tuple[int, ...] | None]] | None = None
+    # setup(config) -> trainables.Setup (model factory, splits, loss, optimizer): what `hpsearch check` runs on
+    setup: Callable[[dict], Any] | None = None
     description: str = ""
 
 

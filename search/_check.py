@@ -1,0 +1,92 @@
+"""`hpsearch check STUDY`: the preflight before an overnight sweep, on one configuration of the study (its
+fixed values, and the middle of each searched range), plus what the study's budget buys on this machine."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import studies
+from studies import UserError
+from trainables import get_trainable
+from trainables._check import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
+
+
+def middle(param):
+    """A representative value of a searched parameter: the (geometric, with log) middle of its range, the
+    middle of its grid values, or the first choice."""
+    if getattr(param, "values", None):
+        return param.values[len(param.values) // 2]
+    if param.type == "categorical":
+        return param.choices[0]
+    low, high = param.low, param.high
+    value = math.sqrt(low * high) if param.log else (low + high) / 2
+    return int(round(value)) if param.type == "int" else value
+
+
+def check(study: str, **overrides) -> tuple[list[Check], dict]:
+    spec = studies.with_overrides(studies.load_study(study), **overrides)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        trainable = get_trainable(spec.trainable)
+    except LookupError as exc:
+        raise UserError(f"{study}: trainable: {exc}") from None
+    if trainable.setup is None:
+        raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
+    searched = {name: middle(p) for name, p in spec.space.items()}
+    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
+    setup = trainable.setup(config)
+    model = setup.model()
+    checks = [data_sanity(setup, model)]
+    if checks[0].status == FAIL:  # training on a broken data set tells nothing (and may crash)
+        return checks + [Check(name, FAIL, ["not run: fix the data first"]) for name in
+                         ("shapes", "overfit one batch", "lr range", "estimate")], config  # fmt: skip
+    checks.append(layer_shapes(model, setup.train.x[:8]))
+    checks.append(overfit_one_batch(setup, float(config.get("lr", 1e-3))))
+    lr_param = spec.space.get("lr")
+    spec_range = (lr_param.low, lr_param.high) if lr_param is not None and lr_param.type == "float" else None
+    batch = int(config.get("batch_size", 64))
+    lr_check, step_s = lr_range(setup, batch, spec_range)
+    checks.append(lr_check)
+    checks.append(_estimate(spec, len(setup.train), batch, step_s))
+    return checks, config
+
+
+def asha_epochs(max_t: int, grace: int, rf: int) -> float:
+    """Expected epochs per trial under ASHA: a 1/rf share of the trials reaches each next rung."""
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(r)
+        r *= rf
+    rungs.append(max_t)
+    expected, previous = 0.0, 0
+    for k, rung in enumerate(rungs):
+        expected += (rung - previous) / rf**k
+        previous = rung
+    return expected
+
+
+def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
+    epoch_s = step_s * math.ceil(n_train / batch)
+    trial_s = epoch_s * spec.asha.max_t
+    slots = max(1, spec.max_concurrent)
+    asha = asha_epochs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
+    lines = [f"about {epoch_s:.2f} s per epoch ({n_train} examples, batch {batch}), {trial_s:.1f} s per trial at "
+             f"{spec.asha.max_t} epochs, on this machine, {slots} at a time"]  # fmt: skip
+    if spec.hours:
+        budget = spec.hours * 3600 * slots
+        lines.append(f"{spec.hours:g} h buy about {budget / trial_s:.0f} trials at full fidelity, or about "
+                     f"{budget / (epoch_s * asha):.0f} with ASHA ({asha:.1f} epochs per trial on average)")  # fmt: skip
+    full, with_asha = spec.trials * trial_s / slots, spec.trials * asha * epoch_s / slots
+    lines.append(f"{spec.trials} trials: about {full / 60:.1f} min at full fidelity, {with_asha / 60:.1f} min "
+                 f"with ASHA (training only; add start-up)")  # fmt: skip
+    return Check("estimate", PASS, lines)
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+__all__ = ["FAIL", "PASS", "WARN", "check", "exit_code"]
