@@ -35,9 +35,10 @@ def run(study: str, tracking_uri: str | None = None, address: str | None = None,
 
 def promote(
     study: str, alias: str = "champion", name: str | None = None, tracking_uri: str | None = None,
-    run_id: str | None = None,
+    run_id: str | None = None, candidates: int | None = None, reseeds: int = 2, out=None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Register the study's best model in the Model Registry and point `alias` at it."""
+    """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`,
+    first retrain the best K configurations with `reseeds` other seeds and promote the best mean."""
     name = name or studies.check_name(study)
     if not _ALIAS.match(alias) or re.fullmatch(r"v\d+|latest", alias):
         raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_' (not 'latest' or v<N>)")
@@ -48,31 +49,53 @@ def promote(
     if not any(r["state"] in ("completed", "pruned", "stopped") for r in rows):
         raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
     ptags = parent.data.tags
-    model_uri = ptags.get(T.MODEL_URI)
-    if not model_uri:
-        raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model (trainable has no export)")
-    best = next((r for r in rows if r["trial_id"] == ptags.get(T.BEST_TRIAL)), None)
-    test_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    extra: dict[str, Any] = {}
+    if candidates is None:
+        model_uri = ptags.get(T.MODEL_URI)
+        if not model_uri:
+            raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model (trainable has no export)")
+        best = next((r for r in rows if r["trial_id"] == ptags.get(T.BEST_TRIAL)), None)
+        trial_id, params = ptags.get(T.BEST_TRIAL, ""), best["params"] if best else {}
+        val_value, digest = parent.data.metrics.get(T.BEST_VALUE, ""), ptags.get(T.CHECKPOINT_DIGEST, "")
+        test_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    else:
+        from ._reseed import log_chosen, retrain_candidates
+
+        store, parent, ranked, chosen = retrain_candidates(study, candidates, reseeds, tracking_uri,
+                                                           parent.info.run_id, out)  # fmt: skip
+        model_uri, test_metrics, source = log_chosen(store, study, parent, chosen)
+        trial_id, params, val_value = chosen.trial_id, (chosen.best or {}).get("config", chosen.params), chosen.best_value
+        digest = store.client.get_run(source).data.tags.get(T.CHECKPOINT_DIGEST, "")
+        extra = {"val_mean": repr(chosen.mean), "val_std": repr(chosen.std), "seeds": str(len(chosen.values))}
     lineage = {
         "study": study,
         "run_id": parent.info.run_id,
-        "trial_id": ptags.get(T.BEST_TRIAL, ""),
-        "params": json.dumps(best["params"] if best else {}, sort_keys=True),
+        "trial_id": trial_id,
+        "params": json.dumps(params, sort_keys=True),
         "metric": ptags.get(T.METRIC, ""),
-        "val_value": str(parent.data.metrics.get(T.BEST_VALUE, "")),
-        "checkpoint_sha256": ptags.get(T.CHECKPOINT_DIGEST, ""),
+        "val_value": str(val_value),
+        "checkpoint_sha256": digest,
         **{k.removeprefix("hpsearch."): v for k, v in ptags.items()
            if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"},
         "split_seed": ptags.get("hpsearch.split_seed", ""),
         **{k: repr(v) for k, v in test_metrics.items()},
-    }
+        **extra,
+    }  # fmt: skip
     description = (
-        f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}; "
-        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
+        f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}"
+        + (f" (mean {chosen.mean:.4f} +- {chosen.std:.4f} over {len(chosen.values)} seeds)" if extra else "")
+        + "; " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
     )
     info = tracking.register_model(store, model_uri, name, alias, lineage, description)
-    return {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": lineage["trial_id"],
-            "test_metrics": test_metrics}  # fmt: skip
+    result = {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": trial_id,
+              "test_metrics": test_metrics}  # fmt: skip
+    if extra:
+        result["candidates"] = [
+            {"trial_id": c.trial_id, "mean": c.mean, "std": c.std, "values": c.values, "chosen": c is chosen}
+            for c in ranked
+        ]  # fmt: skip
+        result["single_best"] = ptags.get(T.BEST_TRIAL)
+    return result
 
 
 def report(study: str, output: str | None = None, tracking_uri: str | None = None,

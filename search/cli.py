@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--alias", default="champion")
     p.add_argument("--name", help="registered model name (default: the study name)")
+    p.add_argument("--candidates", type=int, metavar="K", help="retrain the best K configurations and promote the best mean")
+    p.add_argument("--reseeds", type=int, default=2, metavar="S", help="other training seeds per candidate (default 2)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
 
@@ -220,10 +222,15 @@ def _logs(args) -> int:
 def _promote(args) -> int:
     from . import api
 
-    info = api.promote(args.study, alias=args.alias, name=args.name, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    info = api.promote(args.study, alias=args.alias, name=args.name, tracking_uri=args.tracking_uri,
+                       run_id=args.run_id, candidates=args.candidates, reseeds=args.reseeds)  # fmt: skip
     if args.format == "json":
         print(json.dumps(info, indent=2))
     else:
+        for c in info.get("candidates", []):
+            single = " (the single best)" if c["trial_id"] == info["single_best"] else ""
+            print(f"{'*' if c['chosen'] else ' '} trial {c['trial_id']}{single}: mean {c['mean']:.4f} +- "
+                  f"{c['std']:.4f} over {len(c['values'])} seeds")  # fmt: skip
         test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(info["test_metrics"].items())) or "no test metrics"
         print(f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})")
         if info.get("previous_version"):

@@ -31,6 +31,8 @@ def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
     rows = []
     for run in t.child_runs(store, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
+        if tags.get(t.KIND, "trial") != "trial":  # promote's retrainings (kind "reseed") are not search trials
+            continue
         rows.append(
             {
                 "trial_id": tags.get(t.TRIAL_ID, run.info.run_name),
