@@ -54,13 +54,14 @@ class StudyRecorder:
         self._children: dict[str, str] = {}  # trial_id -> run_id, of the trials running now
         self._recorded: dict[str, tuple[str, str]] = {}  # trial_id -> (run_id, status), from before a resume
         self._closed: set[str] = set()
+        self._experiment_id: str | None = None  # looked up once, not per trial
         self._pending: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
 
     # ---- parent ----
     def start(self, params: Mapping[str, Any], spec_text: str, run_name: str) -> str:
         client = self.store.client
-        exp = self.store.experiment_id(self.study, create=True)
+        exp = self._experiment_id = self.store.experiment_id(self.study, create=True)
         tags = {**self.tags, KIND: "study", STUDY: self.study, MLFLOW_RUN_NAME: run_name}
         run = client.create_run(exp, tags=tags, run_name=run_name)
         self.parent_id = run.info.run_id
@@ -72,7 +73,7 @@ class StudyRecorder:
         """Continue an earlier invocation's parent run: the same run, its trials' child runs reattached."""
         client = self.store.client
         parent = client.get_run(parent_id)
-        self.parent_id = parent_id
+        self.parent_id, self._experiment_id = parent_id, parent.info.experiment_id
         client.update_run(parent_id, status="RUNNING")
         self.set_parent_tags({RESUMES: int(parent.data.tags.get(RESUMES, 0)) + 1})
         self._recorded = {
@@ -120,7 +121,7 @@ class StudyRecorder:
             self.store.client.set_tag(run_id, STATE, "running")
             self._children[trial_id] = run_id
             return
-        exp = self.store.experiment_id(self.study)
+        exp = self._experiment_id or self.store.experiment_id(self.study)
         tags = {**self.tags, KIND: "trial", STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
                 PARAMS: json.dumps(dict(params), sort_keys=True), TRIAL_DIR: trial_dir or "",
                 MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id}  # fmt: skip
@@ -141,14 +142,14 @@ class StudyRecorder:
         run_id = self._children.pop(trial_id, None)
         if run_id is None:
             return
-        self._flush_trial(trial_id, run_id)
         tags = [RunTag(STATE, state)] + [RunTag(k, str(v)) for k, v in summary.items() if k != BEST_VALUE]
         if reason:
             tags.append(RunTag(REASON, reason))
-        metrics = []
+        metrics = self._pending.pop(trial_id, [])  # the epochs not flushed yet go in the same write
         if summary.get(BEST_VALUE) is not None:
             metrics.append(Metric(BEST_VALUE, float(summary[BEST_VALUE]), int(time.time() * 1000), 0))
-        self.store.client.log_batch(run_id, metrics=metrics, tags=tags)
+        for i in range(0, max(len(metrics), 1), _BATCH):
+            self.store.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if i == 0 else [])
         self.store.client.set_terminated(run_id, status=status or ("FAILED" if state == "failed" else "FINISHED"))
 
     def flush(self) -> None:
