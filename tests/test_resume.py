@@ -31,11 +31,11 @@ SPEC = {
 }
 
 
-def start(tmp_path: Path):
+def start(tmp_path: Path, **fields):
     """`hpsearch run` of the study in a subprocess of its own session (so its Ray dies with it when killed).
     Returns (home, study file, env for later commands, process)."""
     home, path = tmp_path / "home", tmp_path / "crashy.yaml"
-    path.write_text(yaml.safe_dump(SPEC))
+    path.write_text(yaml.safe_dump({**SPEC, **fields}))
     env = {"HPSEARCH_HOME": str(home)}
     exe = Path(sys.executable).parent / "hpsearch"
     proc = subprocess.Popen(
@@ -144,7 +144,8 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
 
 
 def test_a_second_run_is_refused_then_sigterm_then_fresh(tmp_path):
-    home, path, env, proc = start(tmp_path)
+    # 40 trials: far more than run before the SIGTERM, however slowly the second `run` starts on a busy machine.
+    home, path, env, proc = start(tmp_path, trials=40)
     try:
         wait_for_trials(home, 1)
         second = run_cli("run", path, env=env)
@@ -160,7 +161,7 @@ def test_a_second_run_is_refused_then_sigterm_then_fresh(tmp_path):
     assert not (home / "control" / "crashy.lock").exists()
 
     changed = run_cli("run", path, "--resume", "--trials", "20", env=env)
-    assert changed.returncode == 2 and "trials: 12 -> 20" in changed.stderr, changed.stderr
+    assert changed.returncode == 2 and "trials: 40 -> 20" in changed.stderr, changed.stderr
 
     fresh = run_cli("run", path, "--fresh", "--trials", "2", env=env)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr

@@ -134,6 +134,7 @@ def test_promote_registers_the_model_with_alias_and_it_predicts_the_test_split(s
     from trainables._digits import DigitsData
 
     mlflow.set_tracking_uri(swept["uri"])
+    mlflow.set_registry_uri(swept["uri"])  # another test in this process may have pointed it elsewhere
     model = mlflow.pyfunc.load_model("models:/tiny@champion")
     x, y = DigitsData(0).raw["test"]
     accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
