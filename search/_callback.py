@@ -36,7 +36,7 @@ def restore_asha(scheduler, state: dict) -> None:
 
 class TrackingCallback(Callback):
     def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
-                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None):  # fmt: skip
+                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None, oom_retry=None):  # fmt: skip
         self.recorder = recorder
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.live = progress
@@ -54,12 +54,13 @@ class TrackingCallback(Callback):
         self._reconciled = False
         self._lost_in_optuna = lost_in_optuna  # () -> [(trial_id, params)] the searcher's restore failed
         self.lost = 0  # trials a crash lost: started after Ray's last saved state
+        self._oom_retry = oom_retry  # (config) -> the halved batch size queued for a retry, or None
 
     def __getstate__(self):
         # Ray pickles the callback into tuner.pkl when the sweep starts. The MLflow handle, the output
         # stream and the scheduler belong to this driver process; a resumed sweep is given fresh ones.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna")}  # fmt: skip
+                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna", "_oom_retry")}  # fmt: skip
 
     # ---- saved with each of Ray's experiment-state snapshots, restored by `hpsearch run --resume` ----
     def get_state(self) -> dict:
@@ -157,6 +158,10 @@ class TrackingCallback(Callback):
     def _ended(self, trial, errored: bool, error: str | None = None) -> None:
         progress = self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
         state, reason = progress.outcome(errored, self.max_t, error, halted=self.halt() if self.halt else None)
+        if errored and reason.startswith("oom") and self._oom_retry is not None:
+            half = self._oom_retry(dict(trial.config))
+            if half is not None:
+                reason = f"{reason[:400]} (retrying with batch_size={half})"
         self.outcomes[trial.trial_id] = (state, reason)
         summary = {T.EPOCHS: progress.epochs, T.BEST_VALUE: progress.best_value}
         if progress.best_epoch is not None:

@@ -78,6 +78,19 @@ def abandon_optuna_study(home, study: str, optuna_study: str, reason: str) -> in
         return 0
 
 
+def _retry_half_batch(spec, searcher, halt, config: dict) -> int | None:
+    """After a CUDA out-of-memory failure: queue the trial's configuration again with half its batch size,
+    where the study searches batch_size and half is still in its range. Returns the new batch size."""
+    param, batch = spec.space.get("batch_size"), config.get("batch_size")
+    if param is None or param.type != "int" or not isinstance(batch, int) or halt.reason() is not None:
+        return None
+    half = batch // 2
+    if half < param.low or (param.values is not None and half not in param.values):
+        return None
+    searcher.enqueue({**{k: config[k] for k in spec.space if k in config}, "batch_size": half})
+    return half
+
+
 def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out, resume: bool = False,
              spent_s: float = 0.0):  # fmt: skip
     """Run (or, with `resume`, continue) the sweep. Raises Interrupted after Ctrl-C or SIGTERM, once Ray has
@@ -111,7 +124,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     live = Progress(summary, out)
     callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space,
                                 halt=halt.reason, keep_checkpoints=spec.keep_checkpoints, scheduler=scheduler,
-                                spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []))  # fmt: skip
+                                spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []),
+                                oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config))  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
     trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}

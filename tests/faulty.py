@@ -14,6 +14,8 @@ def train(config, reporter):
     if checkpoint is not None:
         start = int(checkpoint["epoch"]) + 1
     for epoch in range(start, config["epochs"] + 1):
+        if config["fault"] == "oom_if_big" and config["batch_size"] > 16:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at batch size {config['batch_size']}")
         if epoch == 2:
             if config["fault"] == "raise":
                 raise ValueError("injected failure in trial code")

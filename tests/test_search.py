@@ -175,3 +175,23 @@ def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_pat
     assert "faulty trial with fault=raise" in out and "ValueError: injected failure in trial code" in out
     code, _, err = cli("logs", "faults", "nosuchtrial")
     assert code == 2 and "has no trial 'nosuchtrial'" in err
+
+
+def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_path):
+    """CUDA out-of-memory at batch sizes above 16: each such trial fails with reason `oom`, and its
+    configuration is queued again with half the batch size (while that stays in the searched range)."""
+    space = {"batch_size": {"type": "int", "low": 8, "high": 64}}
+    api.run(study("oomhalf", trainable="tests.faulty:train", space=space, sampler="random", trials=8, max_concurrent=1,
+                  fixed={"marker_dir": str(tmp_path), "fault": "oom_if_big"}, asha={"max_t": 2, "grace_period": 2}),
+            out=io.StringIO())  # fmt: skip
+    rows = api.results("oomhalf").to_dict("records")
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert failed and all(r["reason"].startswith("oom: ") for r in failed)
+    sizes = [r["params"]["batch_size"] for r in rows]
+    for r in failed:
+        half = r["params"]["batch_size"] // 2
+        assert f"(retrying with batch_size={half})" in r["reason"]
+    # The retries ran (the last may not have fitted in the budget) and the small enough ones completed.
+    retried = [r["params"]["batch_size"] // 2 for r in failed]
+    assert sum(half in sizes for half in retried) >= len(retried) - 1
+    assert any(r["state"] == "completed" and r["params"]["batch_size"] in retried for r in rows)
