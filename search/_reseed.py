@@ -15,9 +15,6 @@ import statistics
 import sys
 import time
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
 import studies
 import tracking
 from studies import UserError
@@ -92,19 +89,17 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
 
 
 def _record(store, parent, study: str, trial_id: str, config: dict, results: list[dict], value: float) -> str:
-    client = store.client
-    tags = {T.KIND: RESEED, T.STUDY: study, RESEED_OF: trial_id, MLFLOW_PARENT_RUN_ID: parent.info.run_id,
-            MLFLOW_RUN_NAME: f"{trial_id}-seed{config['seed']}"}  # fmt: skip
-    run = client.create_run(parent.info.experiment_id, tags=tags, run_name=tags[MLFLOW_RUN_NAME])
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, int(r.get("epoch", i + 1))) for i, r in enumerate(results)
-               for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"]  # fmt: skip
-    metrics.append(Metric(T.BEST_VALUE, value, now, 0))
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run.info.run_id, metrics=metrics[i : i + 1000],
-                         params=[Param(k, str(v)) for k, v in config.items()] if i == 0 else [])  # fmt: skip
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    """One retraining as a child run of the study's parent run, kind `reseed`; returns its run id."""
+    recorder = tracking.StudyRecorder(store, study, {})
+    recorder.attach(parent)
+    name = f"{trial_id}-seed{config['seed']}"
+    run_id = recorder.trial_started(name, config, kind=RESEED, tags={RESEED_OF: trial_id})
+    for i, result in enumerate(results):
+        metrics = {k: v for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}  # fmt: skip
+        recorder.trial_result(name, int(result.get("epoch", i + 1)), metrics)
+    recorder.trial_ended(name, "completed", {T.BEST_VALUE: value})
+    return run_id
 
 
 def log_chosen(store, study: str, parent, chosen: Candidate) -> tuple[str, dict[str, float], str]:
@@ -122,8 +117,6 @@ def log_chosen(store, study: str, parent, chosen: Candidate) -> tuple[str, dict[
     model, example = trainable.export(config, state)
     model_uri = tracking.log_servable_model(store, run_id, model, example)
     tests = tracking.cached_test_metrics(store, study, digest) or trainable.evaluate(config, state, "test")
-    now = int(time.time() * 1000)
-    store.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in tests.items()],
-                           tags=[RunTag(T.TEST_DIGEST, digest), RunTag(T.CHECKPOINT_DIGEST, digest),
-                                 RunTag(T.MODEL_URI, model_uri)])  # fmt: skip
+    tracking.log_values(store, run_id, metrics=tests,
+                        tags={T.TEST_DIGEST: digest, T.CHECKPOINT_DIGEST: digest, T.MODEL_URI: model_uri})
     return model_uri, tests, run_id

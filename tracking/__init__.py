@@ -13,7 +13,7 @@ from ._models import (
     state_digest,
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
-from ._runs import StudyRecorder, close_unfinished
+from ._runs import StudyRecorder, close_unfinished, log_values
 from ._store import HOME_ENV, Store, data_home
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "load_best_checkpoint",
     "load_model",
     "log_best_checkpoint",
+    "log_values",
     "log_servable_model",
     "parent_runs",
     "previous_alias",

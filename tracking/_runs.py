@@ -79,7 +79,7 @@ class StudyRecorder:
         self._recorded = {
             run.data.tags[TRIAL_ID]: (run.info.run_id, run.info.status)
             for run in child_runs(self.store, parent.info.experiment_id, parent_id)
-            if TRIAL_ID in run.data.tags
+            if TRIAL_ID in run.data.tags and run.data.tags.get(KIND, "trial") == "trial"
         }  # fmt: skip
 
     def unfinished_trials(self) -> list[str]:
@@ -98,12 +98,15 @@ class StudyRecorder:
         self.store.client.log_batch(run_id, tags=tags)
         self.store.client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
 
+    def attach(self, parent) -> None:
+        """Add child runs to an existing parent run (an mlflow Run) without reopening it (promote's retrainings)."""
+        self.parent_id, self._experiment_id = parent.info.run_id, parent.info.experiment_id
+
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        self.store.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        log_values(self.store, self.parent_id, tags=tags)
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        now = int(time.time() * 1000)
-        self.store.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        log_values(self.store, self.parent_id, metrics=metrics)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -112,22 +115,26 @@ class StudyRecorder:
         self.store.client.set_terminated(self.parent_id, status=status)
 
     # ---- children ----
-    def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None) -> None:
+    def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None,
+                      kind: str = "trial", tags: Mapping[str, str] | None = None) -> str:  # fmt: skip
+        """Open (or reattach) the trial's child run; returns its run id. `kind` other than "trial" (promote's
+        retrainings) keeps the run out of `results`."""
         if trial_id in self._children:  # a retried trial keeps its one child run
-            return
+            return self._children[trial_id]
         if trial_id in self._recorded:  # resumed after an interruption: its run continues
             run_id, _ = self._recorded.pop(trial_id)
             self.store.client.update_run(run_id, status="RUNNING")
             self.store.client.set_tag(run_id, STATE, "running")
             self._children[trial_id] = run_id
-            return
+            return run_id
         exp = self._experiment_id or self.store.experiment_id(self.study)
-        tags = {**self.tags, KIND: "trial", STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
+        tags = {**self.tags, KIND: kind, STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
                 PARAMS: json.dumps(dict(params), sort_keys=True), TRIAL_DIR: trial_dir or "",
-                MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id}  # fmt: skip
+                MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id, **(tags or {})}  # fmt: skip
         run = self.store.client.create_run(exp, tags=tags, run_name=trial_id)
         self._children[trial_id] = run.info.run_id
         self.store.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        return run.info.run_id
 
     def trial_result(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -186,6 +193,14 @@ def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
     client.set_tag(parent_id, REASON, reason)
     client.set_terminated(parent_id, status="KILLED")
     return closed
+
+
+def log_values(store: Store, run_id: str, metrics: Mapping[str, float] | None = None,
+               tags: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    """Metrics (at step 0) and tags on one run, in one write."""
+    now = int(time.time() * 1000)
+    store.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                           tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])  # fmt: skip
 
 
 def _param(value: Any) -> str:
