@@ -19,8 +19,9 @@ OUTPUT_FILE = "output.log"  # a trial's stdout and stderr, in its Ray trial fold
 
 
 class RayReporter(Reporter):
-    def __init__(self, metric: str, mode: str, seed: int):
+    def __init__(self, metric: str, mode: str, seed: int, trials_per_worker: int = 1):
         self.metric, self.mode, self._seed = metric, mode, seed
+        self.trials_per_worker = trials_per_worker
 
     @property
     def seed(self) -> int:
@@ -83,7 +84,7 @@ class _TrialOutput:
 _TRIAL_OUTPUT = _TrialOutput()
 
 
-def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str):
+def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str, trials_per_worker: int = 1):
     """The function Ray runs per trial. It resolves the trainable inside the worker, so a user's
     `pkg.module:function` is imported from the directory `hpsearch` was started in."""
 
@@ -98,7 +99,7 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", buffering=1) as log, _TRIAL_OUTPUT.to(log):
             try:
-                get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed))
+                get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed, trials_per_worker))
             except SystemExit:
                 raise  # how Ray ends a trial it stops (ASHA, a budget): not an error
             except BaseException:

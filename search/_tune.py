@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 # Ray's per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; skip their disk writes.
@@ -127,7 +128,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
                                 spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []),
                                 oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config))  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
-    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd())
+    per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
+    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd(), per_worker)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     trainable = tune.with_resources(trial_fn, resources)
     # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says

@@ -1,8 +1,10 @@
-"""The course's training loop, once, for every classification trainable.
+"""The course's training loop, once, for every trainable: classification, segmentation, reconstruction.
 
 Per epoch: model.train(), for each batch zero_grad -> forward -> loss -> backward -> optional
 clip_grad_norm -> step; then model.eval() and validate. Report every epoch; checkpoint when the study
 metric improves; stop early after `patience` epochs without improvement; stop at once on a NaN/inf loss.
+On a GPU the data stays there (see _device.py), steps never sync with the host, convolutions run in bf16
+and channels_last, and a compiled graph is reused across a worker's trials.
 """
 
 from __future__ import annotations
@@ -17,75 +19,81 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _device
+from ._device import DEVICE_DEFAULTS, DEVICE_HYPERPARAMETERS, Prep, default_device
+from ._optim import OPTIM_DEFAULTS, OPTIM_HYPERPARAMETERS, OPTIMIZERS, Schedule, make_optimizer
 from ._reporter import STOP_DIVERGED, STOP_EARLY, Reporter
+from ._tasks import Score, loss_fn
+
+__all__ = ["OPTIMIZERS", "Prep", "Split", "default_device", "evaluate", "fit", "make_optimizer"]
 
 # Hyperparameters the loop itself reads, with their defaults; each trainable adds its model's own.
 LOOP_HYPERPARAMETERS = {
-    "lr": "learning rate (step size of the optimizer)",
-    "optimizer": "adam | adamw | sgd (sgd uses `momentum`)",
-    "momentum": "SGD momentum, 0..1; ignored by adam/adamw",
-    "weight_decay": "L2 penalty (decoupled for adamw)",
+    **OPTIM_HYPERPARAMETERS,
     "batch_size": "examples per optimisation step",
     "clip_grad_norm": "max gradient L2 norm; 0 turns clipping off",
+    "label_smoothing": "classification only: share of each target spread over the other classes, 0..1",
     "patience": "epochs without improvement of the study metric before the trial stops itself; 0 = never",
-    "epochs": "epochs to train; the engine sets it to the study's asha.max_t",
+    "epochs": "epochs to train; with ASHA the engine sets it to the study's asha.max_t",
+    "precision": DEVICE_HYPERPARAMETERS["precision"],
+    "compile": DEVICE_HYPERPARAMETERS["compile"],
 }
 LOOP_DEFAULTS = {
-    "lr": 1e-3,  # Adam's usual starting point
-    "optimizer": "adam",  # the notes: try Adam/AdamW first
-    "momentum": 0.9,  # the notes' SGD default
-    "weight_decay": 0.0,
+    **OPTIM_DEFAULTS,
     "batch_size": 64,
     "clip_grad_norm": 0.0,  # off unless asked; the notes clip at 2 for unstable runs
+    "label_smoothing": 0.0,
     "patience": 0,  # ASHA already stops weak trials; per-trial patience is opt-in
     "epochs": 10,
+    "precision": DEVICE_DEFAULTS["precision"],
+    "compile": DEVICE_DEFAULTS["compile"],
 }
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# Augmentation switches: only for trainables whose splits hold uint8 images (a `Prep` normalises them).
+AUGMENT_HYPERPARAMETERS = {k: DEVICE_HYPERPARAMETERS[k] for k in ("flip", "crop", "jitter")}
+AUGMENT_DEFAULTS = {k: DEVICE_DEFAULTS[k] for k in ("flip", "crop", "jitter")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # model-ready inputs (already normalised)
-    y: torch.Tensor  # int64 class labels
+    x: torch.Tensor  # model-ready float inputs, or uint8 images (N, C, H, W) that a `Prep` normalises
+    y: torch.Tensor  # int64 class labels (N,) or masks (N, H, W); unused by reconstruction
+    key: Any = None  # names the data (fingerprint, split): a GPU copy is then made once per worker
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device: torch.device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.key)
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
-    name = config["optimizer"]
-    lr, wd = float(config["lr"]), float(config["weight_decay"])
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(config["momentum"]), weight_decay=wd)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    def resident(self, device: torch.device) -> "Split":
+        """On `device` (or pinned on the host when it does not fit there); with a key, once per worker."""
+        x_key, y_key = ((self.key, "x"), (self.key, "y")) if self.key is not None else (None, None)
+        return Split(_device.resident(self.x, device, x_key), _device.resident(self.y, device, y_key), self.key)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a split, in eval mode. Training's validation and the
-    after-search revalidation/test both come through here, so their numbers agree exactly."""
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 512,
+    *,
+    task: str = "classification",
+    prep: Prep | None = None,
+    config: dict | None = None,
+    per_class: bool = False,
+) -> dict[str, float]:
+    """The task's metrics over a split, in eval mode and fp32, on the split's device. Training's validation and
+    the after-search revalidation/test both come through here, so their numbers agree."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    device = split.x.device
+    score = Score(task, loss_fn(task, config or {}), device)
     for start in range(0, len(split), batch_size):
         x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-    n = len(split)
-    # One host sync per evaluation, not per batch.
-    return {"loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+        x, y, pixels = prep(x, y) if prep is not None else (x, y, x)
+        if _device.channels_last(device, x):
+            x = x.contiguous(memory_format=torch.channels_last)
+        score.add(model(x), pixels if task == "reconstruction" else y)
+    return score.result(per_class)
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -101,28 +109,59 @@ def fit(
     train: Split,
     val: Split,
     device: torch.device | None = None,
+    *,
+    task: str = "classification",
+    prep: Prep | None = None,
 ) -> None:
-    """Train `build_model(config)` on `train`, validating on `val` every epoch, reporting to `reporter`."""
+    """Train `build_model(config)` on `train`, validating on `val` every epoch, reporting to `reporter`.
+    With `prep`, the splits hold uint8 images that it augments (training only) and normalises on the device."""
     config = {**LOOP_DEFAULTS, **config}
     device = device or default_device()
     metric, mode = reporter.metric, reporter.mode
+    loss = loss_fn(task, config)
+    batch_size, clip = int(config["batch_size"]), float(config["clip_grad_norm"])
+    patience, epochs = int(config["patience"]), int(config["epochs"])
+    amp = _device.autocast(config, device)
+    compile_mode = _device.compile_mode(config)
+    train, val = train.resident(device), val.resident(device)
+    nhwc = _device.channels_last(device, train.x)
+
+    def batch(idx: torch.Tensor, training: bool):
+        x, y = _device.batch(train.x, idx, device), _device.batch(train.y, idx, device)
+        x, y, pixels = prep(x, y, train=training) if prep is not None else (x, y, x)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, pixels if task == "reconstruction" else y
+
     torch.manual_seed(reporter.seed)
-    model = build_model(config).to(device)
-    optimizer = make_optimizer(model.parameters(), config)
+    model = build_model(config).to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
+    forward, compile_s = model, 0.0
+    # Static shapes for a compiled graph: full batches only (the last partial batch is dropped).
+    key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
+    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
+        _device.is_compiled(key) or _device.worth_compiling(
+            device, _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
+            reporter.trials_per_worker - 1))):  # fmt: skip
+        model, forward, new = _device.compiled(model, key)
+        if new:
+            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp)
+        torch.manual_seed(reporter.seed)  # the same stream of dropout masks, compiled or not
+    steps = len(train) // batch_size if forward is not model else math.ceil(len(train) / batch_size)
+    if steps < 1:
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(train)} training examples")
+
+    optimizer = make_optimizer(model.parameters(), config, fused=device.type == "cuda")
+    schedule = Schedule(optimizer, config, steps, mode)
     shuffle = torch.Generator().manual_seed(reporter.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0}
-
     checkpoint = reporter.restore()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint.get("schedule", {}))
+        optimizer.load_state_dict(checkpoint["optimizer"])  # after the schedule: it holds the current lr
         torch.set_rng_state(checkpoint["rng"]["torch"])
         shuffle.set_state(checkpoint["rng"]["shuffle"])
         state = dict(checkpoint["progress"])
-
-    train, val = train.to(device), val.to(device)
-    batch_size, clip = int(config["batch_size"]), float(config["clip_grad_norm"])
-    patience, epochs = int(config["patience"]), int(config["epochs"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -131,30 +170,38 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         order = torch.randperm(len(train), generator=shuffle).to(device)
-        for start in range(0, len(train), batch_size):
-            idx = order[start : start + batch_size]
+        for step in range(steps):
+            x, target = batch(order[step * batch_size : (step + 1) * batch_size], True)
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(train.x[idx]), train.y[idx])
-            loss.backward()
+            with amp:
+                if forward is not model:
+                    torch.compiler.cudagraph_mark_step_begin()
+                step_loss = loss(forward(x), target)
+            step_loss.backward()
             if clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            loss_sum += loss.detach().double() * len(idx)
-        train_loss = loss_sum.item() / len(train)  # the epoch's only host sync in training
+            schedule.after_step()
+            loss_sum += step_loss.detach().double() * len(x)
+        seen = min(len(train), steps * batch_size)
+        train_loss = loss_sum.item() / seen  # the epoch's only host sync in training
         seconds = time.perf_counter() - started
 
         if not math.isfinite(train_loss):
             reporter.report(epoch, {"train_loss": train_loss}, stop=STOP_DIVERGED)
             return
-        val_metrics = evaluate(model, val)
+        val_metrics = evaluate(model, val, task=task, prep=prep, config=config)
         metrics = {
             "train_loss": train_loss,
-            "val_loss": val_metrics["loss"],
-            "val_accuracy": val_metrics["accuracy"],
-            "samples_per_s": len(train) / seconds,
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": seen / seconds,
             "peak_mem_mb": _peak_mem_mb(device),
         }
+        if compile_s:  # reported once, with the first epoch after it: the sweep's wall time holds it
+            metrics["compile_s"], compile_s = compile_s, 0.0
         value = metrics[metric]
+        schedule.after_epoch(value)
         state["epoch"] = epoch
         ckpt = None
         if _improved(value, state["best"], mode):
@@ -162,6 +209,7 @@ def fit(
             ckpt = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
                 "progress": dict(state),
                 "config": dict(config),
@@ -172,6 +220,46 @@ def fit(
         reporter.report(epoch, metrics, checkpoint=ckpt, stop=stop)
         if stop:
             return
+
+
+def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int) -> None:
+    """Forward and backward on the first batches, without an optimizer step; weights and buffers (BatchNorm
+    statistics) are put back afterwards, so the trial starts exactly where it would have."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    idx = torch.arange(min(n, batch_size))
+    for _ in range(steps):
+        # Gradients from nothing each time: with CUDA graphs a .grad may be the graph's own output buffer,
+        # which the next replay overwrites, so accumulating into it fails.
+        model.zero_grad(set_to_none=True)
+        x, target = batch(idx, False)
+        with amp:
+            if forward is not model:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = loss(forward(x), target)
+        out.backward()
+    with torch.no_grad():
+        model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+
+
+def _eager_epoch_s(model, loss, batch, n: int, batch_size: int, amp) -> float:
+    """An eager epoch's seconds, from timing a few steps after two that warm the kernels up."""
+    _train_steps(model, model, loss, batch, n, batch_size, amp, 2)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    _train_steps(model, model, loss, batch, n, batch_size, amp, 3)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / 3 * math.ceil(n / batch_size)
+
+
+def _warm_up(model, forward, loss, batch, n: int, batch_size: int, amp) -> float:
+    """Compile (and record the CUDA graphs) before the first timed epoch; returns the seconds it took."""
+    started = time.perf_counter()
+    _train_steps(model, forward, loss, batch, n, batch_size, amp, 3)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def _peak_mem_mb(device: torch.device) -> float:

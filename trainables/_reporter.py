@@ -32,6 +32,9 @@ class Reporter(abc.ABC):
     # The study's objective: the metric the trial checkpoints on and early-stops on.
     metric: str = "val_loss"
     mode: str = "min"
+    # How many trials this worker process is expected to run in the study: what a one-off cost paid per
+    # worker (compiling a graph) is amortised over.
+    trials_per_worker: int = 1
 
     @abc.abstractmethod
     def _emit(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
