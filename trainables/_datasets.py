@@ -16,24 +16,21 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._imagefiles import decode, imagefolder, segfolder
+from ._loading import SPLITS, DatasetMissing, Loaded, Request, Splits, head, hold_out, three_way
+
 __all__ = ["DATASETS", "DatasetMissing", "ImageData", "load_dataset"]
 
-SPLITS = ("train", "val", "test")
-TEST_FRACTION = 0.2  # of a folder with no test split of its own: held out for the final test, never searched on
 FLOWERS_SIZE = 64  # pixels a side: the photos are ~500x600, far more than a search's short runs can use
-FOLDER_SIZE = 64  # pixels a side, for a folder whose images do not all share one size
 SHAPES_SIZE = 32  # pixels a side
 SHAPES_COUNTS = {"train": 1024, "val": 256, "test": 256}  # enough to learn the task, generated in ~0.1 s
 SHAPES_CLASSES = ["background", "circle", "square", "triangle"]
-GRAY_MODES = ("1", "L")  # PIL modes kept as one channel, when every image of the set is one of them
-MASK_MODES = ("L", "P")  # PIL modes whose pixel values are class indices
 
 DATASETS = {
     "mnist": "handwritten digits, 28x28 gray, 10 classes: ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -46,10 +43,6 @@ DATASETS = {
     "shapes": "synthetic segmentation, circles/squares/triangles on noise, 32x32 RGB, made from split_seed (no ROOT)",
     "segfolder": "your segmentation pairs: ROOT/images/NAME.png and ROOT/masks/NAME.png (8-bit class index per pixel)",
 }
-
-
-class DatasetMissing(FileNotFoundError):
-    """The data set is not where it was looked for. str() is one line naming the place and the files expected."""
 
 
 @dataclasses.dataclass
@@ -75,21 +68,6 @@ class ImageData:
                     f"{self.name}: split {split!r} has x {x.dtype} {tuple(x.shape)} and y {tuple(y.shape)}; "
                     "expected uint8 (N, C, H, W) and N targets"
                 )
-
-
-_Splits = dict[str, torch.Tensor]  # "train" | "val" | "test" -> tensor
-_Loaded = tuple[str, _Splits, _Splits, list[str], str]  # task, x, y, classes, source
-
-
-@dataclasses.dataclass(frozen=True)
-class _Request:
-    name: str
-    root: Path | None
-    split_seed: int
-    val_fraction: float
-    image_size: int | None
-    download: bool
-    limit: int | None
 
 
 def load_dataset(
@@ -122,7 +100,7 @@ def load_dataset(
     if needs_root and root is None:
         raise DatasetMissing(f"{name}: no data root given; set --data-root ({DATASETS[name]})")
     path = Path(root).expanduser() if needs_root else None
-    request = _Request(name, path, split_seed, val_fraction, image_size, download, limit)
+    request = Request(name, path, split_seed, val_fraction, image_size, download, limit)
     task, x, y, classes, source = _LOADERS[name](request)
     fingerprint = _fingerprint(x, y)
     mean, std = _stats(name, path, x["train"], fingerprint)
@@ -132,46 +110,14 @@ def load_dataset(
 # ---- splits ------------------------------------------------------------------------------------------------
 
 
-def _split(idx: np.ndarray, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """idx -> (kept, held out). Stratified by label when every class can give an example to each side."""
-    from sklearn.model_selection import train_test_split
-
-    stratify = None
-    if labels is not None:
-        counts = np.unique(labels, return_counts=True)[1]
-        held = math.ceil(fraction * len(idx))
-        if counts.min() >= 2 and len(counts) <= min(held, len(idx) - held):
-            stratify = labels
-    return train_test_split(idx, test_size=fraction, stratify=stratify, random_state=seed)
-
-
-def _three_way(labels: np.ndarray | None, n: int, test: float, val: float, seed: int) -> dict[str, np.ndarray]:
-    """Test held out of everything, then validation out of the rest: the order the digits trainables use."""
-    rest, test_idx = _split(np.arange(n), labels, test, seed)
-    train, val_idx = _split(rest, None if labels is None else labels[rest], val, seed)
-    return {"train": train, "val": val_idx, "test": test_idx}
-
-
-def _head(idx: np.ndarray, labels: np.ndarray | None, limit: int | None) -> np.ndarray:
-    """At most `limit` of idx, in their order: round-robin over the classes, so a small subset still has them all."""
-    if limit is None or len(idx) <= limit:
-        return idx
-    if labels is None:
-        return idx[:limit]
-    order = np.argsort(labels, kind="stable")
-    rank = np.empty(len(idx), dtype=np.int64)  # each example's position within its class
-    rank[order] = np.arange(len(idx)) - np.searchsorted(labels[order], labels[order])
-    return idx[np.sort(np.lexsort((np.arange(len(idx)), rank))[:limit])]
-
-
-def _gather(req: _Request, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = _head(idx, y[idx], req.limit)
+def _gather(req: Request, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = head(idx, y[idx], req.limit)
     return torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(y[idx].astype(np.int64))
 
 
-def _with_val(req: _Request, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...]) -> tuple[_Splits, _Splits]:
+def _with_val(req: Request, train: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...]) -> tuple[Splits, Splits]:
     """Official train and test arrays -> three splits, validation stratified out of the official training set."""
-    kept, val = _split(np.arange(len(train[1])), train[1], req.val_fraction, req.split_seed)
+    kept, val = hold_out(np.arange(len(train[1])), train[1], req.val_fraction, req.split_seed)
     parts = {"train": (*train, kept), "val": (*train, val), "test": (*test, np.arange(len(test[1])))}
     pairs = {split: _gather(req, *part) for split, part in parts.items()}
     return {s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()}
@@ -180,7 +126,7 @@ def _with_val(req: _Request, train: tuple[np.ndarray, ...], test: tuple[np.ndarr
 # ---- torchvision's data sets -------------------------------------------------------------------------------
 
 
-def _construct(req: _Request, make: Callable[[], Any], folder: Path, files: Sequence[str]) -> Any:
+def _construct(req: Request, make: Callable[[], Any], folder: Path, files: Sequence[str]) -> Any:
     """Build a torchvision data set, turning its "Dataset not found or corrupted" or failed download into one line."""
     try:
         return make()
@@ -199,7 +145,7 @@ def _construct(req: _Request, make: Callable[[], Any], folder: Path, files: Sequ
         raise DatasetMissing(f"{req.name}: no data under {expected}; set --data-root or use download: true") from None
 
 
-def _mnist(req: _Request) -> _Loaded:
+def _mnist(req: Request) -> Loaded:
     from torchvision import datasets
 
     cls = datasets.MNIST if req.name == "mnist" else datasets.FashionMNIST
@@ -214,7 +160,7 @@ def _mnist(req: _Request) -> _Loaded:
     return "classification", x, y, list(train.classes), str(folder)
 
 
-def _cifar10(req: _Request) -> _Loaded:
+def _cifar10(req: Request) -> Loaded:
     from torchvision.datasets import CIFAR10
 
     folder = req.root / CIFAR10.base_folder
@@ -228,7 +174,7 @@ def _cifar10(req: _Request) -> _Loaded:
     return "classification", x, y, list(train.classes), str(folder)
 
 
-def _flowers102(req: _Request) -> _Loaded:
+def _flowers102(req: Request) -> Loaded:
     from torchvision.datasets import Flowers102
 
     folder = req.root / "flowers-102"
@@ -240,160 +186,16 @@ def _flowers102(req: _Request) -> _Loaded:
         pairs = [ds[i] for i in range(len(ds))]
         paths = [path for path, _ in pairs]
         labels = np.asarray([label for _, label in pairs], dtype=np.int64)
-        keep = _head(np.arange(len(labels)), labels, req.limit)
-        x[split] = _decode([paths[i] for i in keep], "RGB", req.image_size or FLOWERS_SIZE)
+        keep = head(np.arange(len(labels)), labels, req.limit)
+        x[split] = decode([paths[i] for i in keep], "RGB", req.image_size or FLOWERS_SIZE)
         y[split] = torch.from_numpy(labels[keep])
     return "classification", x, y, list(Flowers102.classes), str(folder)
-
-
-def _folder_dataset(req: _Request, root: Path) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    class Visible(ImageFolder):
-        """ImageFolder that skips hidden folders: our own .hpsearch cache, .ipynb_checkpoints and the like."""
-
-        def find_classes(self, directory):
-            classes, _ = super().find_classes(directory)
-            classes = [c for c in classes if not c.startswith(".")]
-            return classes, {c: i for i, c in enumerate(classes)}
-
-    layout = f"{req.root}/CLASS/*.png|jpg, or {req.root}/train/CLASS/.. and {req.root}/test/CLASS/.."
-    if not _has_subfolders(root):
-        raise DatasetMissing(f"{req.name}: no class folders under {root} (expected {layout}); set --data-root")
-    try:
-        return Visible(root, loader=str)  # loader=str: paths only, decoded once below
-    except FileNotFoundError as exc:  # a class folder with no image in it
-        raise DatasetMissing(f"{req.name}: {exc} (expected {layout})") from None
-
-
-def _has_subfolders(path: Path) -> bool:
-    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
-
-
-def _imagefolder(req: _Request) -> _Loaded:
-    """Images converted to RGB, or kept one channel when every image is grayscale. Without image_size they keep
-    their size if all share one, else become FOLDER_SIZE squares (shorter side resized, centre cropped)."""
-    root = req.root
-    if _has_subfolders(root / "train") and _has_subfolders(root / "test"):
-        train, test = _folder_dataset(req, root / "train"), _folder_dataset(req, root / "test")
-        if train.classes != test.classes:
-            raise ValueError(
-                f"{req.name}: {root}/train and {root}/test hold different class folders: "
-                f"{train.classes} and {test.classes}"
-            )
-        kept, val = _split(np.arange(len(train)), np.asarray(train.targets), req.val_fraction, req.split_seed)
-        parts = {"train": (train, kept), "val": (train, val), "test": (test, np.arange(len(test)))}
-    else:
-        ds = _folder_dataset(req, root)
-        split = _three_way(np.asarray(ds.targets), len(ds), TEST_FRACTION, req.val_fraction, req.split_seed)
-        parts = {name: (ds, idx) for name, idx in split.items()}
-    paths, y = {}, {}
-    for name, (ds, idx) in parts.items():
-        labels = np.asarray(ds.targets, dtype=np.int64)
-        idx = _head(idx, labels[idx], req.limit)
-        paths[name] = [ds.samples[i][0] for i in idx]
-        y[name] = torch.from_numpy(labels[idx])
-    mode, size = _survey([p for name in SPLITS for p in paths[name]], req.image_size)
-    x = {name: _decode(paths[name], mode, size) for name in SPLITS}
-    return "classification", x, y, list(parts["train"][0].classes), str(root)
-
-
-# ---- images on disk ----------------------------------------------------------------------------------------
-
-
-def _survey(paths: Sequence[str], image_size: int | None) -> tuple[str, int | tuple[int, int]]:
-    """One look at every file's header (no decoding): the mode and size they will all be decoded to."""
-    from PIL import Image
-
-    modes, sizes = set(), set()
-    for path in paths:
-        with Image.open(path) as img:
-            modes.add(img.mode)
-            sizes.add(img.size)
-    mode = "L" if modes <= set(GRAY_MODES) else "RGB"
-    if image_size is None and len(sizes) == 1:
-        width, height = sizes.pop()
-        return mode, (height, width)
-    return mode, image_size or FOLDER_SIZE
-
-
-def _decode(paths: Sequence[str], mode: str | None, size: int | tuple[int, int], nearest: bool = False) -> torch.Tensor:
-    """Decode each file once into one uint8 (N, C, H, W) tensor, on threads (PIL and torch release the GIL).
-
-    An int size is a square: shorter side resized to it, then centre cropped. A (height, width) is kept as is.
-    mode None keeps the file's own values (a mask's class indices); `nearest` resizes without blending them.
-    """
-    from PIL import Image
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    height, width = (size, size) if isinstance(size, int) else size
-    out = torch.empty((len(paths), 3 if mode == "RGB" else 1, height, width), dtype=torch.uint8)
-
-    def read(i: int) -> None:
-        with Image.open(paths[i]) as img:
-            if mode is not None:
-                img.draft(mode, (width, height))  # JPEG: decode at 1/2..1/8 scale, never below the size wanted
-                img = img.convert(mode)
-            pixels = F.pil_to_tensor(img)
-        if pixels.shape[1:] != (height, width):
-            interpolation = InterpolationMode.NEAREST if nearest else InterpolationMode.BILINEAR
-            pixels = F.resize(pixels, [min(height, width)], interpolation=interpolation, antialias=not nearest)
-            pixels = F.center_crop(pixels, [height, width])
-        out[i] = pixels
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(read, range(len(paths))))
-    return out
-
-
-def _segfolder(req: _Request) -> _Loaded:
-    """Pairs images/NAME.* and masks/NAME.png; test 20% and then validation held out at random by split_seed."""
-    from PIL import Image
-
-    images_dir, masks_dir = req.root / "images", req.root / "masks"
-    image_suffixes = (".png", ".jpg", ".jpeg")
-    images = {p.stem: p for p in sorted(images_dir.glob("*")) if p.suffix.lower() in image_suffixes}
-    masks = {p.stem: p for p in sorted(masks_dir.glob("*")) if p.suffix.lower() == ".png"}
-    if not images:
-        raise DatasetMissing(
-            f"{req.name}: no images under {images_dir} (expected images/NAME.png with masks/NAME.png, "
-            "each mask pixel a class index 0..K-1); set --data-root"
-        )
-    for have, lack, other in ((images, masks, masks_dir), (masks, images, images_dir)):
-        unpaired = sorted(have.keys() - lack.keys())
-        if unpaired:
-            names = ", ".join(have[s].name for s in unpaired[:5]) + (" ..." if len(unpaired) > 5 else "")
-            kind = "mask" if other == masks_dir else "image"
-            raise ValueError(
-                f"{req.name}: no {kind} under {other} for {names} (each images/NAME.* needs a masks/NAME.png)"
-            )
-    stems = sorted(images)
-    for stem in stems:
-        with Image.open(images[stem]) as img, Image.open(masks[stem]) as mask:
-            if mask.mode not in MASK_MODES:
-                raise ValueError(
-                    f"{req.name}: {masks[stem]} is a {mask.mode} image; a mask must be 8-bit grayscale (L) "
-                    "or palette (P) with a class index per pixel"
-                )
-            if mask.size != img.size:
-                raise ValueError(f"{req.name}: {masks[stem]} is {mask.size}, its image {img.size} (width, height)")
-    split = _three_way(None, len(stems), TEST_FRACTION, req.val_fraction, req.split_seed)
-    chosen = {name: [stems[i] for i in _head(idx, None, req.limit)] for name, idx in split.items()}
-    mode, size = _survey([str(images[s]) for name in SPLITS for s in chosen[name]], req.image_size)
-    x, y = {}, {}
-    for name in SPLITS:
-        x[name] = _decode([str(images[s]) for s in chosen[name]], mode, size)
-        y[name] = _decode([str(masks[s]) for s in chosen[name]], None, size, nearest=True)[:, 0].long()
-    n_classes = max(int(t.max()) for t in y.values() if t.numel()) + 1
-    classes = ["background"] + [f"class_{k}" for k in range(1, n_classes)]
-    return "segmentation", x, y, classes, str(req.root)
 
 
 # ---- data that needs no files ------------------------------------------------------------------------------
 
 
-def _digits(req: _Request) -> _Loaded:
+def _digits(req: Request) -> Loaded:
     """8x8, pixels 0..16 scaled to 0..255; the same splits as the digits trainables for the same split_seed."""
     from sklearn.datasets import load_digits
 
@@ -403,12 +205,12 @@ def _digits(req: _Request) -> _Loaded:
     x = np.round(digits.data * 255 / 16).astype(np.uint8).reshape(-1, 1, 8, 8)
     y = digits.target.astype(np.int64)
     test, val = digits_trainables.TEST_FRACTION, digits_trainables.VAL_FRACTION
-    pairs = {s: _gather(req, x, y, idx) for s, idx in _three_way(y, len(y), test, val, req.split_seed).items()}
+    pairs = {s: _gather(req, x, y, idx) for s, idx in three_way(y, len(y), test, val, req.split_seed).items()}
     xs, ys = {s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()}
     return "classification", xs, ys, [str(d) for d in range(10)], "sklearn.datasets.load_digits"
 
 
-def _shapes(req: _Request) -> _Loaded:
+def _shapes(req: Request) -> Loaded:
     """Up to three filled circles, squares or triangles per image, in colours far from the noisy background.
 
     Each split draws its shapes for the full count whatever the limit, so a limited set is a prefix of the full one.
@@ -447,22 +249,22 @@ def _shapes(req: _Request) -> _Loaded:
     return "segmentation", x, y, list(SHAPES_CLASSES), f"synthetic (split_seed={req.split_seed}, {size}x{size})"
 
 
-_LOADERS: dict[str, Callable[[_Request], _Loaded]] = {
+_LOADERS: dict[str, Callable[[Request], Loaded]] = {
     "mnist": _mnist,
     "fashion-mnist": _mnist,
     "cifar10": _cifar10,
     "flowers102": _flowers102,
-    "imagefolder": _imagefolder,
+    "imagefolder": imagefolder,
     "digits": _digits,
     "shapes": _shapes,
-    "segfolder": _segfolder,
+    "segfolder": segfolder,
 }
 
 
 # ---- provenance and statistics -----------------------------------------------------------------------------
 
 
-def _fingerprint(x: _Splits, y: _Splits) -> str:
+def _fingerprint(x: Splits, y: Splits) -> str:
     h = hashlib.sha256()
     for split in SPLITS:
         h.update(x[split].numpy())

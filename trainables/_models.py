@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._hyperparameters import fraction, integer, one_of
+from ._transfer import NewHead, PretrainedWeightsMissing, TransferModel, build_transfer, pretrained_weights_file
+
+__all__ = [
+    "FAMILIES",
+    "EncoderClassifier",
+    "Family",
+    "PretrainedWeightsMissing",
+    "TransferModel",
+    "build_model",
+    "build_transfer",
+    "pretrained_weights_file",
+]
+
 NORMS = ("batch", "group", "layer")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-TRANSFER_MIN_SIDE = 32  # smaller inputs are upsampled to this: ImageNet backbones downsample by 32
 AE_HIDDEN = 256  # units of the mlp autoencoder's hidden layer on each side; `latent` is the searched width
 AE_CHANNELS = (16, 32)  # channels of the conv autoencoder's two stride-2 convs (fixed; `latent` is searched)
 
@@ -35,36 +46,7 @@ class Family:
     description: str
 
 
-# ---- reading hyperparameters: each error is one line naming the field and what would be valid ------------
-
-
-def _int(config: dict, key: str, low: int = 1) -> int:
-    value = config[key]
-    if isinstance(value, float) and value.is_integer():  # JSON and some samplers hand back 64.0
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{key} must be an integer >= {low}, not {value!r}")
-    return value
-
-
-def _fraction(config: dict, key: str) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise ValueError(f"{key} must be a number in [0, 1), not {value!r}")
-    return float(value)
-
-
-def _one_of(key: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
-    return value
-
-
-def _flag(config: dict, key: str) -> bool:
-    value = config[key]
-    if isinstance(value, bool):  # not truthiness: the string "false" would be true
-        return value
-    raise ValueError(f"{key} must be true or false, not {value!r}")
+# ---- layers the families share ------------------------------------------------------------------------
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -85,9 +67,9 @@ def _conv_norm_relu(c_in: int, c_out: int, norm: str, stride: int = 1) -> list[n
 
 
 def build_mlp(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
-    hidden, depth = _int(config, "hidden"), _int(config, "layers", low=0)
-    dropout = _fraction(config, "dropout")
-    activation = ACTIVATIONS[_one_of("activation", config["activation"], tuple(ACTIVATIONS))]
+    hidden, depth = integer(config, "hidden"), integer(config, "layers", low=0)
+    dropout = fraction(config, "dropout")
+    activation = ACTIVATIONS[one_of("activation", config["activation"], tuple(ACTIVATIONS))]
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for _ in range(depth):
@@ -105,7 +87,7 @@ def build_mlp(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Mo
 def build_cnn(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
     """A block pools only while the feature map is at least 2x2, so any `blocks` fits an 8x8 digit; the extra
     blocks still add their convolution (and channels) at 1x1."""
-    blocks, channels, dropout = _int(config, "blocks"), _int(config, "channels"), _fraction(config, "dropout")
+    blocks, channels, dropout = integer(config, "blocks"), integer(config, "channels"), fraction(config, "dropout")
     c, h, w = in_shape
     layers: list[nn.Module] = []
     for i in range(blocks):
@@ -155,9 +137,9 @@ class ResNet(nn.Module):
 def build_resnet(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
     return ResNet(
         in_shape[0],
-        _int(config, "channels_l0"),
-        _int(config, "n_blocks", low=0),
-        _one_of("norm", config["norm"], NORMS),
+        integer(config, "channels_l0"),
+        integer(config, "n_blocks", low=0),
+        one_of("norm", config["norm"], NORMS),
         n_out,
     )
 
@@ -199,9 +181,9 @@ class UNet(nn.Module):
 
 
 def build_unet(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
-    depth = _int(config, "depth")
+    depth = integer(config, "depth")
     _check_unet_size(depth, in_shape[1], in_shape[2])
-    return UNet(in_shape[0], depth, _int(config, "base_channels"), _one_of("norm", config["norm"], NORMS), n_out)
+    return UNet(in_shape[0], depth, integer(config, "base_channels"), one_of("norm", config["norm"], NORMS), n_out)
 
 
 # ---- autoencoder --------------------------------------------------------------------------------------
@@ -258,157 +240,17 @@ def _conv_autoencoder(in_shape: tuple[int, int, int], latent: int) -> Autoencode
 
 def build_autoencoder(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
     """`n_out` is ignored: the output is the input's own shape."""
-    kind, latent = _one_of("kind", config["kind"], ("conv", "mlp")), _int(config, "latent")
+    kind, latent = one_of("kind", config["kind"], ("conv", "mlp")), integer(config, "latent")
     return (_conv_autoencoder if kind == "conv" else _mlp_autoencoder)(in_shape, latent)
 
 
-class EncoderClassifier(nn.Module):
-    """A linear head on a (pretrained) encoder's latent. Frozen, the encoder neither learns nor leaves eval
-    mode, so its BatchNorm statistics and dropout stay as they were when it was trained."""
+class EncoderClassifier(NewHead):
+    """A linear head on a (pretrained) encoder's latent; a frozen encoder is kept as NewHead says."""
+
+    body_name = "encoder"
 
     def __init__(self, encoder: nn.Module, latent: int, n_classes: int, freeze: bool, dropout: float = 0.0):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(latent, n_classes))
-        self.freeze = freeze
-        if freeze:
-            encoder.requires_grad_(False)
-        self.train()
-
-    def train(self, mode: bool = True) -> EncoderClassifier:
-        super().train(mode)
-        if self.freeze:
-            self.encoder.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
-
-
-# ---- transfer (torchvision) ---------------------------------------------------------------------------
-
-TRANSFER_ARCHS = ("resnet18", "densenet121", "mobilenet_v3_small")
-# Old DenseNet checkpoints (torchvision's own included) name layers `norm.1`; today's modules say `norm1`.
-_OLD_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """Pretrained weights were asked for but are not on disk; nothing is ever downloaded."""
-
-
-def _torchvision_arch(arch: str) -> tuple[Callable[[], nn.Module], str]:
-    """The architecture's constructor and the URL of its ImageNet weights. torchvision is imported here, not
-    at the top: it adds seconds to every import of this module, and only the transfer family needs it."""
-    from torchvision import models
-
-    return {
-        "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1.url),
-        "densenet121": (models.densenet121, models.DenseNet121_Weights.IMAGENET1K_V1.url),
-        "mobilenet_v3_small": (models.mobilenet_v3_small, models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.url),
-    }[_one_of("arch", arch, TRANSFER_ARCHS)]
-
-
-def pretrained_weights_file(arch: str) -> pathlib.Path:
-    """Where torchvision's own download would have put the weights: the torch hub cache."""
-    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / pathlib.PurePosixPath(_torchvision_arch(arch)[1]).name
-
-
-def _weights_file(arch: str, weights_path: str | None) -> pathlib.Path:
-    """The file pretrained weights come from; checked before the (slow) build of the architecture."""
-    path = pathlib.Path(weights_path) if weights_path else pretrained_weights_file(arch)
-    if path.is_file():
-        return path
-    if weights_path:
-        raise PretrainedWeightsMissing(
-            f"pretrained {arch} weights: weights_path {path} does not exist "
-            "(or set pretrained: false to train from scratch)"
-        )
-    raise PretrainedWeightsMissing(
-        f"pretrained {arch} weights are not in the torch hub cache and nothing is downloaded here: fetch "
-        f"{_torchvision_arch(arch)[1]} to {path} (or set weights_path to a local copy, or pretrained: false to "
-        "train from scratch)"
-    )
-
-
-def _load_pretrained(net: nn.Module, arch: str, path: pathlib.Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if arch == "densenet121":
-        state = {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path} does not hold torchvision {arch} weights: {' '.join(str(exc).split())[:300]}"
-        ) from None
-
-
-def _strip_head(arch: str, net: nn.Module) -> int:
-    """Remove the ImageNet classifier in place; returns the width of the features it took."""
-    if arch == "resnet18":
-        features, net.fc = net.fc.in_features, nn.Identity()
-    elif arch == "densenet121":
-        features, net.classifier = net.classifier.in_features, nn.Identity()
-    else:  # mobilenet_v3_small: keep its Linear(576, 1024) + Hardswish; our head brings its own dropout
-        features, net.classifier = net.classifier[3].in_features, net.classifier[:2]
-    return features
-
-
-class TransferModel(nn.Module):
-    """A torchvision backbone without its ImageNet head, and a new dropout + linear head. Grayscale input is
-    repeated to the three channels the backbone expects; inputs under 32 pixels a side are upsampled. Both
-    are decided from `in_shape` at build time, so the forward pass has no shape-dependent branches."""
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        features: int,
-        n_out: int,
-        dropout: float,
-        freeze_backbone: bool,
-        in_shape: tuple[int, int, int],
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, n_out))
-        self.freeze_backbone = freeze_backbone
-        if freeze_backbone:
-            backbone.requires_grad_(False)
-        c, h, w = in_shape
-        self.gray = c == 1
-        self.size = (max(h, TRANSFER_MIN_SIDE), max(w, TRANSFER_MIN_SIDE)) if min(h, w) < TRANSFER_MIN_SIDE else None
-        self.train()
-
-    def train(self, mode: bool = True) -> TransferModel:
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()  # frozen BatchNorm keeps its running statistics
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gray:
-            x = x.expand(-1, 3, -1, -1)
-        if self.size is not None:
-            x = nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return self.head(self.backbone(x))
-
-
-def build_transfer(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Module:
-    """With `pretrained`, weights come from `weights_path` or else the torch hub cache, never from the network;
-    without it, `weights_path` is ignored."""
-    arch = _one_of("arch", config["arch"], TRANSFER_ARCHS)
-    pretrained, freeze = _flag(config, "pretrained"), _flag(config, "freeze_backbone")
-    dropout, weights_path = _fraction(config, "dropout"), config["weights_path"]
-    if weights_path is not None and not isinstance(weights_path, str):
-        raise ValueError(f"weights_path must be the path of a .pth state_dict file or null, not {weights_path!r}")
-    if in_shape[0] not in (1, 3):
-        raise ValueError(f"transfer models take 1 (grayscale) or 3 (RGB) input channels, got {in_shape[0]}")
-    path = _weights_file(arch, weights_path) if pretrained else None
-    net = _torchvision_arch(arch)[0]()
-    if path is not None:
-        _load_pretrained(net, arch, path)
-    return TransferModel(net, _strip_head(arch, net), n_out, dropout, freeze, in_shape)
+        super().__init__(encoder, latent, n_classes, dropout, freeze)
 
 
 # ---- the families -------------------------------------------------------------------------------------
