@@ -12,6 +12,8 @@ from studies import UserError
 from trainables import get_trainable
 from trainables._check import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
 
+from ._inputs import trial_inputs
+
 
 def middle(param):
     """A representative value of a searched parameter: the (geometric, with log) middle of its range, the
@@ -36,7 +38,9 @@ def check(study: str, **overrides) -> tuple[list[Check], dict]:
     if trainable.setup is None:
         raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
     searched = {name: middle(p) for name, p in spec.space.items()}
-    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
+    inputs = trial_inputs(spec, trainable, study, tracking_uri=None)
+    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.asha.max_t, "split_seed": spec.split_seed,
+              **inputs}  # fmt: skip
     setup = trainable.setup(config)
     model = setup.model()
     checks = [data_sanity(setup, model)]

@@ -21,6 +21,7 @@ from tracking import tags as T
 from trainables import Trainable, get_trainable
 
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
+from ._inputs import trial_inputs
 from ._space import grid_size
 from ._warm import warm_points
 
@@ -39,6 +40,7 @@ class Plan:
     notes: tuple = ()  # messages for the user, printed when the run starts
     resume_run: Any = None  # --resume: the unfinished parent run (an mlflow Run) to continue
     replaces: Any = None  # --fresh: the unfinished parent run that the new one replaces
+    inputs: dict = dataclasses.field(default_factory=dict)  # data_root, encoder_checkpoint: set for every trial
 
 
 @dataclasses.dataclass
@@ -114,9 +116,11 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
             f"study {spec.name!r} has an unfinished run {unfinished.info.run_id} ({unfinished.info.run_name}, "
             f"{unfinished.info.status}): continue it with --resume, or start over with --fresh"
         )
+    inputs = trial_inputs(spec, trainable, source, tracking_uri)
     check_free_disk(data_home())
     return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes),
-                resume_run=unfinished if resume else None, replaces=unfinished if fresh else None)  # fmt: skip
+                resume_run=unfinished if resume else None, replaces=unfinished if fresh else None,
+                inputs=inputs)  # fmt: skip
 
 
 def _unfinished_run(study: str, tracking_uri: str | None):
@@ -160,7 +164,7 @@ def _execute(plan: Plan, out) -> Outcome:
     started = time.monotonic()
     spec = plan.spec
     store = Store(plan.tracking_uri)
-    fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed}
+    fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed, **plan.inputs}
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     if plan.resume_run is not None:
         run = plan.resume_run

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument("--gpus-per-trial", type=_positive_float, help="GPUs per trial; fractions pack trials")
     p.add_argument("--seed", type=int, help="sampler and trial seed")
+    p.add_argument("--data-root", help="folder holding the data set (torchvision layouts; overrides the spec)")
     p.add_argument("--warm-start", metavar="OTHER_STUDY", help="first try the best configurations of another study")
     p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
     p.add_argument("--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)")
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="preflight: data, shapes, overfit one batch, LR range test, time estimate")
     p.add_argument("study", help="a built-in study name or a path to a study YAML file")
+    p.add_argument("--data-root", help="folder holding the data set (overrides the spec)")
 
     p = sub.add_parser("report", help="an HTML report: Optuna's plots, learning curves, diagnoses, best model")
     p.add_argument("study")
@@ -135,7 +137,7 @@ def _run(args) -> int:
     from . import api
 
     overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
-                     gpus_per_trial=args.gpus_per_trial, seed=args.seed)  # fmt: skip
+                     gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
     plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
                     warm_start=args.warm_start, warm_count=args.warm_count, resume=args.resume, fresh=args.fresh,
                     **overrides)  # fmt: skip
@@ -242,7 +244,7 @@ def _promote(args) -> int:
 def _check(args) -> int:
     from ._check import check, exit_code
 
-    checks, config = check(args.study)
+    checks, config = check(args.study, data_root=args.data_root)
     print(f"checking {args.study} with " + " ".join(f"{k}={v}" for k, v in sorted(config.items())))
     for c in checks:
         print(f"[{c.status:>4}] {c.name}")

@@ -22,6 +22,9 @@ SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 RESERVED_PARAMS = {
     "epochs": "set by asha.max_t",
     "split_seed": "set by the study's split_seed",
+    "data_root": "set by the study's data_root (or --data-root)",
+    "download": "set by the study's download",
+    "encoder_checkpoint": "set by the study's encoder_from",
     "seed": "set per trial from the study's seed",
 }
 
@@ -145,6 +148,11 @@ class StudySpec(_Strict):
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "qmc"] = "tpe"
     seed: int = 0  # seeds the sampler and every trial: same seed, same sweep (with max_concurrent 1)
     split_seed: int = 0  # seeds the data splits alone, so sweeps with other seeds share one test split
+    # Where image trainables read their data set (torchvision layouts); default $HPSEARCH_HOME/data
+    data_root: str | None = None
+    download: bool = False  # fetch a missing data set into data_root (needs a network)
+    # The notes' two-stage training: a study whose best checkpoint (or a checkpoint file) gives the encoder
+    encoder_from: str | None = None
 
     @model_validator(mode="after")
     def _params(self):
@@ -222,6 +230,7 @@ OVERRIDES = {
     "max_concurrent": "max_concurrent",
     "gpus_per_trial": "resources.gpus",
     "seed": "seed",
+    "data_root": "data_root",
 }
 
 

@@ -1,0 +1,61 @@
+"""What a study hands its trials besides hyperparameters: where the data is, and a pretrained encoder.
+
+Resolved once, before anything is written, so a missing data set or an unknown `encoder_from` study is a
+one-line error (exit 2) rather than a sweep of failed trials. Every location ends up absolute: Ray runs each
+trial in a folder of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tracking
+from studies import StudySpec, UserError
+from tracking import Store, data_home
+from tracking import tags as T
+from trainables import Trainable
+
+
+def trial_inputs(spec: StudySpec, trainable: Trainable, source: str, tracking_uri: str | None) -> dict[str, Any]:
+    """The config values the engine sets for every trial: data_root/download (for trainables that read data
+    from disk) and encoder_checkpoint (from `encoder_from`). Checks the data set is there. Raises UserError."""
+    known = trainable.hyperparameters
+    inputs: dict[str, Any] = {}
+    if "data_root" in known:
+        root = Path(spec.data_root).expanduser() if spec.data_root else data_home() / "data"
+        inputs.update(data_root=str(root.resolve()), download=spec.download)
+    elif spec.data_root or spec.download:
+        raise UserError(f"{source}: data_root/download: trainable {trainable.name} reads no data set from disk")
+    if spec.encoder_from:
+        if "encoder_checkpoint" not in known:
+            raise UserError(f"{source}: encoder_from: trainable {trainable.name} takes no pretrained encoder")
+        inputs["encoder_checkpoint"] = _encoder_checkpoint(spec.encoder_from, source, tracking_uri)
+    if trainable.data_info is not None:
+        try:
+            trainable.data_info({**spec.fixed, "split_seed": spec.split_seed, **inputs})
+        except (OSError, ValueError) as exc:  # DatasetMissing is a FileNotFoundError; one line each
+            raise UserError(f"{source}: data: {exc}") from None
+    return inputs
+
+
+def _encoder_checkpoint(ref: str, source: str, tracking_uri: str | None) -> str:
+    """A checkpoint file as given, or the best checkpoint of study `ref`'s latest finished run, saved under
+    $HPSEARCH_HOME/encoders (named by its digest, so a later sweep of `ref` does not change this one's)."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if "/" in ref or path.suffix:
+        raise UserError(f"{source}: encoder_from: {ref}: no such checkpoint file")
+    store = Store(tracking_uri)
+    done = [r for r in tracking.parent_runs(store, ref) if T.CHECKPOINT_DIGEST in r.data.tags]
+    if not done:
+        raise UserError(f"{source}: encoder_from: study {ref!r} has no best checkpoint yet; run it first")
+    run = done[0]
+    target = data_home() / "encoders" / f"{ref}-{run.data.tags[T.CHECKPOINT_DIGEST][:16]}.pt"
+    if not target.exists():
+        import torch
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(tracking.load_best_checkpoint(store, run.info.run_id), target)
+    return str(target)
