@@ -157,7 +157,9 @@ class TrackingCallback(Callback):
 
     def _ended(self, trial, errored: bool, error: str | None = None) -> None:
         progress = self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
-        state, reason = progress.outcome(errored, self.max_t, error, halted=self.halt() if self.halt else None)
+        # A trial's length is its own `epochs` (searched when ASHA is off), else max_t.
+        length = int(trial.config.get("epochs", self.max_t))
+        state, reason = progress.outcome(errored, length, error, halted=self.halt() if self.halt else None)
         if errored and reason.startswith("oom") and self._oom_retry is not None:
             half = self._oom_retry(dict(trial.config))
             if half is not None:

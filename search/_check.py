@@ -39,7 +39,7 @@ def check(study: str, **overrides) -> tuple[list[Check], dict]:
         raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
     searched = {name: middle(p) for name, p in spec.space.items()}
     inputs = trial_inputs(spec, trainable, study, tracking_uri=None)
-    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.asha.max_t, "split_seed": spec.split_seed,
+    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.max_t, "split_seed": spec.split_seed,
               **inputs}  # fmt: skip
     setup = trainable.setup(config)
     model = setup.model()
@@ -74,11 +74,15 @@ def asha_epochs(max_t: int, grace: int, rf: int) -> float:
 
 def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
     epoch_s = step_s * math.ceil(n_train / batch)
-    trial_s = epoch_s * spec.asha.max_t
+    trial_s = epoch_s * spec.max_t
     slots = max(1, spec.max_concurrent)
-    asha = asha_epochs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
     lines = [f"about {epoch_s:.2f} s per epoch ({n_train} examples, batch {batch}), {trial_s:.1f} s per trial at "
-             f"{spec.asha.max_t} epochs, on this machine, {slots} at a time"]  # fmt: skip
+             f"{spec.max_t} epochs, on this machine, {slots} at a time"]  # fmt: skip
+    if spec.asha is None:
+        lines.append(f"{spec.trials} trials: at most {spec.trials * trial_s / slots / 60:.1f} min "
+                     f"(training only; add start-up)")  # fmt: skip
+        return Check("estimate", PASS, lines)
+    asha = asha_epochs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
     if spec.hours:
         budget = spec.hours * 3600 * slots
         lines.append(f"{spec.hours:g} h buy about {budget / trial_s:.0f} trials at full fidelity, or about "

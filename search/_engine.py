@@ -164,7 +164,8 @@ def _execute(plan: Plan, out) -> Outcome:
     started = time.monotonic()
     spec = plan.spec
     store = Store(plan.tracking_uri)
-    fixed = {**spec.fixed, "epochs": spec.asha.max_t, "split_seed": spec.split_seed, **plan.inputs}
+    fixed = {**spec.fixed, **({"epochs": spec.asha.max_t} if spec.asha else {}), "split_seed": spec.split_seed,
+             **plan.inputs}  # fmt: skip
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     if plan.resume_run is not None:
         run = plan.resume_run
@@ -279,8 +280,9 @@ def _log_best(plan, store, recorder, callback, best: str, checkpoint) -> tuple[s
 def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
     return {
         "trainable": spec.trainable, "metric": plan.metric, "mode": plan.mode, "trials": spec.trials,
-        "hours": spec.hours, "max_t": spec.asha.max_t, "grace_period": spec.asha.grace_period,
-        "reduction_factor": spec.asha.reduction_factor, "cpus_per_trial": spec.resources.cpus,
+        "hours": spec.hours, "max_t": spec.max_t, "asha": spec.asha is not None,
+        "grace_period": spec.asha.grace_period if spec.asha else None,
+        "reduction_factor": spec.asha.reduction_factor if spec.asha else None, "cpus_per_trial": spec.resources.cpus,
         "gpus_per_trial": spec.resources.gpus, "max_concurrent": spec.max_concurrent, "sampler": spec.sampler,
         "seed": spec.seed, "split_seed": spec.split_seed, "max_failures": spec.max_failures,
         "keep_checkpoints": spec.keep_checkpoints,

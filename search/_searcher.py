@@ -134,8 +134,9 @@ class StudySearch(OptunaSearch):
             self.on_trial_result(trial_id, result)
         self._reported.pop(trial_id, None)
         progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
-        state, _ = progress.outcome(error, self._max_t)
         ot_trial = self._ot_trials[trial_id]
+        # A searched `epochs` (ASHA off) is this trial's own length; otherwise every trial runs to max_t.
+        state, _ = progress.outcome(error, int(ot_trial.params.get("epochs", self._max_t)))
         try:
             if state == COMPLETED and progress.best_value is not None:
                 self._ot_study.tell(ot_trial, progress.best_value)

@@ -108,22 +108,24 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
         sampler=make_sampler(spec),
         study_name=run_name,  # one Optuna study per invocation, in the study's journal file
         storage=storage,
-        max_t=spec.asha.max_t,
+        max_t=spec.max_t,
         study_seed=spec.seed,
         halt=halt.reason,
     )
     for point in plan.warm_points:
         searcher.enqueue(point)
-    scheduler = ASHAScheduler(
-        time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
-        max_t=spec.asha.max_t,
-        grace_period=spec.asha.grace_period,
-        reduction_factor=spec.asha.reduction_factor,
-    )
+    scheduler = None  # asha: off: Ray's FIFO, every trial runs its own epochs
+    if spec.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
+            max_t=spec.asha.max_t,
+            grace_period=spec.asha.grace_period,
+            reduction_factor=spec.asha.reduction_factor,
+        )
     summary = StudySummary(study=spec.name, metric=plan.metric, counts={s: 0 for s in STATES}, elapsed_s=0.0,
                            trials=spec.trials, hours=spec.hours, concurrency=spec.max_concurrent)  # fmt: skip
     live = Progress(summary, out)
-    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.asha.max_t, live, searched=spec.space,
+    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.max_t, live, searched=spec.space,
                                 halt=halt.reason, keep_checkpoints=spec.keep_checkpoints, scheduler=scheduler,
                                 spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []),
                                 oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config))  # fmt: skip

@@ -13,14 +13,14 @@ from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 RESERVED_PARAMS = {
-    "epochs": "set by asha.max_t",
+    "epochs": "set by asha.max_t (search or fix it with asha: off)",
     "split_seed": "set by the study's split_seed",
     "data_root": "set by the study's data_root (or --data-root)",
     "download": "set by the study's download",
@@ -140,7 +140,8 @@ class StudySpec(_Strict):
     fixed: dict[str, Any] = Field(default_factory=dict)
     trials: int = Field(20, gt=0)
     hours: float | None = Field(None, gt=0)
-    asha: Asha = Field(default_factory=Asha)
+    # ASHA's rungs; `asha: off` (or null) runs every trial to its own `epochs`, which may then be searched
+    asha: Asha | None = Field(default_factory=Asha)
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0)  # retries of a trial whose code raised, from its last checkpoint
@@ -154,14 +155,37 @@ class StudySpec(_Strict):
     # The notes' two-stage training: a study whose best checkpoint (or a checkpoint file) gives the encoder
     encoder_from: str | None = None
 
+    @field_validator("asha", mode="before")
+    @classmethod
+    def _asha_off(cls, value):
+        return None if value is False or value == "off" else value  # YAML reads a bare `off` as false
+
+    @property
+    def max_t(self) -> int:
+        """The most epochs a trial trains: ASHA's max_t, or without ASHA the (largest searched) `epochs`."""
+        if self.asha is not None:
+            return self.asha.max_t
+        epochs = self.space.get("epochs")
+        return int(epochs.high if epochs is not None else self.fixed["epochs"])
+
     @model_validator(mode="after")
     def _params(self):
         both = sorted(set(self.space) & set(self.fixed))
         if both:
             raise ValueError(f"{', '.join(both)} both searched (space) and fixed; pick one")
         for name, why in RESERVED_PARAMS.items():
+            if name == "epochs" and self.asha is None:
+                continue
             if name in self.space or name in self.fixed:
                 raise ValueError(f"{name!r} cannot be in space or fixed: it is {why}")
+        if self.asha is None:
+            epochs = self.space.get("epochs", self.fixed.get("epochs"))
+            if epochs is None:
+                raise ValueError("asha: off: give epochs in fixed or space (a trial's length without ASHA)")
+            if isinstance(epochs, BaseModel) and (epochs.type != "int" or epochs.when):
+                raise ValueError("space.epochs: an int parameter, not conditional")
+            if not isinstance(epochs, BaseModel) and (not isinstance(epochs, int) or epochs < 1):
+                raise ValueError(f"fixed.epochs: a whole number >= 1, not {epochs!r}")
         seen: dict[str, Any] = {}
         for name, param in self.space.items():
             for parent, allowed in param.condition().items():

@@ -64,6 +64,18 @@ def test_grid_sampler_covers_the_grid_once(study, tmp_path):
     assert points == sorted((x, n) for x in (-1.0, 0.0, 1.0) for n in (0, 3))
 
 
+def test_without_asha_each_trial_runs_its_own_searched_epochs_and_completes(study, tmp_path):
+    """`asha: off`: no pruning; a trial with 2 epochs is as COMPLETE as one with 4 (its own length)."""
+    space = {**BASE["space"], "epochs": {"type": "int", "low": 2, "high": 4}}
+    outcome = api.run(study("noasha", space=space, asha=False, trials=4, sampler="random"), out=io.StringIO())
+    assert outcome.counts == {"completed": 4, "pruned": 0, "stopped": 0, "failed": 0}
+    rows = api.results("noasha").to_dict("records")
+    assert all(r["epochs"] == r["params"]["epochs"] for r in rows) and len({r["epochs"] for r in rows}) > 1
+    trials = optuna_trials(tmp_path / "home", "noasha")
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert all(len(t.intermediate_values) == t.params["epochs"] for t in trials)
+
+
 def test_conditional_parameter_exists_only_where_it_applies(study, tmp_path):
     space = {
         "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},

@@ -122,3 +122,21 @@ def test_spec_rejects_reserved_and_duplicate_params():
         parse_spec({**base, "space": {"lr": {"type": "float", "low": 0.1, "high": 0.2}}, "fixed": {"lr": 0.1}}, "s.yaml")
     with pytest.raises(UserError, match="grace_period"):
         parse_spec({**base, "asha": {"max_t": 2, "grace_period": 3}}, "s.yaml")
+
+
+def test_epochs_are_searchable_only_with_asha_off():
+    from studies import UserError, parse_spec
+
+    base = {"name": "x", "trainable": "digits-mlp"}
+    epochs = {"type": "int", "low": 2, "high": 6}
+    with pytest.raises(UserError, match=r"'epochs' cannot be in space or fixed: it is set by asha.max_t"):
+        parse_spec({**base, "space": {"epochs": epochs}}, "s.yaml")
+    for off in (False, "off", None):  # YAML's bare `off` arrives as False
+        spec = parse_spec({**base, "asha": off, "space": {"epochs": epochs}}, "s.yaml")
+        assert spec.asha is None and spec.max_t == 6
+    assert parse_spec({**base, "asha": False, "fixed": {"epochs": 3}}, "s.yaml").max_t == 3
+    with pytest.raises(UserError, match="asha: off: give epochs in fixed or space"):
+        parse_spec({**base, "asha": False}, "s.yaml")
+    with pytest.raises(UserError, match="space.epochs: an int parameter"):
+        parse_spec({**base, "asha": False, "space": {"epochs": {"type": "float", "low": 1, "high": 2}}}, "s.yaml")
+    assert parse_spec(base, "s.yaml").max_t == 10  # ASHA's default max_t
