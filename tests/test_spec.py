@@ -22,7 +22,7 @@ CASES = {
         GOOD.replace("trials: 2", "trials: 2\n").replace("log: true}\n", "log: true}\n  optimizer: {type: categorical, choices: []}\n"),
         "space.optimizer.choices: List should have at least 1 item",
     ),
-    "unknown_trainable": (GOOD.replace("trainable: digits-mlp", "trainable: nope"), "trainable: unknown trainable 'nope'; known: digits-cnn, digits-mlp"),
+    "unknown_trainable": (GOOD.replace("trainable: digits-mlp", "trainable: nope"), "trainable: unknown trainable 'nope'; known: cifar10-cnn, cifar10-resnet, digits-autoencoder, digits-cnn"),
     "unknown_sampler": (GOOD + "sampler: bogus\n", "sampler: Input should be 'tpe', 'random', 'grid', 'gp', 'cmaes' or 'qmc'"),
     "grid_without_points": (GOOD + "sampler: grid\n", "sampler grid: space.lr needs values or grid_points"),
     "condition_on_later_param": (
@@ -78,7 +78,7 @@ def test_bad_flags_exit_2(flags, expected, cli, home):
 def test_unknown_builtin_study_lists_builtins(cli, home):
     code, _, err = cli("run", "no-such-study")
     assert code == 2
-    assert "unknown study 'no-such-study'; built-in: digits-cnn, digits-mlp" in err
+    assert "unknown study 'no-such-study'; built-in: cifar10-resnet, digits-autoencoder, digits-cnn, " in err
     assert not home.exists()
 
 
