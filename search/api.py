@@ -84,7 +84,7 @@ def promote(
     description = (
         f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}"
         + (f" (mean {chosen.mean:.4f} +- {chosen.std:.4f} over {len(chosen.values)} seeds)" if extra else "")
-        + "; " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
+        + "; " + studies.headline(test_metrics)
     )
     info = tracking.register_model(store, model_uri, name, alias, lineage, description)
     result = {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": trial_id,

@@ -149,7 +149,9 @@ def _run(args) -> int:
         return 1
     frame = api.results(outcome.study, top=10, tracking_uri=args.tracking_uri, run_id=outcome.run_id)
     print(_table(frame))
-    test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.test_metrics.items())) or "no test evaluation"
+    from studies import headline
+
+    test = headline(outcome.test_metrics) or "no test evaluation"
     print(f"\nbest: trial {outcome.best_trial} {outcome.metric}={outcome.best_value:.4f}; {test}")
     if outcome.model_uri:
         print(f"model: {outcome.model_uri}  (promote with: hpsearch promote {outcome.study})")

@@ -20,10 +20,11 @@ from ._spec import (
 )
 from ._diagnose import Diagnosis, diagnose
 from ._results import flat_results, results, study_run, summary
-from ._summary import STATES, StudySummary, short_value
+from ._summary import STATES, StudySummary, headline, short_value
 from .errors import UserError
 
 __all__ = [
+    "headline",
     "NAME_PATTERN",
     "SAMPLERS",
     "STATES",

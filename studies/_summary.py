@@ -71,5 +71,10 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def headline(metrics: dict[str, float]) -> str:
+    """`k=v, ...` for one line: per-class values (`test_accuracy_class_7`, up to 102 of them) stay in MLflow."""
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "_class_" not in k)
+
+
 def short_value(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -89,6 +89,8 @@ def test_a_folder_of_images_sweeps_with_no_code(home, cli):
                   fixed={"batch_size": 16, "flip": True, "crop": 2})  # fmt: skip
     code, out, err = cli("run", spec, "--data-root", home / "pets")
     assert code == 0, err
+    best_line = out.split("best: trial")[1].splitlines()[0]
+    assert "test_accuracy=" in best_line and "_class_" not in best_line  # per-class values stay in MLflow
     rows = api.results("pets").to_dict("records")
     assert len(rows) == 2 and {r["state"] for r in rows} == {"completed"}
     assert max(r["metric"] for r in rows) > 0.6  # val_accuracy; three colours: well above a third
