@@ -40,7 +40,29 @@ def test_trainables_lists_every_pair_with_its_hyperparameters(cli):
     assert {"freeze_backbone", "arch", "pretrained"} <= set(rows["flowers102-transfer"]["hyperparameters"])
 
 
-def test_every_builtin_study_plans_from_its_data_root(home, monkeypatch):
+@pytest.fixture
+def torch_hub(tmp_path):
+    """A torch cache holding 'pretrained' weights: a freshly initialised resnet18 saved where torchvision's
+    own download would put the real ones (nothing can be downloaded here)."""
+    import torchvision
+
+    from trainables._transfer import pretrained_weights_file
+
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    path = pretrained_weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    yield
+    torch.hub.set_dir(before)
+
+
+def test_every_builtin_study_plans_and_trains_from_its_data_root(home, monkeypatch, torch_hub):
+    """Each built-in study is planned (its data set read through torchvision's loaders from a data root of
+    tiny files) and its trainable trains one epoch of one configuration from the study (the check's)."""
+    from search._check import middle
+    from trainables import MemoryReporter
+
     root = home / "data"
     rng = np.random.default_rng(0)
     write_mnist(root, "MNIST", rng)
@@ -56,6 +78,11 @@ def test_every_builtin_study_plans_from_its_data_root(home, monkeypatch):
         assert plan.trainable.name == plan.spec.trainable
         if name in NEEDS_ROOT:
             assert plan.inputs["data_root"] == str(root.resolve())
+        config = {**plan.spec.fixed, **{k: middle(p) for k, p in plan.spec.space.items() if not p.when},
+                  **plan.inputs, "epochs": 1, "batch_size": 16}  # fmt: skip
+        reporter = MemoryReporter(metric=plan.metric, mode=plan.mode)
+        plan.trainable.train(config, reporter)
+        assert reporter.results[0]["epoch"] == 1 and plan.metric in reporter.results[0], name
 
 
 def test_a_missing_data_set_is_one_line_and_exit_2(home, cli):
