@@ -51,6 +51,7 @@ STAGE2_HYPERPARAMETERS = {
     "freeze_encoder": "keep the encoder's weights fixed and train the head only, true/false",
     "dropout": "dropout probability before the linear head, 0..1",
 }
+STAGE2_DEFAULTS = {"encoder_checkpoint": None, "freeze_encoder": True, "dropout": 0.0}
 
 
 @functools.cache
@@ -85,9 +86,7 @@ def image_trainable(
     checkpoint in config["encoder_checkpoint"] (the notes' pretrain-then-classify)."""
     task = "classification" if stage2 else TASK_OF_FAMILY.get(family, "classification")
     model_hyper = STAGE2_HYPERPARAMETERS if stage2 else FAMILIES[family].hyperparameters
-    model_defaults = {"encoder_checkpoint": None, "freeze_encoder": True, "dropout": 0.0} if stage2 else {}
-    if not stage2:
-        model_defaults = dict(FAMILIES[family].defaults)
+    model_defaults = STAGE2_DEFAULTS if stage2 else FAMILIES[family].defaults
     extra_hyper = RECON_HYPERPARAMETERS if task == "reconstruction" else {}
     all_defaults = {**LOOP_DEFAULTS, **AUGMENT_DEFAULTS, **DATA_DEFAULTS, **model_defaults,
                     **({"recon_loss": "mse"} if extra_hyper else {}), **(defaults or {})}  # fmt: skip
