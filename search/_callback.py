@@ -96,6 +96,7 @@ class TrackingCallback(Callback):
         their outcome; trials Ray's last snapshot never saw are closed as failed, since nothing can resume them.
         """
         statuses = {t.trial_id: t.status for t in trials}
+        configs = {t.trial_id: t.config for t in trials}
         for trial_id in self.recorder.unfinished_trials():
             status = statuses.get(trial_id)
             if status in ("PENDING", "PAUSED", "RUNNING"):
@@ -106,7 +107,7 @@ class TrackingCallback(Callback):
             else:
                 outcome = self.outcomes.get(trial_id) or self.progress.setdefault(
                     trial_id, TrialProgress(self.metric, self.mode)
-                ).outcome(status == "ERROR", self.max_t, "error (before the crash)")
+                ).outcome(status == "ERROR", self._length(configs[trial_id]), "error (before the crash)")
             self._count(trial_id, outcome)
             self.recorder.close_trial(trial_id, *outcome)
         # Optuna had suggested these, but the crash came before MLflow heard of them: record them too.
@@ -155,11 +156,14 @@ class TrackingCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, errored=True, error=classify_error(_error_text(trial)))
 
+    def _length(self, config: dict) -> int:
+        """A trial's length: its own `epochs` (searched when ASHA is off), else max_t."""
+        return int(config.get("epochs", self.max_t))
+
     def _ended(self, trial, errored: bool, error: str | None = None) -> None:
         progress = self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
-        # A trial's length is its own `epochs` (searched when ASHA is off), else max_t.
-        length = int(trial.config.get("epochs", self.max_t))
-        state, reason = progress.outcome(errored, length, error, halted=self.halt() if self.halt else None)
+        state, reason = progress.outcome(errored, self._length(trial.config), error,
+                                         halted=self.halt() if self.halt else None)  # fmt: skip
         if errored and reason.startswith("oom") and self._oom_retry is not None:
             half = self._oom_retry(dict(trial.config))
             if half is not None:
