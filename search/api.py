@@ -24,7 +24,7 @@ _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
         warm_start: str | None = None, warm_count: int = 5, resume: bool = False, fresh: bool = False, out=None,
         **overrides: Any) -> Outcome:  # fmt: skip
-    """`hpsearch run`: overrides are trials, hours, max_concurrent, gpus_per_trial, seed. `resume` continues
+    """`hpsearch run`: overrides are trials, hours, max_concurrent, gpus_per_trial, seed, data_root. `resume` continues
     the study's unfinished run; `fresh` starts a new one in its place."""
     return execute(
         plan(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
