@@ -165,11 +165,9 @@ def compile_mode(config: dict) -> str:
     return mode
 
 
-def worth_compiling(device: torch.device, epoch_s: float, epochs_left: int, later_trials: int) -> bool:
-    """`auto`'s rule: compile when eager training still to come in this worker (this trial's remaining epochs,
-    and its later trials if they share the architecture) would save more than one compilation costs."""
-    if device.type != "cuda":
-        return False
+def worth_compiling(epoch_s: float, epochs_left: int, later_trials: int) -> bool:
+    """`auto`'s rule on a GPU: compile when eager training still to come in this worker (this trial's remaining
+    epochs, and its later trials if they share the architecture) would save more than one compilation costs."""
     eager_s = epoch_s * (epochs_left + later_trials * (epochs_left + 1))
     return eager_s * (1 - 1 / COMPILE_SPEEDUP) > COMPILE_COST_S
 

@@ -140,7 +140,7 @@ def fit(
     key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
     if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
         _device.is_compiled(key) or _device.worth_compiling(
-            device, _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
+            _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
             reporter.trials_per_worker - 1))):  # fmt: skip
         model, forward, new = _device.compiled(model, key)
         if new:
