@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, help="trials at once: default 2 on CPU, 4 with --gpu")
     parser.add_argument("--seconds", type=float, default=2.0, help="CPU: seconds of work per trial")
     parser.add_argument("--epochs", type=int, default=12, help="GPU: epochs of 20,000 images per trial")
-    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="GPU: the trials' compile")
+    parser.add_argument("--compile", default="auto", choices=["auto", "graph", "on", "off"], help="GPU: the trials' compile")
     args = parser.parse_args()
     trials, slots = args.trials or (32 if args.gpu else 16), args.slots or (4 if args.gpu else 2)
     with tempfile.TemporaryDirectory() as tmp:

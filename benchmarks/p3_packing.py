@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--n", type=int, default=20_000, help="training images per epoch")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    parser.add_argument("--compile", default="off", choices=["auto", "graph", "on", "off"])
     parser.add_argument("--cpu", action="store_true", help="a small run without a GPU (cpus instead of gpus)")
     args = parser.parse_args()
     rates = {}

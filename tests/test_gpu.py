@@ -1,4 +1,5 @@
-"""The GPU paths: data resident on the device, bf16, a compiled graph reused across trials, packed trials.
+"""The GPU paths: data resident on the device, bf16, the whole step as one CUDA graph, a compiled model reused
+across trials, data fed from the host when it does not fit, packed trials.
 Skipped without CUDA; they run for real where a GPU is lent (see BENCHMARKS.md for the runs)."""
 
 import io
@@ -33,11 +34,18 @@ def _cnn(config):
     )  # fmt: skip
 
 
-def _fit(config, key):
+def _plain_cnn(config):  # no dropout: the same weights give the same losses, recorded or not
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 4),
+    )  # fmt: skip
+
+
+def _fit(config, key, model=_cnn, augment=True):
     x, y = _images()
     reporter = MemoryReporter(seed=3)
-    prep = Prep(mean=(0.5,) * 3, std=(0.25,) * 3, flip=True, crop=2)
-    fit({"epochs": 3, "batch_size": 64, "lr": 3e-3, **config}, reporter, _cnn,
+    prep = Prep(mean=(0.5,) * 3, std=(0.25,) * 3, flip=augment, crop=2 if augment else 0)
+    fit({"epochs": 3, "batch_size": 64, "lr": 3e-3, **config}, reporter, model,
         Split(x[:448], y[:448], key=(key, "train")), Split(x[448:], y[448:], key=(key, "val")), prep=prep)  # fmt: skip
     return reporter
 
@@ -57,10 +65,40 @@ def test_data_moves_to_the_gpu_once_as_uint8_and_trains_in_bf16():
     assert [r["val_loss"] for r in again.results] == pytest.approx([r["val_loss"] for r in reporter.results], rel=0.02)
 
 
-def test_a_compiled_graph_is_built_once_and_reused_with_fresh_weights():
+@pytest.mark.parametrize("optimizer, schedule", [("adam", "cosine"), ("nesterov", "step"), ("adamw", "warmup_cosine")])
+def test_the_whole_step_is_one_cuda_graph_replay_and_trains_as_eagerly(optimizer, schedule):
+    config = {"optimizer": optimizer, "schedule": schedule, "lr_step_epochs": 1, "clip_grad_norm": 1.0,
+              "weight_decay": 1e-4}  # fmt: skip
+    eager = _fit({**config, "compile": "off"}, "graph", model=_plain_cnn, augment=False)
+    graph = _fit({**config, "compile": "graph"}, "graph", model=_plain_cnn, augment=False)
+    assert "step_graph" not in eager.results[0] and graph.results[0]["step_graph"] == 1.0
+    # The same kernels replayed: the same losses, and the schedule's lr reached the recorded update.
+    assert [r["lr"] for r in graph.results] == [r["lr"] for r in eager.results]
+    assert [r["train_loss"] for r in graph.results] == pytest.approx([r["train_loss"] for r in eager.results], rel=0.02)
+    assert [r["val_loss"] for r in graph.results] == pytest.approx([r["val_loss"] for r in eager.results], rel=0.02)
+    if optimizer == "adam":  # random flips, crops and dropout inside the graph (SGD at this lr learns too slowly)
+        augmented = _fit({**config, "compile": "graph"}, "graph")
+        assert augmented.results[0]["step_graph"] == 1.0 and augmented.results[-1]["val_accuracy"] > 0.5
+
+
+def test_rmsprop_is_not_recorded_and_still_trains_on_the_gpu():
+    reporter = _fit({"optimizer": "rmsprop", "lr": 1e-3, "compile": "auto"}, "rmsprop")
+    assert "step_graph" not in reporter.results[0] and reporter.results[-1]["val_accuracy"] > 0.5
+
+
+def test_a_split_without_room_on_the_gpu_is_fed_from_the_host(monkeypatch):
+    monkeypatch.setattr(_device, "RESIDENT_SHARE", 0.0)  # as if the GPU were full
+    reporter = _fit({"compile": "auto"}, "host")
+    assert not [k for k in _device._RESIDENT if k[0][0] in (("host", "train"), ("host", "val"))]  # none copied whole
+    assert "step_graph" not in reporter.results[0]  # a per-batch host copy cannot be recorded
+    assert reporter.results[-1]["val_accuracy"] > 0.5 and reporter.results[-1]["samples_per_s"] > 0
+
+
+def test_a_compiled_model_is_built_once_and_reused_with_fresh_weights():
     first = _fit({"compile": "on"}, "compiled")
     second = _fit({"compile": "on"}, "compiled")
     assert first.results[0]["compile_s"] > 0 and "compile_s" not in second.results[0]
+    assert first.results[0]["step_graph"] == 1.0 == second.results[0]["step_graph"]  # compiled and recorded
     # The second trial starts from its own fresh weights, not the first one's trained ones: same seed, same run.
     assert [r["train_loss"] for r in second.results] == pytest.approx(
         [r["train_loss"] for r in first.results], rel=0.02

@@ -156,3 +156,17 @@ def test_per_class_accuracy_for_the_best_model():
     result = score.result(per_class=True)
     assert result["accuracy_class_0"] == 1.0 and result["accuracy_class_1"] == 0.0 and result["accuracy_class_2"] == 1.0
     assert math.isclose(result["accuracy"], 0.75)
+
+
+def test_a_split_kept_on_the_host_is_fed_by_dataloader_workers_in_the_epochs_order():
+    from trainables._device import HostBatches
+
+    x = torch.arange(40 * 3, dtype=torch.uint8).view(40, 1, 1, 3)
+    y = torch.arange(40)
+    feed = HostBatches(x, y, torch.device("cpu"), workers=2)
+    for seed in (0, 1):  # persistent workers, a new order each epoch
+        order = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
+        batches = list(feed.epoch(order, batch_size=16, steps=2))  # the last partial batch dropped
+        assert [len(b[1]) for b in batches] == [16, 16]
+        assert torch.equal(torch.cat([b[1] for b in batches]), order[:32])
+        assert torch.equal(torch.cat([b[0] for b in batches]), x[order[:32]])

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -82,13 +83,15 @@ def evaluate(
     config: dict | None = None,
     per_class: bool = False,
 ) -> dict[str, float]:
-    """The task's metrics over a split, in eval mode and fp32, on the split's device. Training's validation and
-    the after-search revalidation/test both come through here, so their numbers agree."""
+    """The task's metrics over a split, in eval mode and fp32, on the model's device (a split kept on the host
+    is copied there batch by batch). Training's validation and the after-search revalidation/test both come
+    through here, so their numbers agree."""
     model.eval()
-    device = split.x.device
+    device = next(model.parameters()).device
     score = Score(task, loss_fn(task, config or {}), device)
     for start in range(0, len(split), batch_size):
-        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        rows = slice(start, start + batch_size)
+        x, y = split.x[rows].to(device, non_blocking=True), split.y[rows].to(device, non_blocking=True)
         x, y, pixels = prep(x, y) if prep is not None else (x, y, x)
         if _device.channels_last(device, x):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -121,13 +124,21 @@ def fit(
     loss = loss_fn(task, config)
     batch_size, clip = int(config["batch_size"]), float(config["clip_grad_norm"])
     patience, epochs = int(config["patience"]), int(config["epochs"])
-    amp = _device.autocast(config, device)
     compile_mode = _device.compile_mode(config)
     train, val = train.resident(device), val.resident(device)
     nhwc = _device.channels_last(device, train.x)
+    # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
+    # recorded) and an update the graph can hold.
+    graphed = (compile_mode != "off" and device.type == "cuda" and not _device.on_host(train.x, device)
+               and config["optimizer"] in _device.GRAPH_OPTIMIZERS)  # fmt: skip
+    amp = _device.autocast(config, device, cache=not graphed)
 
-    def batch(idx: torch.Tensor, training: bool):
-        x, y = _device.batch(train.x, idx, device), _device.batch(train.y, idx, device)
+    def batch(rows, training: bool):
+        """`rows`: indices into the resident split, or a batch (x, y) already fetched to the device."""
+        if isinstance(rows, tuple):
+            x, y = rows
+        else:
+            x, y = _device.batch(train.x, rows, device), _device.batch(train.y, rows, device)
         x, y, pixels = prep(x, y, train=training) if prep is not None else (x, y, x)
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -136,21 +147,25 @@ def fit(
     torch.manual_seed(reporter.seed)
     model = build_model(config).to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     forward, compile_s = model, 0.0
-    # Static shapes for a compiled graph: full batches only (the last partial batch is dropped).
+    # Static shapes for a recorded or compiled step: full batches only (the last partial batch is dropped).
     key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
+    cudagraphs = device.type == "cuda" and not graphed  # then the compiled model brings its own graphs
     if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
-        _device.is_compiled(key) or _device.worth_compiling(
+        _device.is_compiled(key, cudagraphs) or _device.worth_compiling(
             _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
-            reporter.trials_per_worker - 1))):  # fmt: skip
-        model, forward, new = _device.compiled(model, key)
+            reporter.trials_per_worker - 1, graphed))):  # fmt: skip
+        model, forward, new = _device.compiled(model, key, cudagraphs)
         if new:
-            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp)
+            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs)
         torch.manual_seed(reporter.seed)  # the same stream of dropout masks, compiled or not
-    steps = len(train) // batch_size if forward is not model else math.ceil(len(train) / batch_size)
+    marks = forward is not model and cudagraphs  # the compiled model's own CUDA graphs want step marks
+    static = graphed or forward is not model
+    steps = len(train) // batch_size if static else math.ceil(len(train) / batch_size)
     if steps < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train)} training examples")
 
-    optimizer = make_optimizer(model.parameters(), config, fused=device.type == "cuda")
+    params = list(model.parameters())
+    optimizer = make_optimizer(params, config, fused=device.type == "cuda", capturable=graphed)
     schedule = Schedule(optimizer, config, steps, mode)
     shuffle = torch.Generator().manual_seed(reporter.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0}
@@ -159,30 +174,48 @@ def fit(
         model.load_state_dict(checkpoint["model"])
         schedule.load_state_dict(checkpoint.get("schedule", {}))
         optimizer.load_state_dict(checkpoint["optimizer"])  # after the schedule: it holds the current lr
+        for group in optimizer.param_groups if graphed else ():
+            if "capturable" in group:  # as created, whatever the checkpoint's run had
+                group["capturable"] = True
         torch.set_rng_state(checkpoint["rng"]["torch"])
         shuffle.set_state(checkpoint["rng"]["shuffle"])
         state = dict(checkpoint["progress"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    for epoch in range(state["epoch"] + 1, epochs + 1):
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the epoch's, kept on the device
+
+    def train_step(rows) -> None:
+        x, target = batch(rows, True)
+        optimizer.zero_grad(set_to_none=True)
+        with amp:
+            if marks:
+                torch.compiler.cudagraph_mark_step_begin()
+            step_loss = loss(forward(x), target)
+        step_loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        loss_sum.add_(step_loss.detach().double() * len(x))
+
+    step_fn = _device.StepGraph(train_step, optimizer, batch_size, device) if graphed else train_step
+    # A split the GPU has no room for stays on the host; DataLoader workers gather and pin its batches.
+    host = _device.HostBatches(train.x, train.y, device, _loader_workers()) if _device.on_host(train.x, device) else None
+
+    first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        order = torch.randperm(len(train), generator=shuffle).to(device)
-        for step in range(steps):
-            x, target = batch(order[step * batch_size : (step + 1) * batch_size], True)
-            optimizer.zero_grad(set_to_none=True)
-            with amp:
-                if forward is not model:
-                    torch.compiler.cudagraph_mark_step_begin()
-                step_loss = loss(forward(x), target)
-            step_loss.backward()
-            if clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+        loss_sum.zero_()
+        order = torch.randperm(len(train), generator=shuffle)
+        if host is not None:
+            feed = host.epoch(order, batch_size, steps)
+        else:
+            order = order.to(device)
+            feed = (order[step * batch_size : (step + 1) * batch_size] for step in range(steps))
+        for rows in feed:
+            step_fn(rows)
             schedule.after_step()
-            loss_sum += step_loss.detach().double() * len(x)
         seen = min(len(train), steps * batch_size)
         train_loss = loss_sum.item() / seen  # the epoch's only host sync in training
         seconds = time.perf_counter() - started
@@ -200,6 +233,11 @@ def fit(
         }
         if compile_s:  # reported once, with the first epoch after it: the sweep's wall time holds it
             metrics["compile_s"], compile_s = compile_s, 0.0
+        if graphed and epoch == first_epoch:
+            metrics["step_graph"] = float(step_fn.recorded)  # 1: each step was one CUDA graph replay
+            if step_fn.failure:
+                warnings.warn(f"the training step could not be recorded as a CUDA graph, so it runs eagerly: "
+                              f"{step_fn.failure}", stacklevel=1)  # fmt: skip
         value = metrics[metric]
         schedule.after_epoch(value)
         state["epoch"] = epoch
@@ -222,7 +260,7 @@ def fit(
             return
 
 
-def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int) -> None:
+def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int, marks: bool = False) -> None:
     """Forward and backward on the first batches, without an optimizer step; weights and buffers (BatchNorm
     statistics) are put back afterwards, so the trial starts exactly where it would have."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -234,7 +272,7 @@ def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, step
         model.zero_grad(set_to_none=True)
         x, target = batch(idx, False)
         with amp:
-            if forward is not model:
+            if marks:
                 torch.compiler.cudagraph_mark_step_begin()
             out = loss(forward(x), target)
         out.backward()
@@ -253,13 +291,18 @@ def _eager_epoch_s(model, loss, batch, n: int, batch_size: int, amp) -> float:
     return (time.perf_counter() - started) / 3 * math.ceil(n / batch_size)
 
 
-def _warm_up(model, forward, loss, batch, n: int, batch_size: int, amp) -> float:
-    """Compile (and record the CUDA graphs) before the first timed epoch; returns the seconds it took."""
+def _warm_up(model, forward, loss, batch, n: int, batch_size: int, amp, cudagraphs: bool) -> float:
+    """Compile (and record the model's own CUDA graphs) before the first timed epoch; returns the seconds."""
     started = time.perf_counter()
-    _train_steps(model, forward, loss, batch, n, batch_size, amp, 3)
+    _train_steps(model, forward, loss, batch, n, batch_size, amp, 3, marks=cudagraphs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def _loader_workers() -> int:
+    """DataLoader workers for a split kept on the host: up to 4, within the threads this trial was given."""
+    return min(4, max(1, torch.get_num_threads()))
 
 
 def _peak_mem_mb(device: torch.device) -> float:

@@ -37,11 +37,13 @@ OPTIM_DEFAULTS = {
 }
 
 
-def make_optimizer(params, config: dict, fused: bool = False) -> torch.optim.Optimizer:
-    """`fused` (CUDA only) runs the whole update in one kernel per parameter group."""
+def make_optimizer(params, config: dict, fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
+    """`fused` (CUDA only) runs the whole update in one kernel per parameter group; `capturable` lets a CUDA
+    graph record Adam's and AdamW's update (their step counts stay on the device)."""
     name = config["optimizer"]
     lr, wd = float(config["lr"]), float(config["weight_decay"])
     extra = {"fused": True} if fused else {}
+    adam_extra = {**extra, "capturable": True} if capturable else extra
     if name in ("sgd", "nesterov"):
         momentum = float(config["momentum"])
         if name == "nesterov" and momentum <= 0:
@@ -49,9 +51,9 @@ def make_optimizer(params, config: dict, fused: bool = False) -> torch.optim.Opt
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd,
                                **extra)  # fmt: skip
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **extra)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **adam_extra)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **extra)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **adam_extra)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)  # no fused RMSprop in torch
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
