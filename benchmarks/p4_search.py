@@ -132,6 +132,17 @@ def curve(values: list[float], target: float | None) -> tuple[float, int | None]
     return best, reached
 
 
+def paired_interval(diffs: list[float]) -> tuple[float, float]:
+    """A 95% interval for the mean of paired per-seed differences (Student's t; needs two or more seeds)."""
+    if len(diffs) < 2:
+        return float("-inf"), float("inf")
+    from scipy import stats
+
+    mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+    t = stats.t.ppf(0.975, len(diffs) - 1)
+    return mean - t * se, mean + t * se
+
+
 def main() -> None:
     global FIFO_TRIALS, ASHA_TRIALS, BUDGET
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +190,10 @@ def main() -> None:
         hits = sum(r[f"{arm}_reach"] is not None for r in rows)
         print(f"{arm}: reached FIFO's best in {hits}/{len(rows)} seeds; median compute saving {speedup(arm):.2f}x; "
               f"final best vs FIFO {gap(arm):+.2f} points (mean)")  # fmt: skip
+    diffs = [100 * (r["hpsearch_best"] - r["stock_best"]) for r in rows]
+    low, high = paired_interval(diffs)
+    print(f"hpsearch - stock, final best, paired over {len(diffs)} seeds: mean {statistics.mean(diffs):+.2f} points, "
+          f"95% interval {low:+.2f}..{high:+.2f} (no worse than stock by more than {-low:.2f} points)")  # fmt: skip
     print(f"P4: hpsearch needs {speedup('hpsearch'):.2f}x less compute than FIFO random to reach its best "
           f"(stock: {speedup('stock'):.2f}x); final best {gap('hpsearch'):+.2f} points vs FIFO, "
           f"{gap('hpsearch') - gap('stock'):+.2f} vs stock")  # fmt: skip
