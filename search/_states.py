@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
 
@@ -50,10 +51,16 @@ class TrialProgress:
         return PRUNED, "asha" if self.epochs else "stopped before its first epoch"
 
 
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b[^:]*:")
+
+
 def classify_error(text: str) -> str:
-    """A failed trial's reason from its error text: `oom`, `worker died`, or the exception's last line."""
+    """A failed trial's reason from its error text: `oom`, `worker died`, or the innermost exception's line
+    (`Type: message`). Some messages go on for lines after it (CUDA's `For debugging consider passing ...`):
+    the exception's own line says more than the traceback's last."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
+    raised = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    last = raised[-1] if raised else (lines[-1] if lines else "")
     if "OutOfMemoryError" in text or "CUDA out of memory" in text:
         return "oom: " + last[:300]
     if "ActorDiedError" in text or "died unexpectedly" in text or "RayActorError" in text:

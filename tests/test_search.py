@@ -207,3 +207,20 @@ def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_p
     retried = [r["params"]["batch_size"] // 2 for r in failed]
     assert sum(half in sizes for half in retried) >= len(retried) - 1
     assert any(r["state"] == "completed" and r["params"]["batch_size"] in retried for r in rows)
+
+
+def test_a_failed_trials_reason_is_its_exception_line_not_a_hint_after_it():
+    from search._states import classify_error
+
+    cuda = (
+        "ray::ImplicitFunc.train() (pid=1967)\ntorch.AcceleratorError: Caught AcceleratorError in DataLoader worker "
+        "process 0.\nOriginal Traceback (most recent call last):\n  File \"w.py\", line 358, in _worker_loop\n"
+        "torch.AcceleratorError: CUDA error: initialization error\nSearch for `cudaErrorInitializationError' in "
+        "https://docs.nvidia.com for more information.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+    )
+    assert classify_error(cuda) == "error: torch.AcceleratorError: CUDA error: initialization error"
+    assert classify_error('Traceback\n  File "t.py", line 3\n    raise ValueError("x: y")\nValueError: x: y') == (
+        "error: ValueError: x: y"
+    )
+    assert classify_error("no exception line at all") == "error: no exception line at all"
