@@ -170,3 +170,16 @@ def test_a_split_kept_on_the_host_is_fed_by_dataloader_workers_in_the_epochs_ord
         assert [len(b[1]) for b in batches] == [16, 16]
         assert torch.equal(torch.cat([b[1] for b in batches]), order[:32])
         assert torch.equal(torch.cat([b[0] for b in batches]), x[order[:32]])
+
+
+def test_a_split_smaller_than_one_batch_trains_eagerly_on_its_partial_batch_even_with_compile_on():
+    from trainables._loop import Split, fit
+
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    y = (x.float().mean(dim=(1, 2, 3)) > 127.5).long()
+    reporter = MemoryReporter(seed=0, metric="val_accuracy", mode="max")
+    fit({"epochs": 2, "batch_size": 64, "compile": "on"}, reporter,
+        lambda c: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), Split(x[:30], y[:30]),
+        Split(x[30:], y[30:]), torch.device("cpu"), prep=Prep(mean=(0.5,), std=(0.3,)))  # fmt: skip
+    assert [r["epoch"] for r in reporter.results] == [1, 2] and "compile_s" not in reporter.results[0]
+    assert reporter.results[0]["samples_per_s"] > 0  # its 30 examples, in one partial batch

@@ -127,10 +127,13 @@ def fit(
     compile_mode = _device.compile_mode(config)
     train, val = train.resident(device), val.resident(device)
     nhwc = _device.channels_last(device, train.x)
+    # Fixed shapes (a recorded or compiled step) need one full batch; a split smaller than a batch trains
+    # eagerly on its one partial batch, as on the CPU.
+    full_batch = len(train) >= batch_size
     # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
     # recorded) and an update the graph can hold.
     graphed = (compile_mode != "off" and device.type == "cuda" and not _device.on_host(train.x, device)
-               and config["optimizer"] in _device.GRAPH_OPTIMIZERS)  # fmt: skip
+               and config["optimizer"] in _device.GRAPH_OPTIMIZERS and full_batch)  # fmt: skip
     amp = _device.autocast(config, device, cache=not graphed)
 
     def batch(rows, training: bool):
@@ -150,10 +153,10 @@ def fit(
     # Static shapes for a recorded or compiled step: full batches only (the last partial batch is dropped).
     key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
     cudagraphs = device.type == "cuda" and not graphed  # then the compiled model brings its own graphs
-    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
+    if full_batch and (compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
         _device.is_compiled(key, cudagraphs) or _device.worth_compiling(
             _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
-            reporter.trials_per_worker - 1, graphed))):  # fmt: skip
+            reporter.trials_per_worker - 1, graphed)))):  # fmt: skip
         model, forward, new = _device.compiled(model, key, cudagraphs)
         if new:
             compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs)
