@@ -20,6 +20,7 @@ from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
 from trainables import Trainable, get_trainable
 
+from . import _ray_start
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
 from ._inputs import trial_inputs
 from ._space import grid_size
@@ -167,6 +168,7 @@ def _execute(plan: Plan, out) -> Outcome:
     fixed = {**spec.fixed, **({"epochs": spec.asha.max_t} if spec.asha else {}), "split_seed": spec.split_seed,
              **plan.inputs}  # fmt: skip
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
+    _ray_start.ready()
     if plan.resume_run is not None:
         run = plan.resume_run
         recorder.resume(run.info.run_id)

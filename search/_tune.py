@@ -6,17 +6,8 @@ import logging
 import math
 import os
 
-# Ray's per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; skip their disk writes.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# Trials checkpoint only when their best improves; with num_to_keep=1 Ray snapshots its experiment state
-# at each such checkpoint and warns about it every time. The snapshot is what a resume needs; the warning isn't.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# A diverged trial's last report has a NaN loss and no validation metric; Ray's strict check would turn
-# that one trial's report into an error that ends the whole sweep. ASHA and our searcher skip such a result.
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-# Ctrl-C and SIGTERM go through our handler (Signals), which asks Tune to stop by its SIGUSR1 handler.
-os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+# Tune's settings (environment variables) are set by _ray_start, before Ray starts: its processes inherit them.
+from . import _ray_start  # noqa: E402  (first: it sets Tune's environment before ray is imported)
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -45,20 +36,11 @@ logging.getLogger("ray.tune.tune").addFilter(_HideRestoreHints())
 
 
 def connect(address: str | None) -> None:
-    """A local Ray by default (no dashboard); `address` joins an existing cluster instead."""
-    if ray.is_initialized():
+    """A local Ray by default (no dashboard); `address` joins an existing cluster instead. Joins the start
+    that `hpsearch run` began in the background, if any."""
+    if _ray_start.wait() or ray.is_initialized():
         return
-    cwd = os.getcwd()
-    pythonpath = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        # Trial output stays in Ray's session logs; the driver prints one line per finished trial instead.
-        log_to_driver=False,
-        # Workers import a user's `pkg.module:function` trainable from where hpsearch was started.
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-    )
+    _ray_start.init_ray(address)
 
 
 def optuna_storage(home, study: str) -> optuna.storages.BaseStorage:

@@ -118,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is not None or args.command != "run":
+        return _command(args)
+    # `hpsearch run` as its own process (not main([...]) called by a program or a test, whose process may hold
+    # a Ray of its own and lives on): Ray starts in the background while the driver imports its libraries and
+    # plans, and the process exits without tearing its modules down.
+    from . import _ray_start
+
+    _ray_start.begin(args.address)
+    try:
+        code = _command(args)
+    finally:
+        _ray_start.abandon()  # the run ended before its sweep connected (a user error): shut that Ray down
+    _exit_now(code)
+    return code  # not reached
+
+
+def _command(args) -> int:
     from studies import UserError
 
     try:
@@ -131,6 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `hpsearch results x | head`
         sys.stderr.close()
         return 0
+
+
+def _exit_now(code: int) -> None:
+    """Exit as Python would, less the teardown of every module, which takes seconds once torch, Ray, MLflow
+    and pandas are loaded: wait for the threads Python would wait for, run the atexit handlers (Ray's
+    shutdown, logging's flush, temporary folders), flush the output, then os._exit."""
+    import atexit
+    import os
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _run(args) -> int:

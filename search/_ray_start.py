@@ -1,0 +1,146 @@
+"""Starting Ray: the options of `ray.init`, and (for `hpsearch run` in its own process) starting it in a
+background thread while the driver imports its libraries, plans the study and opens the MLflow store.
+Imports nothing heavy at module level: the CLI imports this before anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+
+# Ray's per-trial CSV/JSON/TensorBoard loggers duplicate what MLflow records; skip their disk writes.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Trials checkpoint only when their best improves; with num_to_keep=1 Ray snapshots its experiment state
+# at each such checkpoint and warns about it every time. The snapshot is what a resume needs; the warning isn't.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A diverged trial's last report has a NaN loss and no validation metric; Ray's strict check would turn
+# that one trial's report into an error that ends the whole sweep. ASHA and our searcher skip such a result.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+# Ctrl-C and SIGTERM go through our handler (Signals), which asks Tune to stop by its SIGUSR1 handler.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+
+def _local(address: str | None) -> bool:
+    """Whether ray.init will start a new local Ray (rather than join a running cluster)."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def init_ray(address: str | None) -> None:
+    """A local Ray by default (no dashboard); `address` joins an existing cluster instead."""
+    import ray
+
+    cwd = os.getcwd()
+    pythonpath = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH", "")) if p)
+    options = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        # Trial output stays in Ray's session logs; the driver prints one line per finished trial instead.
+        log_to_driver=False,
+    )
+    # Workers import a user's `pkg.module:function` trainable from where hpsearch was started.
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    if not _local(address):
+        ray.init(address=address, runtime_env=runtime_env, **options)
+        return
+    # Ray starts one idle worker per CPU when the driver connects. Tune's trial actors never run on them (each
+    # gets a runtime_env of its own, ray.tune.execution.class_cache, and Ray starts new workers for it), so on
+    # a small machine their start only takes CPU from the driver's and the first trials'. The raylet reads
+    # this setting from its environment, which it inherits.
+    env = {} if "RAY_prestart_worker_first_driver" in os.environ else {"RAY_prestart_worker_first_driver": "0"}
+    with _environ(env):
+        ray.init(address=None, runtime_env=runtime_env, **options)
+
+
+class _NotMainThread(logging.Filter):
+    """ray.init warns that it sets no SIGTERM handler outside the main thread: `begin` has set one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class _Start:
+    def __init__(self, address: str | None):
+        self.address = address
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hpsearch-ray-start", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+            init_ray(self.address)
+        except BaseException as exc:  # re-raised in the main thread by wait()
+            self.error = exc
+            return
+        finally:
+            self.ready.set()
+        # Ray's processes die with the thread that started them (Linux's parent-death signal is per thread):
+        # this one stays, as a daemon, until the process exits.
+        threading.Event().wait()
+
+
+_pending: _Start | None = None
+
+
+def begin(address: str | None) -> None:
+    """Start Ray in a background thread (from the main thread, before the driver's other start-up work).
+    `wait` joins it; `abandon` undoes it when the run ends before its sweep."""
+    global _pending
+    if _pending is not None or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        return
+    # What ray.init does in the main thread, which it cannot do from another: exit on SIGTERM (so the
+    # driver's `finally` blocks and Ray's atexit shutdown run).
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    _pending = _Start(address)
+    _pending.thread.start()
+
+
+def ready() -> None:
+    """Wait for a start begun by `begin` to end, without raising its error (`wait` does, when the sweep
+    connects). The run waits here before opening its MLflow records: the workers Ray starts as the driver
+    connects then import their modules while the driver writes the records, instead of competing with its
+    imports for the CPUs."""
+    if _pending is not None:
+        _pending.ready.wait()
+
+
+def wait() -> bool:
+    """Join a start begun by `begin`; re-raise its error. Returns whether there was one."""
+    global _pending
+    start, _pending = _pending, None
+    if start is None:
+        return False
+    start.ready.wait()
+    if start.error is not None:
+        raise start.error
+    return True
+
+
+def abandon() -> None:
+    """The run ended before its sweep (a user error, Ctrl-C): wait for Ray's start, then shut it down."""
+    try:
+        started = wait()
+    except Exception:
+        return  # it never started
+    if started:
+        import ray
+
+        ray.shutdown()
