@@ -75,11 +75,36 @@ class _NotMainThread(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+class _Held(logging.Filter):
+    """Holds Ray's start-up notices (such as "Token authentication is enabled") back until the sweep
+    connects: a run that ends on a user's mistake before then prints its one-line error and nothing else."""
+
+    LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def release(self, show: bool) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+        for record in self.records if show else ():
+            logging.getLogger(record.name).handle(record)
+        self.records = []
+
+
 class _Start:
     def __init__(self, address: str | None):
         self.address = address
         self.error: BaseException | None = None
         self.ready = threading.Event()
+        self.held = _Held()
         self.thread = threading.Thread(target=self._run, name="hpsearch-ray-start", daemon=True)
 
     def _run(self) -> None:
@@ -129,6 +154,7 @@ def wait() -> bool:
     if start is None:
         return False
     start.ready.wait()
+    start.held.release(show=start.error is None)
     if start.error is not None:
         raise start.error
     return True
@@ -136,6 +162,9 @@ def wait() -> bool:
 
 def abandon() -> None:
     """The run ended before its sweep (a user error, Ctrl-C): wait for Ray's start, then shut it down."""
+    if _pending is not None:
+        _pending.ready.wait()
+        _pending.held.release(show=False)
     try:
         started = wait()
     except Exception:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import write_study
+from tests.conftest import run_cli, write_study
 
 GOOD = """\
 name: tiny
@@ -140,3 +140,12 @@ def test_epochs_are_searchable_only_with_asha_off():
     with pytest.raises(UserError, match="space.epochs: an int parameter"):
         parse_spec({**base, "asha": False, "space": {"epochs": {"type": "float", "low": 1, "high": 2}}}, "s.yaml")
     assert parse_spec(base, "s.yaml").max_t == 10  # ASHA's default max_t
+
+
+def test_a_user_error_in_its_own_process_is_one_line_although_ray_was_starting_meanwhile(home):
+    # `hpsearch run` as a process starts Ray in the background while it reads the study; a mistake found
+    # meanwhile must still be the one line, with Ray's start-up notices held back and Ray shut down.
+    plain = run_cli("run", "no-such-study", env={"HPSEARCH_HOME": str(home)})
+    assert plain.returncode == 2 and "unknown study 'no-such-study'" in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    assert not home.exists()
