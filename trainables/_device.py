@@ -42,7 +42,7 @@ GRAPH_OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 # Eager steps before a step is recorded: lazy set-up (cuDNN/cuBLAS handles, the optimizer's state, an inductor
 # compilation, autotuning) happens in them, not in the recording. They are real training steps.
 GRAPH_WARMUP_STEPS = 3
-# A data set larger than this share of free GPU memory stays on the host (pinned) and is copied per batch.
+# A data set larger than this share of free GPU memory stays on the host; `HostBatches` feeds it (workers, pinned).
 RESIDENT_SHARE = 0.5
 
 
