@@ -147,14 +147,15 @@ def ready() -> None:
         _pending.ready.wait()
 
 
-def wait() -> bool:
-    """Join a start begun by `begin`; re-raise its error. Returns whether there was one."""
+def wait(show: bool = True) -> bool:
+    """Join a start begun by `begin`; re-raise its error. Returns whether there was one. Ray's held start-up
+    notices are printed if it started and `show`, dropped otherwise."""
     global _pending
     start, _pending = _pending, None
     if start is None:
         return False
     start.ready.wait()
-    start.held.release(show=start.error is None)
+    start.held.release(show=show and start.error is None)
     if start.error is not None:
         raise start.error
     return True
@@ -162,11 +163,8 @@ def wait() -> bool:
 
 def abandon() -> None:
     """The run ended before its sweep (a user error, Ctrl-C): wait for Ray's start, then shut it down."""
-    if _pending is not None:
-        _pending.ready.wait()
-        _pending.held.release(show=False)
     try:
-        started = wait()
+        started = wait(show=False)
     except Exception:
         return  # it never started
     if started:
