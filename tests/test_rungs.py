@@ -22,7 +22,8 @@ def curve(final: float, epochs: int) -> dict[int, float]:
 
 
 def pruned(x: float, final: float, epochs: int):
-    return create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=X, intermediate_values=curve(final, epochs))
+    values = curve(final, epochs)
+    return create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=X, intermediate_values=values)
 
 
 def complete(x: float, final: float, epochs: int = 27):

@@ -64,6 +64,21 @@ def test_grid_sampler_covers_the_grid_once(study, tmp_path):
     assert points == sorted((x, n) for x in (-1.0, 0.0, 1.0) for n in (0, 3))
 
 
+def test_tpe_under_asha_samples_from_the_rung_view_once_its_random_start_is_over(study, tmp_path):
+    """A real sweep past TPE's 10 random trials: the 11th on are TPE's own multivariate samples, fitted on the
+    rung view (search/_rungs.py), whose constant-liar note reaches the real storage; states stay true."""
+    asha = {"max_t": 9, "grace_period": 1, "reduction_factor": 3}
+    outcome = api.run(study("s-rungs", trials=13, max_concurrent=1, asha=asha), out=io.StringIO())
+    assert outcome.exit_code == 0
+    trials = optuna_trials(tmp_path / "home", "s-rungs")
+    assert [t.number for t in trials if "tpe:relative_params:0" in t.system_attrs] == [10, 11, 12]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(complete) + len(pruned) == 13 and pruned
+    assert all(max(t.intermediate_values) == 9 for t in complete)
+    assert all(max(t.intermediate_values) in (1, 3) for t in pruned)
+
+
 def test_without_asha_each_trial_runs_its_own_searched_epochs_and_completes(study, tmp_path):
     """`asha: off`: no pruning; a trial with 2 epochs is as COMPLETE as one with 4 (its own length)."""
     space = {**BASE["space"], "epochs": {"type": "int", "low": 2, "high": 4}}
