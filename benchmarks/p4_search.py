@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -143,6 +144,23 @@ def paired_interval(diffs: list[float]) -> tuple[float, float]:
     return mean - t * se, mean + t * se
 
 
+SEED_LINE = re.compile(
+    r"^seed (\d+): fifo best ([\d.]+) \| hpsearch best [\d.]+ reached fifo at \S+ epochs \| "
+    r"stock best ([\d.]+) reached at (\S+) epochs"
+)
+
+
+def read_baseline(path: Path) -> dict[int, dict]:
+    """Per seed, the FIFO best and the stock arm's best and epochs to FIFO's best, from this script's output."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        if match := SEED_LINE.match(line):
+            seed, fifo, stock, reach = match.groups()
+            rows[int(seed)] = {"seed": int(seed), "fifo_best": float(fifo), "stock_best": float(stock),
+                               "stock_reach": None if reach == "None" else int(reach)}  # fmt: skip
+    return rows
+
+
 def main() -> None:
     global FIFO_TRIALS, ASHA_TRIALS, BUDGET
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +168,11 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--fifo-trials", type=int, default=FIFO_TRIALS,
                         help=f"the budget, in FIFO trials of {MAX_T} epochs (default {FIFO_TRIALS})")  # fmt: skip
+    parser.add_argument("--baseline", metavar="LOG",
+                        help="take the FIFO and stock arms' figures per seed from an earlier run's output (they do "
+                             "not depend on hpsearch's code and repeat exactly) and run only hpsearch's arm")  # fmt: skip
     args = parser.parse_args()
+    baseline = read_baseline(Path(args.baseline)) if args.baseline else {}
     FIFO_TRIALS, BUDGET = args.fifo_trials, args.fifo_trials * MAX_T
     ASHA_TRIALS = max(ASHA_TRIALS, 13 * FIFO_TRIALS)  # ASHA trials average under 3 epochs: enough to spend it
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -163,10 +185,20 @@ def main() -> None:
         _tune.connect(None)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             started = time.monotonic()
-            fifo = run_tuner(seed, "fifo", workdir)  # 12 trials x 27 epochs, less if one diverged
-            target, _ = curve(fifo, None)
-            row = {"seed": seed, "fifo_best": target}
-            for arm, values in (("hpsearch", run_hpsearch(seed, workdir)), ("stock", run_tuner(seed, "stock", workdir))):
+            if baseline:
+                if seed not in baseline:
+                    sys.exit(f"{args.baseline}: no line for seed {seed}")
+                row = dict(baseline[seed])
+                target = row["fifo_best"]
+            else:
+                fifo = run_tuner(seed, "fifo", workdir)  # 12 trials x 27 epochs, less if one diverged
+                target, _ = curve(fifo, None)
+                row = {"seed": seed, "fifo_best": target}
+            arms = [("hpsearch", lambda: run_hpsearch(seed, workdir))]
+            if not baseline:
+                arms.append(("stock", lambda: run_tuner(seed, "stock", workdir)))
+            for arm, run in arms:
+                values = run()
                 if len(values) < BUDGET:
                     print(f"warning: {arm} seed {seed} trained only {len(values)} of {BUDGET} epochs", flush=True)
                 best, reached = curve(values, target)
@@ -190,7 +222,8 @@ def main() -> None:
         hits = sum(r[f"{arm}_reach"] is not None for r in rows)
         print(f"{arm}: reached FIFO's best in {hits}/{len(rows)} seeds; median compute saving {speedup(arm):.2f}x; "
               f"final best vs FIFO {gap(arm):+.2f} points (mean)")  # fmt: skip
-    diffs = [100 * (r["hpsearch_best"] - r["stock_best"]) for r in rows]
+    # rounded as the --baseline logs hold them
+    diffs = [100 * (round(r["hpsearch_best"], 4) - round(r["stock_best"], 4)) for r in rows]
     low, high = paired_interval(diffs)
     print(f"hpsearch - stock, final best, paired over {len(diffs)} seeds: mean {statistics.mean(diffs):+.2f} points, "
           f"95% interval {low:+.2f}..{high:+.2f} (no worse than stock by more than {-low:.2f} points)")  # fmt: skip
