@@ -94,6 +94,9 @@ class RungSampler(BaseSampler):
         self._cached: tuple[int, _View] | None = None  # (trial number, view): one view per suggestion
         self.last_rung: int | None = None  # the rung the last view was fitted at (for tests and diagnostics)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cached": None}  # Ray pickles the searcher: not the view and its storage
+
     def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
         if self._cached is not None and self._cached[0] == trial.number:
             return self._cached[1]
