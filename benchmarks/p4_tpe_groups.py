@@ -5,8 +5,8 @@ for the first n trials (n = 20, 40, 60, 80, all) prints TPE's good group two way
 - as Optuna's own `_split_trials` forms it from the states in storage (a private function: this is a
   diagnostic, not a product path): how many of its trials are COMPLETE and how many PRUNED, their values,
   and the best epoch-1 values of the trials it left out;
-- as the sampler hpsearch uses under ASHA sees it (search/_rungs.py): the fitting rung and the good group's
-  best values up to that rung.
+- as the sampler hpsearch uses under ASHA sees it (search/_ranking.py): the good group's best values and
+  how many of its trials are COMPLETE.
 
     python benchmarks/p4_tpe_groups.py 19
 """
@@ -31,7 +31,7 @@ def main() -> None:
 
     from benchmarks import p4_search
     from search import _tune
-    from search._rungs import asha_rungs, fitting_rung, rank_at_rung
+    from search._ranking import rank_by_best
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -56,12 +56,9 @@ def main() -> None:
               f"PRUNED; its final values {sorted(round(t.value, 3) for t in complete)}; its epoch-1 values "
               f"{sorted((round(first(t), 3) for t in good), reverse=True)}; the best epoch-1 values left out "
               f"{[round(v, 3) for v in left_out]}", flush=True)  # fmt: skip
-        rungs = asha_rungs(p4_search.MAX_T, p4_search.GRACE, p4_search.RF)
-        rung = fitting_rung(trials, rungs, 10)
-        view = rank_at_rung(trials, rungs, rung, maximize=True)[:n_below]
-        at_rung = [max((v for s, v in t.intermediate_values.items() if s <= rung), default=math.nan) for t in view]
-        print(f"    the rung view: fitted at epoch {rung}; its good group's best values up to there "
-              f"{sorted((round(v, 3) for v in at_rung), reverse=True)}, of which COMPLETE "
+        view = rank_by_best(trials, maximize=True)[:n_below]
+        bests = sorted((round(max(t.intermediate_values.values(), default=math.nan), 3) for t in view), reverse=True)
+        print(f"    the ranked view's good group: best values {bests}, of which COMPLETE "
               f"{sum(t.state == TrialState.COMPLETE for t in view)}", flush=True)  # fmt: skip
 
 

@@ -13,7 +13,6 @@ from trainables import get_trainable
 from trainables._check import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
 
 from ._inputs import trial_inputs
-from ._rungs import asha_rungs
 
 
 def middle(param):
@@ -61,7 +60,11 @@ def check(study: str, **overrides) -> tuple[list[Check], dict]:
 
 def asha_epochs(max_t: int, grace: int, rf: int) -> float:
     """Expected epochs per trial under ASHA: a 1/rf share of the trials reaches each next rung."""
-    rungs = asha_rungs(max_t, grace, rf)
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(r)
+        r *= rf
+    rungs.append(max_t)
     expected, previous = 0.0, 0
     for k, rung in enumerate(rungs):
         expected += (rung - previous) / rf**k

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import EPOCH
 
-from ._rungs import RungSampler, asha_rungs
+from ._ranking import RankedSampler
 from ._space import grid, is_conditional
 from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
@@ -52,8 +52,8 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
         tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
         if spec.asha is None:
             return tpe
-        # Under ASHA, TPE would rank every COMPLETE trial above every PRUNED one: fit it at one rung instead.
-        return RungSampler(tpe, asha_rungs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor))
+        # Under ASHA, TPE would rank every COMPLETE trial above every PRUNED one: rank by value reached instead.
+        return RankedSampler(tpe)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":

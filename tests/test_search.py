@@ -64,13 +64,13 @@ def test_grid_sampler_covers_the_grid_once(study, tmp_path):
     assert points == sorted((x, n) for x in (-1.0, 0.0, 1.0) for n in (0, 3))
 
 
-def test_tpe_under_asha_samples_from_the_rung_view_once_its_random_start_is_over(study, tmp_path):
+def test_tpe_under_asha_samples_from_the_ranked_view_once_its_random_start_is_over(study, tmp_path):
     """A real sweep past TPE's 10 random trials: the 11th on are TPE's own multivariate samples, fitted on the
-    rung view (search/_rungs.py), whose constant-liar note reaches the real storage; states stay true."""
+    ranked view (search/_ranking.py), whose constant-liar note reaches the real storage; states stay true."""
     asha = {"max_t": 9, "grace_period": 1, "reduction_factor": 3}
-    outcome = api.run(study("s-rungs", trials=13, max_concurrent=1, asha=asha), out=io.StringIO())
+    outcome = api.run(study("s-ranked", trials=13, max_concurrent=1, asha=asha), out=io.StringIO())
     assert outcome.exit_code == 0
-    trials = optuna_trials(tmp_path / "home", "s-rungs")
+    trials = optuna_trials(tmp_path / "home", "s-ranked")
     assert [t.number for t in trials if "tpe:relative_params:0" in t.system_attrs] == [10, 11, 12]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]

@@ -1,4 +1,4 @@
-"""The rung view TPE is fitted on under ASHA (search/_rungs.py), on Optuna studies built trial by trial.
+"""The ranked view TPE is fitted on under ASHA (search/_ranking.py), on Optuna studies built trial by trial.
 
 The study below is P4's seed-19 situation in miniature: asynchronous ASHA let the first trial run to max_t
 with no rival, although it is at chance level, while later trials near x = 0.8 were better at every rung
@@ -11,9 +11,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search._rungs import RungSampler, asha_rungs, fitting_rung, rank_at_rung
+from search._ranking import RankedSampler, rank_by_best
 
-RUNGS = asha_rungs(27, 1, 3)
 X = {"x": FloatDistribution(0.0, 1.0)}
 
 
@@ -40,38 +39,22 @@ def seed19_study() -> list:
     return trials
 
 
-def test_asha_rungs_are_rays_milestones_then_max_t():
-    assert asha_rungs(27, 1, 3) == [1, 3, 9, 27]
-    assert asha_rungs(10, 1, 3) == [1, 3, 9, 10]
-    assert asha_rungs(20, 2, 4) == [2, 8, 20]
-    assert asha_rungs(5, 5, 3) == [5]
-
-
-def test_the_fitting_rung_is_the_largest_that_enough_finished_trials_reached():
+def test_each_trial_ranks_by_the_best_value_it_reached_wherever_it_stopped():
     trials = seed19_study()
-    # 2 reached 27, 8 reached 9, 13 reached 3, all 25 reached 1
-    assert fitting_rung(trials, RUNGS, min_trials=10) == 3
-    assert fitting_rung(trials, RUNGS, min_trials=8) == 9
-    assert fitting_rung(trials, RUNGS, min_trials=2) == 27
-    assert fitting_rung(trials, RUNGS, min_trials=26) == 1
-
-
-def test_a_trial_that_ran_unopposed_to_max_t_ranks_by_its_value_at_the_rung():
-    trials = seed19_study()
-    ranked = rank_at_rung(trials, RUNGS, 3, maximize=True)
-    # The 11 good pruned trials come first, then the two chance-level COMPLETE ones, then those stopped at 1.
-    assert {t.params["x"] for t in ranked[:11]} == {t.params["x"] for t in trials[2:13]}
-    assert [t.state for t in ranked[11:13]] == [TrialState.COMPLETE] * 2
-    assert ranked[0].intermediate_values[3] == pytest.approx(0.90 * (1 - 0.5 / 3))
-    # Minimising the same metric turns the order around within each rung reached.
-    flipped = rank_at_rung(trials, RUNGS, 3, maximize=False)
-    assert flipped[0].params["x"] == 0.05 and flipped[-1].intermediate_values == curve(0.40, 1)
+    ranked = rank_by_best(trials, maximize=True)
+    # Pruned at 9, then pruned at 3 (both good), then the poor ones pruned at 1, then the two chance-level
+    # COMPLETE trials that ran unopposed to max_t: Optuna's TPE would have put those two first.
+    assert [max(t.intermediate_values) for t in ranked[:11]] == [9] * 6 + [3] * 5
+    assert [t.state for t in ranked[-2:]] == [TrialState.COMPLETE] * 2
+    assert ranked[0].params["x"] == 0.75  # ties keep the trials' order
+    # Minimising the same metric turns the order around.
+    assert rank_by_best(trials, maximize=False)[0].params["x"] == 0.05
 
 
 def test_a_trial_stopped_before_its_first_epoch_ranks_last():
     empty = create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=X)
-    ranked = rank_at_rung([empty, *seed19_study()], RUNGS, 3, maximize=True)
-    assert ranked[-1] is empty
+    for maximize in (True, False):
+        assert rank_by_best([empty, *seed19_study()], maximize)[-1] is empty
 
 
 def sample_xs(sampler, n: int = 12) -> list[float]:
@@ -89,10 +72,9 @@ def tpe(seed: int = 0) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
-def test_tpe_on_the_rung_view_samples_where_the_good_pruned_trials_are():
-    xs, study = sample_xs(RungSampler(tpe(), RUNGS))
+def test_tpe_on_the_ranked_view_samples_where_the_good_pruned_trials_are():
+    xs, study = sample_xs(RankedSampler(tpe()))
     assert sorted(xs)[len(xs) // 2] > 0.6, xs
-    assert study.sampler.last_rung == 3
     # Storage keeps the true states: the view only changes what the sampler sees.
     states = [t.state for t in study.get_trials()]
     assert states[:25] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 23
@@ -106,14 +88,14 @@ def test_optunas_own_tpe_samples_near_the_chance_level_complete_trials():
     assert sorted(xs)[len(xs) // 2] < 0.3, xs
 
 
-def test_a_sweep_with_asha_and_tpe_uses_the_rung_view():
+def test_a_sweep_with_asha_and_tpe_uses_the_ranked_view():
     from search._searcher import make_sampler
     from studies import parse_spec
 
     base = {"name": "s", "trainable": "digits-mlp", "metric": "val_accuracy", "mode": "max", "trials": 4,
             "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}  # fmt: skip
     with_asha = make_sampler(parse_spec({**base, "asha": {"max_t": 9, "grace_period": 1, "reduction_factor": 3}}, "s"))
-    assert isinstance(with_asha, RungSampler) and with_asha._rungs == [1, 3, 9]
+    assert isinstance(with_asha, RankedSampler)
     without = make_sampler(parse_spec({**base, "asha": "off", "fixed": {"epochs": 3}}, "s"))
     assert isinstance(without, optuna.samplers.TPESampler)
     assert isinstance(make_sampler(parse_spec({**base, "sampler": "random"}, "s")), optuna.samplers.RandomSampler)
