@@ -207,8 +207,8 @@ def main() -> None:
                 row[f"{arm}_best"], row[f"{arm}_reach"] = best, reached
             rows.append(row)
             print(
-                f"seed {seed}: fifo best {row['fifo_best']:.4f} | hpsearch best {row['hpsearch_best']:.4f} reached fifo at "
-                f"{row['hpsearch_reach']} epochs | stock best {row['stock_best']:.4f} reached at "
+                f"seed {seed}: fifo best {row['fifo_best']:.4f} | hpsearch best {row['hpsearch_best']:.4f} reached fifo "
+                f"at {row['hpsearch_reach']} epochs | stock best {row['stock_best']:.4f} reached at "
                 f"{row['stock_reach']} epochs (of {BUDGET}) [{time.monotonic() - started:.0f}s]",
                 flush=True,
             )
