@@ -1,25 +1,29 @@
 """`hpsearch promote STUDY --candidates K --reseeds S`: promotion that does not trust one lucky seed.
 
 Each of the study's best K configurations is trained again, to max_t, with S other training seeds (same
-data splits, validation as always, the test split untouched), in this process. Every retraining is a child
-run of the study's parent run (kind `reseed`). The configuration with the best mean validation value over
-its retrainings (and its original trial, if that ran to max_t) wins; its best checkpoint is tested once (cached by digest) and is
-what gets registered.
+data splits, validation as always, the test split untouched). The K*S retrainings are Ray tasks, all
+submitted at once with the sweep's resources per trial (`cpus_per_trial`, `gpus_per_trial`), so they run
+in parallel as far as the cluster's free resources allow (`address`: the cluster to join; default a local
+Ray). Each task resolves the trainable in its worker and returns its per-epoch results and last (best)
+checkpoint; the driver records each as a child run of the study's parent run (kind `reseed`) as it
+arrives. A retraining that fails counts like a diverged one. The configuration with the best mean
+validation value over its retrainings (and its original trial, if that ran to max_t) wins; its best
+checkpoint is tested once, by the driver (cached by digest), and is what gets registered.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import sys
-import time
 
 import studies
 import tracking
 from studies import UserError
 from tracking import tags as T
-from trainables import MemoryReporter, get_trainable
+from trainables import get_trainable
 
 RESEED = "reseed"  # the hpsearch.kind of a retraining's child run
 RESEED_OF = "hpsearch.reseed_of"  # the trial whose configuration it retrains
@@ -43,7 +47,38 @@ class Candidate:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
-def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=None, run_id=None, out=None):
+def _retraining():
+    """The Ray task of one retraining. A closure, so Ray ships it by value: its worker imports trainables
+    and torch, not this module (and MLflow with it)."""
+
+    def hpsearch_reseed(ref: str, config: dict, seed: int, metric: str, mode: str, threads: int, cwd: str):
+        import time
+
+        import torch
+
+        from trainables import MemoryReporter, get_trainable
+
+        def cpu(x):
+            if isinstance(x, torch.Tensor):
+                return x.detach().cpu()
+            if isinstance(x, (list, tuple)):
+                return type(x)(cpu(v) for v in x)
+            return {k: cpu(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+        if cwd not in sys.path:  # a user's `pkg.module:function` imports from where hpsearch was started
+            sys.path.insert(0, cwd)
+        torch.set_num_threads(threads)
+        started = time.monotonic()
+        reporter = MemoryReporter(seed=seed, metric=metric, mode=mode)
+        get_trainable(ref).train(config, reporter)
+        model = reporter.checkpoints[-1]["model"] if reporter.checkpoints else None
+        return cpu(reporter.results), cpu(model), time.monotonic() - started
+
+    return hpsearch_reseed
+
+
+def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=None, run_id=None, out=None,
+                       address=None):  # fmt: skip
     """Returns (store, parent run, candidates best first by mean, the chosen one)."""
     out = out or sys.stderr
     if candidates < 1 or reseeds < 1:
@@ -54,37 +89,65 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
     top = frame[(frame["state"] != "failed") & frame["metric"].notna()].head(candidates)
     if top.empty:
         raise UserError(f"study {study!r} has no completed or pruned trial to retrain (run {parent.info.run_id})")
-    trainable = get_trainable(parent.data.params["trainable"])
     sign = 1 if mode == "max" else -1
     found: list[Candidate] = []
     for _, row in top.iterrows():
-        params = dict(row["params"])
         # A pruned or stopped trial's value is from fewer epochs than a retraining runs: it does not count.
         original = float(row["metric"]) if row["state"] == "completed" else None
-        candidate = Candidate(row["trial_id"], params, [original] if original is not None else [], original)
-        for s in range(1, reseeds + 1):
-            seed = (int(params.get("seed", 0)) + 7919 * s) % 2**31
-            started = time.monotonic()
-            reporter = MemoryReporter(seed=seed, metric=metric, mode=mode)
-            trainable.train({k: v for k, v in params.items() if k != "seed"}, reporter)
-            values = [r[metric] for r in reporter.results if metric in r]
+        found.append(Candidate(row["trial_id"], dict(row["params"]), [] if original is None else [original], original))
+
+    import ray
+
+    from . import _ray_start
+
+    ours = not ray.is_initialized()
+    if ours:
+        _ray_start.init_ray(address)
+    try:
+        params = parent.data.params  # strings; the sweep's resources per trial
+        cpus, gpus = float(params.get("cpus_per_trial") or 1), float(params.get("gpus_per_trial") or 0)
+        task = ray.remote(_retraining()).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        jobs = {}
+        for candidate in found:
+            config = {k: v for k, v in candidate.params.items() if k != "seed"}
+            for s in range(1, reseeds + 1):
+                seed = (int(candidate.params.get("seed", 0)) + 7919 * s) % 2**31
+                job = task.remote(params["trainable"], config, seed, metric, mode, max(1, int(cpus)), os.getcwd())
+                jobs[job] = (candidate, s, seed)
+        retrained = {c.trial_id: [None] * reseeds for c in found}  # values in seed order, whatever finishes first
+        best_key = {c.trial_id: (sign * c.best_value, 0) for c in found if c.best_value is not None}
+        while jobs:
+            [job], _ = ray.wait(list(jobs), num_returns=1)
+            candidate, s, seed = jobs.pop(job)
+            try:
+                results, model, seconds = ray.get(job)
+            except Exception as exc:  # the trainable raised, or its worker died
+                last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
+                print(f"  {candidate.trial_id} seed {seed}: failed: {last.strip()}", file=out, flush=True)
+                continue
+            values = [r[metric] for r in results if metric in r]
             if not values:
-                print(f"  {row['trial_id']} seed {seed}: no {metric} (diverged)", file=out, flush=True)
+                print(f"  {candidate.trial_id} seed {seed}: no {metric} (diverged)", file=out, flush=True)
                 continue
             value = max(values, key=lambda v: sign * v)
-            child = _record(store, parent, study, row["trial_id"], {**params, "seed": seed}, reporter.results, value)
-            candidate.values.append(value)
-            better = candidate.best_value is None or sign * value > sign * candidate.best_value
-            if better and reporter.checkpoints:
+            config = {**candidate.params, "seed": seed}
+            child = _record(store, parent, study, candidate.trial_id, config, results, value)
+            retrained[candidate.trial_id][s - 1] = value
+            # Ties go to the original trial, then to the lower seed index: the same choice in any order.
+            if model is not None and (sign * value, -s) > best_key.get(candidate.trial_id, (-math.inf, 0)):
+                best_key[candidate.trial_id] = (sign * value, -s)
                 candidate.best_value, candidate.best_run = value, child
-                candidate.best = {"model": reporter.checkpoints[-1]["model"], "config": {**params, "seed": seed},
-                                  "metric": metric, "mode": mode, "value": value, "trial_id": row["trial_id"]}  # fmt: skip
-            print(f"  {row['trial_id']} seed {seed}: {metric} {value:.4f} ({time.monotonic() - started:.0f}s)",
-                  file=out, flush=True)  # fmt: skip
-        found.append(candidate)
+                candidate.best = {"model": model, "config": config, "metric": metric, "mode": mode, "value": value,
+                                  "trial_id": candidate.trial_id}  # fmt: skip
+            print(f"  {candidate.trial_id} seed {seed}: {metric} {value:.4f} ({seconds:.0f}s)", file=out, flush=True)
+    finally:
+        if ours:
+            ray.shutdown()
+    for candidate in found:
+        candidate.values += [v for v in retrained[candidate.trial_id] if v is not None]
     ranked = sorted(found, key=lambda c: math.inf if math.isnan(c.mean) else -sign * c.mean)
     if math.isnan(ranked[0].mean):
-        raise UserError("every retraining diverged: nothing to compare; promote without --candidates")
+        raise UserError("every retraining diverged or failed: nothing to compare; promote without --candidates")
     return store, parent, ranked, ranked[0]
 
 

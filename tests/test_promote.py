@@ -74,3 +74,64 @@ def test_promote_with_reseeds_retrains_the_candidates_and_records_the_evidence(t
         [parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
     assert len(retrained) == 4 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in retrained)
     assert len(api.results("seeded")) == 4  # retrainings are not search trials
+
+
+def _clocked_study(tmp_path, monkeypatch, sleep: float):
+    """A finished sweep of tests.clocked (2 trials that ran to max_t, 1 CPU each); returns the fail file."""
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    fail_file = tmp_path / "fail"
+    study = write_study(tmp_path / "clocked.yaml", f"""\
+        name: clocked
+        trainable: tests.clocked:train
+        metric: loss
+        mode: min
+        space:
+          x: {{type: float, low: -1.0, high: 1.0}}
+        fixed: {{fail_file: "{fail_file}", sleep: {sleep}}}
+        trials: 2
+        asha: {{max_t: 2, grace_period: 2}}
+        max_concurrent: 2
+        """)  # fmt: skip
+    api.run(str(study), out=io.StringIO())
+    return fail_file
+
+
+def test_promotion_retrains_as_ray_tasks_in_parallel(tmp_path, monkeypatch):
+    import tracking
+    from search import _reseed
+
+    _clocked_study(tmp_path, monkeypatch, sleep=1.5)
+    out = io.StringIO()
+    store, parent, ranked, chosen = _reseed.retrain_candidates("clocked", 2, 1, out=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all(" seed " in line and ": loss " in line for line in lines), lines
+    assert [len(c.values) for c in ranked] == [2, 2] and chosen is ranked[0] and ranked[0].mean <= ranked[1].mean
+    runs = store.client.search_runs([parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
+    assert len(runs) == 2
+    spans = [(r.data.metrics["started"], r.data.metrics["ended"]) for r in runs]
+    pids = {int(r.data.metrics["pid"]) for r in runs}
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans  # they overlapped
+    assert os.getpid() not in pids and len(pids) == 2  # in two worker processes, not in pytest's
+    assert {r.data.tags[_reseed.RESEED_OF] for r in runs} == {c.trial_id for c in ranked}
+    assert tracking.parent_runs(store, "clocked")[0].info.run_id == parent.info.run_id
+
+
+def test_a_failing_retraining_is_reported_and_does_not_crash_the_promotion(tmp_path, monkeypatch):
+    from search import _reseed
+
+    fail_file = _clocked_study(tmp_path, monkeypatch, sleep=0.0)
+    rows = api.results("clocked")
+    failing, working = rows["params"].iloc[0]["x"], rows["params"].iloc[1]["x"]  # the best one fails
+    fail_file.write_text(repr(failing))
+    out = io.StringIO()
+    store, parent, ranked, chosen = _reseed.retrain_candidates("clocked", 2, 2, out=out)
+    lines = out.getvalue().splitlines()
+    failed = [line for line in lines if "failed: " in line]
+    assert len(lines) == 4 and len(failed) == 2, lines
+    assert all(f"RuntimeError: x={failing!r} fails on purpose" in line for line in failed), failed
+    by_trial = {c.trial_id: c for c in ranked}
+    assert [len(c.values) for c in ranked if c.params["x"] == failing] == [1]  # its original trial only
+    assert [len(c.values) for c in ranked if c.params["x"] == working] == [3]
+    assert len(by_trial) == 2 and chosen is ranked[0]
+    runs = store.client.search_runs([parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
+    assert len(runs) == 2  # only the retrainings that succeeded are recorded
