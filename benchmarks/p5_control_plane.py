@@ -51,7 +51,7 @@ def main() -> None:
         recorder = StudyRecorder(store, "p5", {})
         recorder.start({"trials": args.trials}, "name: p5\n", "p5")
         searcher = StudySearch(space=to_distributions(spec), metric="val_accuracy", mode="max",
-                               sampler=make_sampler(spec), study_name="p5", storage=optuna_storage(store.home, "p5"),
+                               sampler=make_sampler(spec), study_name="p5", storage=optuna_storage(store.home / "optuna" / "p5.journal"),
                                max_t=EPOCHS, study_seed=0)  # fmt: skip
         rng = random.Random(0)
         parts = {"suggest": [], "optuna reports + tell": [], "mlflow": [], "total": []}

@@ -11,13 +11,14 @@ from tracking import tags as T
 from trainables import EPOCH, STOP_KEY
 
 from ._progress import Progress
+from ._ray_reporter import NODE_KEY
 from ._states import COMPLETED, FAILED, LOST, PRUNED, STOPPED, TrialProgress, classify_error
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
 _RAY_KEYS = {
     "done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
     "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-    "experiment_tag", "should_checkpoint", "experiment_id", EPOCH, STOP_KEY,
+    "experiment_tag", "should_checkpoint", "experiment_id", EPOCH, STOP_KEY, NODE_KEY,
 }  # fmt: skip
 ELAPSED_EVERY_S = 30.0
 
@@ -55,6 +56,7 @@ class TrackingCallback(Callback):
         self._lost_in_optuna = lost_in_optuna  # () -> [(trial_id, params)] the searcher's restore failed
         self.lost = 0  # trials a crash lost: started after Ray's last saved state
         self._oom_retry = oom_retry  # (config) -> the halved batch size queued for a retry, or None
+        self._nodes: dict[str, str] = {}  # trial_id -> the Ray node its last result came from
 
     def __getstate__(self):
         # Ray pickles the callback into tuner.pkl when the sweep starts. The MLflow handle, the output
@@ -139,6 +141,10 @@ class TrackingCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode)).update(result)
+        node = result.get(NODE_KEY)
+        if node and self._nodes.get(trial.trial_id) != node:  # the first result, and after a move to another node
+            self._nodes[trial.trial_id] = node
+            self.recorder.trial_tags(trial.trial_id, {T.NODE: node})
         metrics = {
             k: v for k, v in result.items()
             if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -1,6 +1,6 @@
 """Controlling a sweep from outside it: `hpsearch stop` (a stop file the run watches), the deadline of
-`--hours`, the free-disk check before a run starts, and the per-study lock that keeps a second `hpsearch run`
-of a running study out."""
+`--hours`, the free-disk check before a run starts; the per-study lock and the stop file themselves are in
+_studylock.py."""
 
 from __future__ import annotations
 
@@ -13,19 +13,10 @@ from ray.tune.stopper import Stopper
 
 from studies import UserError
 
+from ._studylock import StudyLock, read_lock, request_stop, running_error, stop_file  # noqa: F401  (re-exported)
+
 MIN_FREE_ENV = "HPSEARCH_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 500  # a sweep writes checkpoints and logs all night; refuse to start nearly full
-
-
-def stop_file(home: Path, study: str) -> Path:
-    return home / "control" / f"{study}.stop"
-
-
-def request_stop(home: Path, study: str) -> Path:
-    path = stop_file(home, study)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')} by pid {os.getpid()}\n")
-    return path
 
 
 STOP_FREE_ENV = "HPSEARCH_STOP_FREE_MB"
@@ -58,17 +49,24 @@ class Halt(Stopper):
     searcher, checkpoint) and the searcher stops suggesting; the sweep then ends by itself. Tune's own
     stop_all would end the experiment without telling anyone about the trials it cut."""
 
-    def __init__(self, path: Path, hours: float | None, spent_s: float = 0.0, home: Path | None = None):
+    def __init__(self, path: Path, hours: float | None, spent_s: float = 0.0, home: Path | None = None,
+                 lock: StudyLock | None = None):  # fmt: skip
         self.path = path
+        self.lock = lock  # a lock another machine took over (our heartbeat stalled) ends this sweep
         self.home = home  # whose free disk is watched; below HPSEARCH_STOP_FREE_MB the sweep stops
         self._disk_checked, self._disk_full = -DISK_CHECK_S, None
         # A resumed sweep has what its earlier sessions left of the budget.
         self.deadline = time.monotonic() + hours * 3600 - spent_s if hours else None
         self.path.unlink(missing_ok=True)  # a stale request from an earlier run does not stop this one
 
+    def __getstate__(self):
+        return {**self.__dict__, "lock": None}  # Ray pickles the stopper into tuner.pkl; the lock is this process's
+
     def reason(self) -> str | None:
         if self.path.exists():
             return "stop requested"
+        if self.lock is not None and self.lock.lost_to is not None:
+            return f"lock taken over by pid {self.lock.lost_to.get('pid')} on {self.lock.lost_to.get('host')}"
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "budget"
         return self._disk()
@@ -128,96 +126,3 @@ class Signals:
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-# ---- one sweep per study at a time ----
-
-HEARTBEAT_S = 10.0  # the lock's heartbeat is rewritten this often while the sweep runs
-STALE_S = 60.0  # a heartbeat older than this means the sweep that wrote it is gone (crash, kill -9, reboot)
-
-
-def lock_file(home: Path, study: str) -> Path:
-    return home / "control" / f"{study}.lock"
-
-
-def read_lock(home: Path, study: str) -> dict | None:
-    """The lock of a sweep of `study` that is alive now (pid, host, started, heartbeat), or None."""
-    import json
-    import socket
-
-    try:
-        info = json.loads(lock_file(home, study).read_text())
-    except (OSError, ValueError):
-        return None
-    if time.time() - float(info.get("heartbeat", 0)) > STALE_S:
-        return None
-    if info.get("host") == socket.gethostname():
-        try:
-            os.kill(int(info["pid"]), 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, KeyError, ValueError):
-            pass
-    return info
-
-
-def running_error(study: str, info: dict) -> UserError:
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("started", 0))))
-    return UserError(
-        f"study {study!r} is already running: pid {info.get('pid')} on {info.get('host')}, started {started} "
-        f"(end it with `hpsearch stop {study}`)"
-    )
-
-
-class StudyLock:
-    """Held by the one `hpsearch run` of a study: a file with its pid, host and a heartbeat that a thread
-    refreshes. A second run finds a fresh heartbeat and refuses; a crashed run's lock goes stale and is
-    taken over."""
-
-    def __init__(self, home: Path, study: str):
-        import socket
-        import threading
-
-        self.path, self.study = lock_file(home, study), study
-        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"hpsearch-lock-{study}", daemon=True)
-
-    def acquire(self) -> StudyLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._staged()
-        try:
-            os.link(tmp, self.path)  # atomic, and fails if a lock exists: two fresh runs cannot both win
-        except FileExistsError:
-            other = read_lock(self.path.parent.parent, self.study)
-            if other is not None and other.get("pid") != os.getpid():
-                tmp.unlink(missing_ok=True)
-                raise running_error(self.study, other) from None
-            os.replace(tmp, self.path)  # a stale lock, left by a crash: take it over
-        else:
-            tmp.unlink()
-        self._thread.start()
-        return self
-
-    def _staged(self) -> Path:
-        import json
-
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**self.info, "heartbeat": time.time()}))
-        return tmp
-
-    def _write(self) -> None:
-        os.replace(self._staged(), self.path)  # atomic: a reader sees the old heartbeat or the new, never half
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                self._write()
-            except OSError:
-                pass  # a full disk: the next beat tries again; the sweep itself reports the disk
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        self.path.unlink(missing_ok=True)

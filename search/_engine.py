@@ -22,7 +22,9 @@ from trainables import Trainable, get_trainable
 
 from . import _ray_start
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
+from ._locations import Locations, resolve
 from ._inputs import trial_inputs
+from ._journal import journal_path, run_journal
 from ._space import grid_size
 from ._warm import warm_points
 
@@ -42,6 +44,13 @@ class Plan:
     resume_run: Any = None  # --resume: the unfinished parent run (an mlflow Run) to continue
     replaces: Any = None  # --fresh: the unfinished parent run that the new one replaces
     inputs: dict = dataclasses.field(default_factory=dict)  # data_root, encoder_checkpoint: set for every trial
+    locations: Locations = Locations()  # where the cluster, the tracking store and the storage are
+    ship: dict | None = None  # the user's project as Ray's runtime_env, for the nodes of a cluster
+
+    @property
+    def state_root(self) -> Path:
+        """The study state's folder (Optuna journal, lock, stop requests): on the shared storage if any."""
+        return self.locations.state_root(data_home())
 
 
 @dataclasses.dataclass
@@ -66,6 +75,9 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
     """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
     if resume and fresh:
         raise UserError("--resume and --fresh: give one (continue the unfinished run, or start a new one)")
+    locations = resolve(address, tracking_uri, storage)
+    tracking_uri, address, storage = locations.tracking_uri, locations.address, locations.storage
+    state_root = locations.state_root(data_home())  # refuses a storage that cannot hold the study's state
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
     if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started
@@ -85,7 +97,7 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
     metric, mode = spec.metric or trainable.metric, spec.mode or trainable.mode
     if not metric or not mode:
         raise UserError(f"{source}: metric/mode: required, since trainable {trainable.name} declares no default")
-    if spec.resources.gpus > 0 and address is None:
+    if spec.resources.gpus > 0 and address is None and not os.environ.get("RAY_ADDRESS"):
         import torch
 
         available = torch.cuda.device_count()
@@ -107,11 +119,11 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
         notes += messages
     if resume and points:
         raise UserError("--warm-start: not with --resume (the resumed run keeps its own queue)")
-    unfinished = _unfinished_run(spec.name, tracking_uri)
+    unfinished = _unfinished_run(spec.name, tracking_uri, state_root)
     if resume:
         if unfinished is None:
             raise UserError(f"--resume: study {spec.name!r} has no unfinished run to resume; run it without --resume")
-        _check_resumable(spec, unfinished, tracking_uri)
+        _check_resumable(spec, unfinished, tracking_uri, locations)
     elif unfinished is not None and not fresh:
         raise UserError(
             f"study {spec.name!r} has an unfinished run {unfinished.info.run_id} ({unfinished.info.run_name}, "
@@ -119,15 +131,22 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
         )
     inputs = trial_inputs(spec, trainable, source, tracking_uri)
     check_free_disk(data_home())
+    if state_root != data_home():
+        check_free_disk(state_root)
+    ship = None
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        from ._cluster import project_env
+
+        ship = project_env(trainable, [data_home(), state_root, *(Path(v) for v in inputs.values() if v)])
     return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes),
                 resume_run=unfinished if resume else None, replaces=unfinished if fresh else None,
-                inputs=inputs)  # fmt: skip
+                inputs=inputs, locations=locations, ship=ship)  # fmt: skip
 
 
-def _unfinished_run(study: str, tracking_uri: str | None):
+def _unfinished_run(study: str, tracking_uri: str | None, state_root: Path):
     """The study's latest parent run if a crash (RUNNING) or Ctrl-C/SIGTERM (KILLED) left it unfinished.
     Raises UserError when that run is in fact alive (its lock has a fresh heartbeat)."""
-    live = read_lock(data_home(), study)
+    live = read_lock(state_root, study)
     if live is not None:
         raise running_error(study, live)
     runs = tracking.parent_runs(Store(tracking_uri), study)
@@ -136,7 +155,7 @@ def _unfinished_run(study: str, tracking_uri: str | None):
     return None
 
 
-def _check_resumable(spec: StudySpec, run, tracking_uri: str | None) -> None:
+def _check_resumable(spec: StudySpec, run, tracking_uri: str | None, locations: Locations) -> None:
     tags = run.data.tags
     if tags.get(T.SPEC_DIGEST) != studies.spec_digest(spec):
         store = Store(tracking_uri)
@@ -145,6 +164,13 @@ def _check_resumable(spec: StudySpec, run, tracking_uri: str | None) -> None:
         changes = studies.spec_changes(old, spec) or ["(the spec's hash differs)"]
         raise UserError(f"--resume: the study's spec changed since run {run.info.run_id}: {'; '.join(changes)}")
     experiment = tags.get(T.RAY_EXPERIMENT, "")
+    started_in = experiment.rstrip("/").rsplit("/", 1)[0]
+    here = locations.experiments(data_home())
+    if experiment and started_in != here:
+        raise UserError(
+            f"--resume: run {run.info.run_id} keeps its state in storage {started_in}, but this command's storage "
+            f"is {here} ({locations.origin('storage')}): resume with --storage {started_in}"
+        )
     if "://" not in experiment and not list(Path(experiment).glob("experiment_state-*.json")):
         raise UserError(f"--resume: run {run.info.run_id} saved no experiment state under {experiment or '(none)'}; "
                         "start over with --fresh")  # fmt: skip
@@ -154,14 +180,14 @@ def execute(plan: Plan, out=None) -> Outcome:
     """Run the sweep (or continue an unfinished one). Every record goes to MLflow from this (the driver)
     process. Raises Interrupted after Ctrl-C or SIGTERM, with the run left for `--resume`."""
     out = out or sys.stdout
-    lock = StudyLock(data_home(), plan.spec.name).acquire()
+    lock = StudyLock(plan.state_root, plan.spec.name).acquire()
     try:
-        return _execute(plan, out)
+        return _execute(plan, out, lock)
     finally:
         lock.release()
 
 
-def _execute(plan: Plan, out) -> Outcome:
+def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     started = time.monotonic()
     spec = plan.spec
     store = Store(plan.tracking_uri)
@@ -169,6 +195,15 @@ def _execute(plan: Plan, out) -> Outcome:
              **plan.inputs}  # fmt: skip
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     _ray_start.ready()
+    cluster = None
+    if plan.ship is not None or plan.address is not None or os.environ.get("RAY_ADDRESS"):
+        # Join the cluster and check it before anything is recorded: resources a trial needs, storage and
+        # data every node sees.
+        from ._cluster import check_cluster
+        from ._tune import connect
+
+        connect(plan.address, plan.ship)
+        cluster = check_cluster(plan)
     if plan.resume_run is not None:
         run = plan.resume_run
         recorder.resume(run.info.run_id)
@@ -182,12 +217,15 @@ def _execute(plan: Plan, out) -> Outcome:
         recorder.start(_spec_params(spec, plan), studies.spec_text(spec), run_name)
         # The parent run's id makes the Ray experiment and the Optuna study unique to this invocation.
         run_name, spent_s = f"{run_name}-{recorder.parent_id[:8]}", 0.0
-        storage = plan.storage or str(store.home / "ray")
+        storage = plan.locations.experiments(data_home())
         recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode, T.OPTUNA_STUDY: run_name,
                                   T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}",
+                                  T.OPTUNA_JOURNAL: str(journal_path(plan.state_root, spec.name)),
                                   T.SPEC_DIGEST: studies.spec_digest(spec)})  # fmt: skip
         print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
+    if cluster:
+        print(cluster, file=out, flush=True)
     for note in plan.notes:
         print(note, file=out, flush=True)
 
@@ -196,7 +234,7 @@ def _execute(plan: Plan, out) -> Outcome:
         from ._tune import run_tune
 
         callback = run_tune(plan, recorder, fixed, run_name, storage, store, out,
-                            resume=plan.resume_run is not None, spent_s=spent_s)  # fmt: skip
+                            resume=plan.resume_run is not None, spent_s=spent_s, lock=lock)  # fmt: skip
         recorder.set_parent_tags({T.ELAPSED: round(callback.spent_s(), 1)})
         outcome = _finish(plan, store, recorder, callback, started, out)
         status = "FINISHED"
@@ -224,7 +262,7 @@ def _abandon(run, store, study: str, out) -> None:
     closed = tracking.close_unfinished(store, run.info.run_id, reason)
     optuna_study = run.data.tags.get(T.OPTUNA_STUDY)
     if optuna_study:
-        abandon_optuna_study(store.home, study, optuna_study, reason)
+        abandon_optuna_study(run_journal(run, data_home()), optuna_study, reason)
     print(f"closed unfinished run {run.info.run_id} ({closed} open trial(s) marked failed)", file=out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -15,19 +16,27 @@ from ray import tune
 from trainables import Reporter, get_trainable
 
 CHECKPOINT_FILE = "checkpoint.pt"
-OUTPUT_FILE = "output.log"  # a trial's stdout and stderr, in its Ray trial folder
+LOGS_DIR = "hpsearch-logs"  # in the experiment's folder on the storage: TRIAL_ID.log, each trial's stdout and stderr
+NODE_KEY = "hpsearch_node"  # in each result: the Ray node the trial runs on (a tag on its child run)
+
+
+def trial_log(experiment: str, trial_id: str) -> Path:
+    """A trial's output file, in the experiment's folder on the storage, where every machine can read it."""
+    return Path(experiment) / LOGS_DIR / f"{trial_id}.log"
 
 
 class RayReporter(Reporter):
-    def __init__(self, metric: str, mode: str, seed: int, trials_per_worker: int = 1):
+    def __init__(self, metric: str, mode: str, seed: int, trials_per_worker: int = 1, node: str = ""):
         self.metric, self.mode, self._seed = metric, mode, seed
         self.trials_per_worker = trials_per_worker
+        self.node = node
 
     @property
     def seed(self) -> int:
         return self._seed
 
     def _emit(self, metrics, checkpoint):
+        metrics = {**metrics, NODE_KEY: self.node}
         if checkpoint is None:
             tune.report(metrics)
             return
@@ -84,22 +93,28 @@ class _TrialOutput:
 _TRIAL_OUTPUT = _TrialOutput()
 
 
-def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str, trials_per_worker: int = 1):
+def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str, experiment: str,
+                        trials_per_worker: int = 1):  # fmt: skip
     """The function Ray runs per trial. It resolves the trainable inside the worker, so a user's
-    `pkg.module:function` is imported from the directory `hpsearch` was started in."""
+    `pkg.module:function` is imported from the directory `hpsearch` was started in (on this machine) or
+    from the project Ray shipped (on a cluster)."""
 
     def hpsearch_trial(config: dict) -> None:
-        if cwd not in sys.path:
+        import ray
+
+        if cwd not in sys.path and os.path.isdir(cwd):
             sys.path.insert(0, cwd)
         torch.set_num_threads(threads)
         config = dict(config)
         seed = int(config.pop("seed", 0))  # set per trial by the searcher; not a hyperparameter of the model
-        # The trial's own output goes to its folder (for `hpsearch logs`), not into the sweep's console.
-        log_path = Path(tune.get_context().get_trial_dir()) / OUTPUT_FILE
+        # The trial's own output goes to the storage (for `hpsearch logs` from any machine), not the console.
+        log_path = trial_log(experiment, tune.get_context().get_trial_id())
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        node = ray.get_runtime_context().get_node_id()
         with open(log_path, "a", buffering=1) as log, _TRIAL_OUTPUT.to(log):
             try:
-                get_trainable(trainable_ref).train(config, RayReporter(metric, mode, seed, trials_per_worker))
+                reporter = RayReporter(metric, mode, seed, trials_per_worker, node)
+                get_trainable(trainable_ref).train(config, reporter)
             except SystemExit:
                 raise  # how Ray ends a trial it stops (ASHA, a budget): not an error
             except BaseException:

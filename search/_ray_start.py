@@ -42,8 +42,9 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def init_ray(address: str | None) -> None:
-    """A local Ray by default (no dashboard); `address` joins an existing cluster instead."""
+def init_ray(address: str | None, ship: dict | None = None) -> None:
+    """A local Ray by default (no dashboard); `address` joins an existing cluster instead. `ship`: a
+    runtime_env `working_dir` and `excludes` that carry the user's project to every node of a cluster."""
     import ray
 
     cwd = os.getcwd()
@@ -54,11 +55,19 @@ def init_ray(address: str | None) -> None:
         # Trial output stays in Ray's session logs; the driver prints one line per finished trial instead.
         log_to_driver=False,
     )
+    if not _local(address):
+        target = address or os.environ["RAY_ADDRESS"]
+        check_reachable(target)
+        # Another machine's workers cannot see this one's directories: the project travels as the job's
+        # working_dir (Ray uploads it once and puts it first on each worker's PYTHONPATH).
+        runtime_env = dict(ship) if ship else {}
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **options)
+        except Exception as exc:
+            raise connect_error(target, exc) from None
+        return
     # Workers import a user's `pkg.module:function` trainable from where hpsearch was started.
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
-    if not _local(address):
-        ray.init(address=address, runtime_env=runtime_env, **options)
-        return
     # Ray starts one idle worker per CPU when the driver connects. Tune's trial actors never run on them (each
     # gets a runtime_env of its own, ray.tune.execution.class_cache, and Ray starts new workers for it), so on
     # a small machine their start only takes CPU from the driver's and the first trials'. The raylet reads
@@ -66,6 +75,46 @@ def init_ray(address: str | None) -> None:
     env = {} if "RAY_prestart_worker_first_driver" in os.environ else {"RAY_prestart_worker_first_driver": "0"}
     with _environ(env):
         ray.init(address=None, runtime_env=runtime_env, **options)
+
+
+ANSWER_S = 5.0  # a cluster address that does not accept a connection within this is refused
+
+
+def check_reachable(address: str) -> None:
+    """Refuse, in one line, a cluster address whose GCS does not answer: ray.init would retry for minutes
+    and ignore SIGTERM meanwhile. `auto` and `ray://` (Ray Client) are left to Ray."""
+    import socket
+
+    from studies import UserError
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=ANSWER_S).close()
+    except OSError as exc:
+        raise UserError(
+            f"--address: no Ray cluster answers at {address} within {ANSWER_S:.0f} s ({exc.strerror or exc}); "
+            "is the head running (`ray start --head`), and is this its GCS address?"
+        ) from None
+
+
+def connect_error(address: str, exc: Exception) -> Exception:
+    """ray.init's failure to join a cluster, in one line that says what to set."""
+    from studies import UserError
+
+    text = str(exc)
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    if "auth" in text.lower() or "token" in text.lower() or "UNAUTHENTICATED" in text:
+        return UserError(
+            f"--address {address}: the cluster requires token authentication ({first}). Set RAY_AUTH_MODE=token "
+            "and give the head's token: copy the head's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN"
+        )
+    if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
+        return UserError(f"--address {address}: cannot join the Ray cluster: {first}")
+    return exc
 
 
 class _NotMainThread(logging.Filter):
@@ -130,6 +179,8 @@ def begin(address: str | None) -> None:
     global _pending
     if _pending is not None or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
         return
+    if not _local(address):
+        return  # joining a cluster starts no processes; the run connects once it knows what to ship
     # What ray.init does in the main thread, which it cannot do from another: exit on SIGTERM (so the
     # driver's `finally` blocks and Ray's atexit shutdown run).
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:

@@ -89,11 +89,15 @@ def build_report(study: str, output: str | None = None, tracking_uri: str | None
 
 
 def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.Figure | None]]:
+    from ._journal import run_journal
     from ._tune import optuna_storage
 
     name = parent.data.tags.get(T.OPTUNA_STUDY)
+    journal = run_journal(parent, store.home)
+    if not journal.exists():
+        return [(f"Optuna plots (its journal {journal} is not on this machine)", None)]
     try:
-        source = optuna.load_study(study_name=name, storage=optuna_storage(store.home, study))
+        source = optuna.load_study(study_name=name, storage=optuna_storage(journal))
     except (KeyError, TypeError):
         return [("Optuna plots", None)]
     # Optuna's history, parallel-coordinate and importance plots draw only COMPLETE trials, and with ASHA

@@ -102,7 +102,12 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
 
     ours = not ray.is_initialized()
     if ours:
-        _ray_start.init_ray(address)
+        ship = None
+        if address is not None or os.environ.get("RAY_ADDRESS"):  # a cluster: the user's project travels too
+            from ._cluster import project_env
+
+            ship = project_env(get_trainable(parent.data.params["trainable"]), [tracking.data_home()])
+        _ray_start.init_ray(address, ship)
     try:
         params = parent.data.params  # strings; the sweep's resources per trial
         cpus, gpus = float(params.get("cpus_per_trial") or 1), float(params.get("gpus_per_trial") or 0)

@@ -55,7 +55,7 @@ _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b[^:]*:")
 
 
 def classify_error(text: str) -> str:
-    """A failed trial's reason from its error text: `oom`, `worker died`, or the innermost exception's line
+    """A failed trial's reason from its error text: `oom`, `node died`, `worker died`, or the innermost exception's line
     (`Type: message`). Some messages go on for lines after it (CUDA's `For debugging consider passing ...`):
     the exception's own line says more than the traceback's last."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
@@ -63,6 +63,8 @@ def classify_error(text: str) -> str:
     last = raised[-1] if raised else (lines[-1] if lines else "")
     if "OutOfMemoryError" in text or "CUDA out of memory" in text:
         return "oom: " + last[:300]
+    if "NodeDiedError" in text or re.search(r"node[^.\n]*(died|dead|was killed|was terminated)", text, re.I):
+        return "node died: " + last[:300]  # the machine (or its raylet) went away, not the trial's code
     if "ActorDiedError" in text or "died unexpectedly" in text or "RayActorError" in text:
         return "worker died: " + last[:300]
     return ("error: " + last)[:500] if last else "error"

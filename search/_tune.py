@@ -18,6 +18,7 @@ from studies import STATES, StudySummary  # noqa: E402
 
 from ._callback import TrackingCallback  # noqa: E402
 from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
+from ._journal import journal_path  # noqa: E402
 from ._progress import Progress  # noqa: E402
 from ._ray_reporter import make_trial_function  # noqa: E402
 from ._searcher import StudySearch, make_sampler  # noqa: E402
@@ -35,26 +36,25 @@ class _HideRestoreHints(logging.Filter):
 logging.getLogger("ray.tune.tune").addFilter(_HideRestoreHints())
 
 
-def connect(address: str | None) -> None:
-    """A local Ray by default (no dashboard); `address` joins an existing cluster instead. Joins the start
-    that `hpsearch run` began in the background, if any."""
+def connect(address: str | None, ship: dict | None = None) -> None:
+    """A local Ray by default (no dashboard); `address` joins an existing cluster instead, shipping the
+    project (`ship`). Joins the start that `hpsearch run` began in the background, if any."""
     if _ray_start.wait() or ray.is_initialized():
         return
-    _ray_start.init_ray(address)
+    _ray_start.init_ray(address, ship)
 
 
-def optuna_storage(home, study: str) -> optuna.storages.BaseStorage:
-    """The study's Optuna journal (one file per hpsearch study, one Optuna study per invocation in it)."""
-    journal = home / "optuna" / f"{study}.journal"
+def optuna_storage(journal) -> optuna.storages.BaseStorage:
+    """A study's Optuna journal (one file per hpsearch study, one Optuna study per invocation in it)."""
     journal.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
 
-def abandon_optuna_study(home, study: str, optuna_study: str, reason: str) -> int:
+def abandon_optuna_study(journal, optuna_study: str, reason: str) -> int:
     """Fail the trials an unresumed run left RUNNING in Optuna (a --fresh run replaces it)."""
     from ._searcher import fail_running
 
-    storage = optuna_storage(home, study)
+    storage = optuna_storage(journal)
     try:
         return fail_running(optuna.load_study(study_name=optuna_study, storage=storage), reason)
     except KeyError:  # the run crashed before its Optuna study existed
@@ -75,14 +75,14 @@ def _retry_half_batch(spec, searcher, halt, config: dict) -> int | None:
 
 
 def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out, resume: bool = False,
-             spent_s: float = 0.0):  # fmt: skip
+             spent_s: float = 0.0, lock=None):  # fmt: skip
     """Run (or, with `resume`, continue) the sweep. Raises Interrupted after Ctrl-C or SIGTERM, once Ray has
     saved the state that `hpsearch run --resume` continues from."""
     spec = plan.spec
     connect(plan.address)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna_storage(store.home, spec.name)
-    halt = Halt(stop_file(store.home, spec.name), spec.hours, spent_s, home=store.home)
+    storage = optuna_storage(journal_path(plan.state_root, spec.name))
+    halt = Halt(stop_file(plan.state_root, spec.name), spec.hours, spent_s, home=store.home, lock=lock)
     searcher = StudySearch(
         space=DefineByRun(spec) if is_conditional(spec) else to_distributions(spec),
         metric=plan.metric,
@@ -113,7 +113,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
                                 oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config))  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
-    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd(), per_worker)
+    experiment = f"{storage_path.rstrip('/')}/{run_name}"
+    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd(), experiment, per_worker)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     trainable = tune.with_resources(trial_fn, resources)
     # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says
@@ -123,7 +124,6 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
         # Ray restores its trials (unfinished ones continue from their checkpoints) and then the searcher's
         # and the callback's saved state into the objects given here: the pickled ones in tuner.pkl hold
         # the previous process's handles.
-        experiment = f"{storage_path.rstrip('/')}/{run_name}"
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=fixed)
         internal = tuner._local_tuner
         internal._tune_config.search_alg, internal._tune_config.scheduler = searcher, scheduler

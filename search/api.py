@@ -11,14 +11,28 @@ import pandas as pd
 import studies
 import tracking
 from studies import UserError
-from studies import results as results  # re-exported: the API mirrors the CLI
-from studies import summary as show  # noqa: F401  `hpsearch show`
 from tracking import tags as T
 from trainables import list_trainables
 
 from ._engine import Outcome, execute, plan
+from ._locations import resolve
 
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _uri(tracking_uri: str | None) -> str | None:
+    """The tracking URI in force: the argument, else HPSEARCH_TRACKING_URI, else the config file's."""
+    return resolve(tracking_uri=tracking_uri).tracking_uri
+
+
+def results(study: str, top: int | None = None, tracking_uri: str | None = None, **query: Any) -> pd.DataFrame:
+    """`hpsearch results`: one row per trial, best first (see studies.results for `state`, `where`, `sort`)."""
+    return studies.results(study, top=top, tracking_uri=_uri(tracking_uri), **query)
+
+
+def show(study: str, tracking_uri: str | None = None, run_id: str | None = None):
+    """`hpsearch show`: (summary, status) of the study's latest run, or of `run_id`."""
+    return studies.summary(study, tracking_uri=_uri(tracking_uri), run_id=run_id)
 
 
 def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
@@ -35,11 +49,12 @@ def run(study: str, tracking_uri: str | None = None, address: str | None = None,
 
 def promote(
     study: str, alias: str = "champion", name: str | None = None, tracking_uri: str | None = None,
-    run_id: str | None = None, candidates: int | None = None, reseeds: int = 2, out=None,
+    run_id: str | None = None, candidates: int | None = None, reseeds: int = 2, out=None, address: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`,
     first retrain the best K configurations with `reseeds` other seeds and promote the best mean."""
     name = name or studies.check_name(study)
+    tracking_uri = _uri(tracking_uri)
     if not _ALIAS.match(alias) or re.fullmatch(r"v\d+|latest", alias):
         raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_' (not 'latest' or v<N>)")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -61,8 +76,8 @@ def promote(
     else:
         from ._reseed import log_chosen, retrain_candidates
 
-        store, parent, ranked, chosen = retrain_candidates(study, candidates, reseeds, tracking_uri,
-                                                           parent.info.run_id, out)  # fmt: skip
+        store, parent, ranked, chosen = retrain_candidates(study, candidates, reseeds, tracking_uri, parent.info.run_id,
+                                                           out, address=resolve(address=address).address)  # fmt: skip
         model_uri, test_metrics, source = log_chosen(store, study, parent, chosen)
         trial_id, params, val_value = chosen.trial_id, (chosen.best or {}).get("config", chosen.params), chosen.best_value
         digest = store.client.get_run(source).data.tags.get(T.CHECKPOINT_DIGEST, "")
@@ -109,7 +124,7 @@ def report(study: str, output: str | None = None, tracking_uri: str | None = Non
 
     if os.getcwd() not in sys.path:  # a `pkg.module:function` trainable resolves from where hpsearch started
         sys.path.insert(0, os.getcwd())
-    path, diagnoses = build_report(study, output=output, tracking_uri=tracking_uri, run_id=run_id)
+    path, diagnoses = build_report(study, output=output, tracking_uri=_uri(tracking_uri), run_id=run_id)
     return str(path), diagnoses
 
 
@@ -118,7 +133,7 @@ def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None
     the demoted one as the previous alias, so a second rollback undoes the first)."""
     if not _ALIAS.match(alias):
         raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_'")
-    store = tracking.Store(tracking_uri)
+    store = tracking.Store(_uri(tracking_uri))
     known = {r["name"] for r in tracking.registered_models(store)}
     if name not in known:
         raise UserError(f"no registered model {name!r} in {store.tracking_uri}" +
@@ -131,36 +146,40 @@ def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None
 
 def models(tracking_uri: str | None = None) -> pd.DataFrame:
     """`hpsearch models`: every registered model version, its aliases, study, trial and test metrics."""
-    return pd.DataFrame(tracking.registered_models(tracking.Store(tracking_uri)))
+    return pd.DataFrame(tracking.registered_models(tracking.Store(_uri(tracking_uri))))
 
 
-def stop(study: str) -> str:
-    """`hpsearch stop`: ask a sweep running in another shell to end cleanly. Returns the request file."""
-    from ._control import request_stop
+def stop(study: str, storage: str | None = None) -> str:
+    """`hpsearch stop`: ask a sweep running in another shell (or on another machine that shares the storage)
+    to end cleanly. Returns the request file. Refuses when no sweep of the study is running there."""
+    from ._studylock import read_lock, request_stop
 
     studies.check_name(study)
-    home = tracking.data_home()
-    if not studies.builtin_studies().get(study) and not (home / "mlflow.db").exists() and not home.exists():
-        raise UserError(f"no records for study {study!r} under {home}")
-    return str(request_stop(home, study))
+    locations = resolve(storage=storage)
+    root = locations.state_root(tracking.data_home())
+    if read_lock(root, study) is None:
+        where = f"storage {root} ({locations.origin('storage')})" if locations.storage else f"data directory {root}"
+        raise UserError(f"no sweep of study {study!r} is running in the {where}: nothing to stop")
+    return str(request_stop(root, study))
 
 
 def logs(study: str, trial: str, tracking_uri: str | None = None, run_id: str | None = None) -> list[tuple[str, str]]:
     """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file."""
     from pathlib import Path
 
-    store, parent = studies.study_run(study, tracking_uri, run_id)
+    from ._ray_reporter import trial_log
+
+    store, parent = studies.study_run(study, _uri(tracking_uri), run_id)
     rows = [r for r in tracking.trial_rows(store, parent) if r["trial_id"] == trial]
     if not rows:
         raise UserError(f"study {study!r} has no trial {trial!r} in run {parent.info.run_id}")
-    trial_dir = rows[0].get("trial_dir")
-    if not trial_dir or not Path(trial_dir).is_dir():
-        raise UserError(f"trial {trial}: its folder {trial_dir or '(unknown)'} is not on this machine")
-    out = []
-    for name in ("output.log", "error.txt"):
-        path = Path(trial_dir) / name
-        if path.exists():
-            out.append((str(path), path.read_text(errors="replace")))
+    experiment, trial_dir = parent.data.tags.get(T.RAY_EXPERIMENT), rows[0].get("trial_dir")
+    paths = [trial_log(experiment, trial)] if experiment else []
+    paths += [Path(trial_dir) / name for name in ("output.log", "error.txt")] if trial_dir else []
+    out = [(str(p), p.read_text(errors="replace")) for p in paths if p.is_file()]
+    if not out:
+        raise UserError(f"trial {trial}: no output of it on this machine (looked in "
+                        f"{', '.join(str(p.parent) for p in paths) or '(no folder recorded)'})")  # fmt: skip
     return out
 
 
@@ -169,7 +188,7 @@ def ui_command(study: str | None = None, tracking_uri: str | None = None, host: 
     """`hpsearch ui`: the `mlflow ui` command for the study's store, and the URL to open."""
     import sys
 
-    store = tracking.Store(tracking_uri)
+    store = tracking.Store(_uri(tracking_uri))
     if store.tracking_uri.startswith(("http://", "https://", "databricks")):
         raise UserError(f"--tracking-uri {store.tracking_uri} is a server with its own UI: open it in a browser")
     if not store.exists():
@@ -190,7 +209,7 @@ def ui_command(study: str | None = None, tracking_uri: str | None = None, host: 
 
 def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:
     """Built-in studies and studies with records in the store."""
-    store = tracking.Store(tracking_uri)
+    store = tracking.Store(_uri(tracking_uri))
     recorded = tracking.recorded_studies(store)
     names = sorted(set(studies.builtin_studies()) | set(recorded))
     return pd.DataFrame(

@@ -15,7 +15,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in $HPSEARCH_HOME or ./hpsearch-runs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: HPSEARCH_TRACKING_URI, the config file, else "
+                   "sqlite in $HPSEARCH_HOME or ./hpsearch-runs)")
 
 
 def _reads_a_run(p: argparse.ArgumentParser) -> None:
@@ -47,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
     p.add_argument("--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)")
     p.add_argument("--fresh", action="store_true", help="start a new run even though the last one is unfinished")
-    p.add_argument("--address", help="an existing Ray cluster to join (default: a local Ray)")
-    p.add_argument("--storage", help="Ray experiment storage path or URI (default: $HPSEARCH_HOME/ray)")
+    p.add_argument("--address", help="a Ray cluster to join, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the "
+                   "config file, else a local Ray)")
+    p.add_argument("--storage", help="shared storage for Ray's experiments and the study's state, a path every node "
+                   "mounts (default: HPSEARCH_STORAGE, the config file, else $HPSEARCH_HOME/ray)")
     _common(p)
 
     p = sub.add_parser("results", help="one row per trial, best first")
@@ -66,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
 
-    p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell")
+    p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell or machine")
     p.add_argument("study")
+    p.add_argument("--storage", help="the shared storage the sweep runs on (default: HPSEARCH_STORAGE, the config "
+                   "file, else the data directory)")  # fmt: skip
 
     p = sub.add_parser("logs", help="a trial's output and traceback")
     p.add_argument("study")
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="registered model name (default: the study name)")
     p.add_argument("--candidates", type=int, metavar="K", help="retrain the best K configurations and promote the best mean")
     p.add_argument("--reseeds", type=int, default=2, metavar="S", help="other training seeds per candidate (default 2)")
+    p.add_argument("--address", help="the Ray cluster the retrainings run on (default: HPSEARCH_ADDRESS, the config "
+                   "file, else a local Ray)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
 
@@ -123,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     # `hpsearch run` as its own process (not main([...]) called by a program or a test, whose process may hold
     # a Ray of its own and lives on): Ray starts in the background while the driver imports its libraries and
     # plans, and the process exits without tearing its modules down.
-    from . import _ray_start
+    from . import _locations, _ray_start
 
-    _ray_start.begin(args.address)
+    try:
+        address = _locations.resolve(args.address, args.tracking_uri, args.storage).address
+    except Exception:  # a bad config file: the run reports it in one line, with no Ray started for it
+        address = "unresolved"
+    _ray_start.begin(address)
     try:
         code = _command(args)
     finally:
@@ -141,6 +152,11 @@ def _command(args) -> int:
         return _COMMANDS[args.command](args)
     except UserError as exc:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ConnectionError as exc:
+        if type(exc).__name__ != "TrackingUnreachable":
+            raise
+        print(f"hpsearch: error: {exc}", file=sys.stderr)  # tracking.TrackingUnreachable: a location to fix
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
@@ -246,7 +262,7 @@ def _show(args) -> int:
 def _stop(args) -> int:
     from . import api
 
-    path = api.stop(args.study)
+    path = api.stop(args.study, storage=args.storage)
     print(f"asked study {args.study} to stop ({path}); running trials end as `stopped` and the study is finalised")
     return 0
 
@@ -264,7 +280,8 @@ def _promote(args) -> int:
     from . import api
 
     info = api.promote(args.study, alias=args.alias, name=args.name, tracking_uri=args.tracking_uri,
-                       run_id=args.run_id, candidates=args.candidates, reseeds=args.reseeds)  # fmt: skip
+                       run_id=args.run_id, candidates=args.candidates, reseeds=args.reseeds,
+                       address=args.address)  # fmt: skip
     if args.format == "json":
         print(json.dumps(info, indent=2))
     else:

@@ -7,8 +7,10 @@ writer and never sees "database is locked". Per-epoch metrics are buffered and w
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -31,6 +33,8 @@ BEST_TRIAL = "hpsearch.best_trial"
 CHECKPOINT_DIGEST = "hpsearch.checkpoint_sha256"
 TEST_DIGEST = "hpsearch.test_checkpoint_sha256"
 OPTUNA_STUDY = "hpsearch.optuna_study"  # the Optuna study (in optuna/STUDY.journal) of this invocation
+OPTUNA_JOURNAL = "hpsearch.optuna_journal"  # that journal's path (search/_journal.py)
+NODE = "hpsearch.node"  # the Ray node a trial ran on (its last attempt)
 RAY_EXPERIMENT = "hpsearch.ray_experiment"  # Ray Tune's experiment folder of this invocation
 TRIAL_DIR = "hpsearch.trial_dir"  # where Ray keeps the trial's stdout, stderr, error.txt and checkpoint
 SPEC_DIGEST = "hpsearch.spec_sha256"  # the effective study spec's hash: a --resume must match it
@@ -40,7 +44,76 @@ PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strin
 BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
 
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call
+# Rows per search request, for every search (runs, experiments, registered models, model versions): reads
+# follow MLflow's page tokens instead of asking for everything at once, which a server refuses above 50,000
+# runs (1,000 registered models) and the SQL store would load into memory in one go. 1,000 is MLflow's own
+# default page for runs and experiments and its ceiling for registered models; with the SQL store each page is
+# one query (an OFFSET), so 2,000 trials take 3 round trips.
+PAGE = 1000
 _FLUSH_EVERY_S = 5.0  # so a live `results` sees recent epochs without a write per epoch
+
+OUTAGE_ENV = "HPSEARCH_TRACKING_OUTAGE_S"
+DEFAULT_OUTAGE_S = 900.0  # how long a sweep waits out an unreachable tracking server before it gives up
+_TRANSIENT = ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out", "Timeout",
+              "Temporary failure", "Connection reset", "RemoteDisconnected", "server closed the connection",
+              "could not connect", "502", "503", "504")  # fmt: skip
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a tracking write failed because the server or database could not be reached (worth retrying),
+    rather than because of what was written."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _TRANSIENT)
+
+
+class Patient:
+    """An MlflowClient whose calls wait out an unreachable tracking server: each call is retried, with
+    waits of up to 5 s, for up to HPSEARCH_TRACKING_OUTAGE_S (15 minutes). The sweep's trials go on
+    meanwhile on the cluster; what they report waits in Ray until the driver's write goes through. A
+    server that stopped answering rejected the failed requests, so a retried write is written once."""
+
+    def __init__(self, client, warn=None):
+        self._client = client
+        self._warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._down_since: float | None = None
+
+    def __getattr__(self, name):
+        call = getattr(self._client, name)
+        if not callable(call):
+            return call
+
+        def patient(*args, **kwargs):
+            wait = 0.5
+            while True:
+                try:
+                    result = call(*args, **kwargs)
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    now = time.monotonic()
+                    if self._down_since is None:
+                        self._down_since = now
+                        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                        self._warn(f"tracking store unreachable ({first}); retrying for up to "
+                                   f"{_outage_s():.0f} s, the sweep goes on")  # fmt: skip
+                    if now - self._down_since > _outage_s():
+                        raise
+                    time.sleep(wait)
+                    wait = min(wait * 2, 5.0)
+                    continue
+                if self._down_since is not None:
+                    self._warn(f"tracking store reachable again after {time.monotonic() - self._down_since:.0f} s")
+                    self._down_since = None
+                return result
+
+        return patient
+
+
+def _outage_s() -> float:
+    return float(os.environ.get(OUTAGE_ENV, DEFAULT_OUTAGE_S))
+
 
 
 class StudyRecorder:
@@ -57,10 +130,18 @@ class StudyRecorder:
         self._experiment_id: str | None = None  # looked up once, not per trial
         self._pending: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
+        self._patient: Patient | None = None
+
+    @property
+    def client(self) -> Patient:
+        """The store's client, waiting out an outage of the tracking server (every write of a sweep)."""
+        if self._patient is None:
+            self._patient = Patient(self.store.client)
+        return self._patient
 
     # ---- parent ----
     def start(self, params: Mapping[str, Any], spec_text: str, run_name: str) -> str:
-        client = self.store.client
+        client = self.client
         exp = self._experiment_id = self.store.experiment_id(self.study, create=True)
         tags = {**self.tags, KIND: "study", STUDY: self.study, MLFLOW_RUN_NAME: run_name}
         run = client.create_run(exp, tags=tags, run_name=run_name)
@@ -71,7 +152,7 @@ class StudyRecorder:
 
     def resume(self, parent_id: str) -> None:
         """Continue an earlier invocation's parent run: the same run, its trials' child runs reattached."""
-        client = self.store.client
+        client = self.client
         parent = client.get_run(parent_id)
         self.parent_id, self._experiment_id = parent_id, parent.info.experiment_id
         client.update_run(parent_id, status="RUNNING")
@@ -95,24 +176,24 @@ class StudyRecorder:
         run_id, _ = self._recorded.pop(trial_id)
         self._closed.add(trial_id)
         tags = [RunTag(STATE, state)] + ([RunTag(REASON, reason)] if reason else [])
-        self.store.client.log_batch(run_id, tags=tags)
-        self.store.client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status="FAILED" if state == "failed" else "FINISHED")
 
     def attach(self, parent) -> None:
         """Add child runs to an existing parent run (an mlflow Run) without reopening it (promote's retrainings)."""
         self.parent_id, self._experiment_id = parent.info.run_id, parent.info.experiment_id
 
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        log_values(self.store, self.parent_id, tags=tags)
+        log_values(self.store, self.parent_id, tags=tags, client=self.client)
 
     def log_parent_metrics(self, metrics: Mapping[str, float]) -> None:
-        log_values(self.store, self.parent_id, metrics=metrics)
+        log_values(self.store, self.parent_id, metrics=metrics, client=self.client)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         for trial_id in list(self._children):  # trials Ray never finished (e.g. Ctrl-C)
             self.trial_ended(trial_id, "failed", {}, reason="interrupted", status="KILLED")
-        self.store.client.set_terminated(self.parent_id, status=status)
+        self.client.set_terminated(self.parent_id, status=status)
 
     # ---- children ----
     def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None,
@@ -123,18 +204,23 @@ class StudyRecorder:
             return self._children[trial_id]
         if trial_id in self._recorded:  # resumed after an interruption: its run continues
             run_id, _ = self._recorded.pop(trial_id)
-            self.store.client.update_run(run_id, status="RUNNING")
-            self.store.client.set_tag(run_id, STATE, "running")
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, STATE, "running")
             self._children[trial_id] = run_id
             return run_id
         exp = self._experiment_id or self.store.experiment_id(self.study)
         tags = {**self.tags, KIND: kind, STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
                 PARAMS: json.dumps(dict(params), sort_keys=True), TRIAL_DIR: trial_dir or "",
                 MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id, **(tags or {})}  # fmt: skip
-        run = self.store.client.create_run(exp, tags=tags, run_name=trial_id)
+        run = self.client.create_run(exp, tags=tags, run_name=trial_id)
         self._children[trial_id] = run.info.run_id
-        self.store.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         return run.info.run_id
+
+    def trial_tags(self, trial_id: str, tags: Mapping[str, Any]) -> None:
+        """Tags on a running trial's child run."""
+        if trial_id in self._children:
+            log_values(self.store, self._children[trial_id], tags=tags, client=self.client)
 
     def trial_result(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -156,8 +242,8 @@ class StudyRecorder:
         if summary.get(BEST_VALUE) is not None:
             metrics.append(Metric(BEST_VALUE, float(summary[BEST_VALUE]), int(time.time() * 1000), 0))
         for i in range(0, max(len(metrics), 1), _BATCH):
-            self.store.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if i == 0 else [])
-        self.store.client.set_terminated(run_id, status=status or ("FAILED" if state == "failed" else "FINISHED"))
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if i == 0 else [])
+        self.client.set_terminated(run_id, status=status or ("FAILED" if state == "failed" else "FINISHED"))
 
     def flush(self) -> None:
         for trial_id, run_id in self._children.items():
@@ -165,18 +251,43 @@ class StudyRecorder:
         self._last_flush = time.monotonic()
 
     def _flush_trial(self, trial_id: str, run_id: str) -> None:
+        """Write a running trial's buffered epochs; while the server is unreachable they stay buffered (the
+        next flush, or the trial's end, writes them), so the sweep does not wait on them."""
         pending = self._pending.pop(trial_id, [])
         for i in range(0, len(pending), _BATCH):
-            self.store.client.log_batch(run_id, metrics=pending[i : i + _BATCH])
+            try:
+                self.store.client.log_batch(run_id, metrics=pending[i : i + _BATCH])
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self._pending[trial_id] = pending[i:] + self._pending.get(trial_id, [])
+                return
 
 
-def child_runs(store: Store, experiment_id: str, parent_id: str):
+def paged(search: Callable, *args, limit: int | None = None, **kwargs) -> Iterator:
+    """Every result of an MLflow search (`client.search_runs`, `search_experiments`, `search_registered_models`,
+    `search_model_versions`), PAGE per request, following the page tokens; the first `limit` only, when given.
+    The order must end on a unique key (MLflow's order of runs and experiments always does), so that pages
+    neither overlap nor leave gaps."""
+    token, left = None, limit
+    while left is None or left > 0:
+        page = search(*args, max_results=PAGE if left is None else min(PAGE, left), page_token=token, **kwargs)
+        yield from page
+        if left is not None:
+            left -= len(page)
+        token = page.token
+        if not token:
+            return
+
+
+def child_runs(store: Store, experiment_id: str, parent_id: str) -> list:
+    """The parent run's child runs (active ones), newest first."""
     from mlflow.entities import ViewType
 
-    return store.client.search_runs(
-        [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
-        run_view_type=ViewType.ACTIVE_ONLY, max_results=50000,
-    )  # fmt: skip
+    return list(paged(
+        store.client.search_runs, [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+    ))  # fmt: skip
 
 
 def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
@@ -196,10 +307,10 @@ def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
 
 
 def log_values(store: Store, run_id: str, metrics: Mapping[str, float] | None = None,
-               tags: Mapping[str, Any] | None = None) -> None:  # fmt: skip
-    """Metrics (at step 0) and tags on one run, in one write."""
+               tags: Mapping[str, Any] | None = None, client=None) -> None:  # fmt: skip
+    """Metrics (at step 0) and tags on one run, in one write (through `client` if given)."""
     now = int(time.time() * 1000)
-    store.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+    (client or store.client).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
                            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])  # fmt: skip
 
 

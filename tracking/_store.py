@@ -12,6 +12,18 @@ from mlflow.tracking import MlflowClient
 
 # MLflow draws a progress bar for every artifact it downloads (a spec, a checkpoint): noise on a console.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Against a tracking server MLflow retries a failed request 7 times with doubling waits, each request waiting
+# up to 120 s: a dead server held a command for minutes. A few quick retries here; the sweep's own writes
+# ride out a longer outage in StudyRecorder, which buffers and retries them.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+ANSWER_S = 5.0  # a tracking server or database that does not answer within this is refused up front
+
+
+class TrackingUnreachable(ConnectionError):
+    """The tracking server or database did not answer: one line for the user, nothing written."""
 
 HOME_ENV = "HPSEARCH_HOME"
 DEFAULT_HOME = "hpsearch-runs"
@@ -67,6 +79,8 @@ class Store:
             if self.embedded:
                 self.home.mkdir(parents=True, exist_ok=True)
                 _sqlite_wal(self.db_path)
+            else:
+                check_answers(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
@@ -86,3 +100,44 @@ class Store:
         if not create:
             return None
         return self.client.create_experiment(study, artifact_location=self.artifact_location(study))
+
+
+def check_answers(uri: str, timeout: float = ANSWER_S) -> None:
+    """Raise TrackingUnreachable unless the tracking server (http/https: its /health) or the database
+    (postgresql, mysql, mssql: a connection) answers within `timeout` seconds. sqlite, file and other
+    stores are local and not probed."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+")[0]
+    try:
+        if scheme in ("http", "https"):
+            import urllib.error
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+            except urllib.error.HTTPError:
+                pass  # it answered (a proxy or an older server without /health): reachable
+        elif scheme in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+            engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    except Exception as exc:  # any failure to answer: refused, timed out, unknown host, bad credentials
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()
+        raise TrackingUnreachable(
+            f"tracking store {_redacted(uri)} did not answer within {timeout:.0f} s "
+            f"({reason[0][:200] if reason else type(exc).__name__}): is the server running, and is the URI right?"
+        ) from None
+
+
+def _redacted(uri: str) -> str:
+    """The URI without a password, for messages."""
+    import re
+
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
