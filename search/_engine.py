@@ -78,6 +78,8 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
     locations = resolve(address, tracking_uri, storage)
     tracking_uri, address, storage = locations.tracking_uri, locations.address, locations.storage
     state_root = locations.state_root(data_home())  # refuses a storage that cannot hold the study's state
+    if address is not None:
+        _ray_start.check_reachable(address)  # a dead head is refused now, not after minutes in ray.init
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
     if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started
