@@ -64,7 +64,7 @@ def test_stop_from_another_shell_ends_the_sweep_cleanly(tmp_path):
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not list((home / "ray").glob("stoppable-*/*/output.log")) and time.monotonic() < deadline:
+        while not list((home / "ray").glob("stoppable-*/hpsearch-logs/*.log")) and time.monotonic() < deadline:
             time.sleep(0.5)  # until a trial is running
         time.sleep(2)
         stop = run_cli("stop", "stoppable", env=env)
@@ -112,7 +112,7 @@ def test_a_sweep_stops_cleanly_when_the_disk_fills_up(tmp_path, monkeypatch):
 
     def fill_the_disk():  # as seen by the sweep: free space drops below the stop threshold mid-run
         deadline = time.monotonic() + 120
-        while not list((home / "ray").glob("fills-*/*/output.log")) and time.monotonic() < deadline:
+        while not list((home / "ray").glob("fills-*/hpsearch-logs/*.log")) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2)
         os.environ["HPSEARCH_STOP_FREE_MB"] = str(10**12)

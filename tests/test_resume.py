@@ -50,7 +50,7 @@ def wait_for_trials(home: Path, ended: int, midway: bool = False, timeout: float
     and, with `midway`, a running trial has checkpointed its fourth epoch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if list((home / "ray").glob("crashy-*/*/output.log")):  # MLflow's tables exist by now
+        if list((home / "ray").glob("crashy-*/hpsearch-logs/*.log")):  # MLflow's tables exist by now
             store = tracking.Store(home=home)
             runs = tracking.parent_runs(store, "crashy")
             rows = tracking.trial_rows(store, runs[0]) if runs else []
@@ -129,7 +129,7 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     assert states[optuna.trial.TrialState.FAIL] == len(lost)
 
     # A trial that was mid-way at the kill continued from its checkpoint instead of starting over.
-    outputs = [p.read_text() for p in (home / "ray").glob("crashy-*/*/output.log")]
+    outputs = [p.read_text() for p in (home / "ray").glob("crashy-*/hpsearch-logs/*.log")]
     continued = sum("resuming at epoch" in text for text in outputs)
     assert continued >= 1
     running_at_kill = sum(state == "running" for state in killed_at.values())
