@@ -36,7 +36,14 @@ EPOCHS = 10
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--tracking-uri", help="an MLflow tracking URI instead of the embedded sqlite store")
     args = parser.parse_args()
+    measure(args.trials, args.tracking_uri)
+
+
+def measure(trials: int, tracking_uri: str | None = None, label: str = "P5") -> dict[str, list[float]]:
+    """P5's loop against `tracking_uri` (None: the embedded sqlite store); prints the figures and returns
+    the per-trial seconds of each part."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HPSEARCH_HOME"] = str(Path(tmp) / "home")
         from search._searcher import StudySearch, make_sampler
@@ -45,18 +52,19 @@ def main() -> None:
         from studies import parse_spec
         from tracking import Store, StudyRecorder
 
-        spec = parse_spec({"name": "p5", "trainable": "digits-mlp", "space": SPACE, "trials": args.trials,
-                           "asha": {"max_t": EPOCHS, "grace_period": 1}}, "p5")  # fmt: skip
-        store = Store()
-        recorder = StudyRecorder(store, "p5", {})
-        recorder.start({"trials": args.trials}, "name: p5\n", "p5")
+        name = f"p5-{int(time.time())}"  # a server keeps earlier runs' experiments
+        spec = parse_spec({"name": name, "trainable": "digits-mlp", "space": SPACE, "trials": trials,
+                           "asha": {"max_t": EPOCHS, "grace_period": 1}}, name)  # fmt: skip
+        store = Store(tracking_uri)
+        recorder = StudyRecorder(store, name, {})
+        recorder.start({"trials": trials}, f"name: {name}\n", name)
         searcher = StudySearch(space=to_distributions(spec), metric="val_accuracy", mode="max",
                                sampler=make_sampler(spec), study_name="p5", storage=optuna_storage(store.home / "optuna" / "p5.journal"),
                                max_t=EPOCHS, study_seed=0)  # fmt: skip
         rng = random.Random(0)
         parts = {"suggest": [], "optuna reports + tell": [], "mlflow": [], "total": []}
         started = time.monotonic()
-        for i in range(args.trials):
+        for i in range(trials):
             tid = f"t{i:05d}"
             t0 = time.perf_counter()
             config = searcher.suggest(tid)
@@ -87,14 +95,15 @@ def main() -> None:
                 print(f"trial {i + 1}: {1000 * statistics.median(parts['total'][-10:]):.1f} ms per trial "
                       f"(median of the last 10) [{time.monotonic() - started:.0f}s]", flush=True)  # fmt: skip
         recorder.finish()
-        last = slice(max(0, args.trials - 100), args.trials)
+        last = slice(max(0, trials - 100), trials)
         for key, values in parts.items():
             print(f"{key}: first 100 median {1000 * statistics.median(values[:100]):.1f} ms, "
                   f"last 100 median {1000 * statistics.median(values[last]):.1f} ms, "
                   f"last 100 90th percentile {1000 * statistics.quantiles(values[last], n=10)[-1]:.1f} ms")
         total = statistics.median(parts["total"][last])
-        print(f"P5: control plane at trials {max(1, args.trials - 99)}..{args.trials}: {1000 * total:.1f} ms = {100 * total / 5:.2f}% of a 5 s trial "
-              f"(target <= 2%, 100 ms)")  # fmt: skip
+        print(f"{label} ({store.tracking_uri.split('@')[-1]}): control plane at trials {max(1, trials - 99)}..{trials}: "
+              f"{1000 * total:.1f} ms = {100 * total / 5:.2f}% of a 5 s trial (target <= 2%, 100 ms)")  # fmt: skip
+        return parts
 
 
 if __name__ == "__main__":

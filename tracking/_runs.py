@@ -129,6 +129,7 @@ class StudyRecorder:
         self._closed: set[str] = set()
         self._experiment_id: str | None = None  # looked up once, not per trial
         self._pending: dict[str, list[Metric]] = {}
+        self._pending_params: dict[str, list[Param]] = {}  # a new trial's params, written with its first batch
         self._last_flush = time.monotonic()
         self._patient: Patient | None = None
 
@@ -214,7 +215,9 @@ class StudyRecorder:
                 MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id, **(tags or {})}  # fmt: skip
         run = self.client.create_run(exp, tags=tags, run_name=trial_id)
         self._children[trial_id] = run.info.run_id
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        # Written with the trial's first batch of epochs (within _FLUSH_EVERY_S) or its end: one request less
+        # per trial against a server (P6). Its exact config is in the PARAMS tag from the start.
+        self._pending_params[trial_id] = [Param(k, _param(v)) for k, v in params.items()]
         return run.info.run_id
 
     def trial_tags(self, trial_id: str, tags: Mapping[str, Any]) -> None:
@@ -239,10 +242,13 @@ class StudyRecorder:
         if reason:
             tags.append(RunTag(REASON, reason))
         metrics = self._pending.pop(trial_id, [])  # the epochs not flushed yet go in the same write
+        params = self._pending_params.pop(trial_id, [])
         if summary.get(BEST_VALUE) is not None:
             metrics.append(Metric(BEST_VALUE, float(summary[BEST_VALUE]), int(time.time() * 1000), 0))
         for i in range(0, max(len(metrics), 1), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if i == 0 else [])
+            first = i == 0
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if first else [],
+                                  params=params if first else [])  # fmt: skip
         self.client.set_terminated(run_id, status=status or ("FAILED" if state == "failed" else "FINISHED"))
 
     def flush(self) -> None:
@@ -255,12 +261,15 @@ class StudyRecorder:
         next flush, or the trial's end, writes them), so the sweep does not wait on them."""
         pending = self._pending.pop(trial_id, [])
         for i in range(0, len(pending), _BATCH):
+            params = self._pending_params.pop(trial_id, [])
             try:
-                self.store.client.log_batch(run_id, metrics=pending[i : i + _BATCH])
+                self.store.client.log_batch(run_id, metrics=pending[i : i + _BATCH], params=params)
             except Exception as exc:
                 if not transient(exc):
                     raise
                 self._pending[trial_id] = pending[i:] + self._pending.get(trial_id, [])
+                if params:
+                    self._pending_params[trial_id] = params
                 return
 
 
