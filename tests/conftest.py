@@ -45,3 +45,48 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
 def write_study(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path
+
+
+# Real services for the multi-machine tests (tests/services.py). Session-scoped: started once, on first use.
+# A fixture skips only where the component cannot exist here (no PostgreSQL binaries); any other failure to
+# start is an error. A test that stops the MLflow server or kills a Ray node restores it before it ends
+# (`mlflow_pg.start()`, `ray2.restore()`), in a `finally`.
+
+
+def _enter_or_skip(stack, context, what):
+    from tests.services import ServiceUnavailable
+
+    try:
+        return stack.enter_context(context)
+    except ServiceUnavailable as exc:
+        pytest.skip(f"{what}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A private PostgreSQL server: `.uri` (a database for the tests), `.create_database(name)` -> uri."""
+    import contextlib
+
+    from tests.services import postgres
+
+    with contextlib.ExitStack() as stack:
+        yield _enter_or_skip(stack, postgres(), "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def mlflow_pg(pg, tmp_path_factory):
+    """An MLflow tracking server on a database of `pg`, artifacts in a temp dir: `.uri`, `.stop()`, `.start()`."""
+    from tests.services import mlflow_server
+
+    with mlflow_server(pg.create_database("mlflow"), tmp_path_factory.mktemp("mlflow-artifacts")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ray2():
+    """A 2-node Ray cluster (head + 1 worker, 1 CPU each) with token auth of its own: `.address`,
+    `.dashboard_address`, `.env` (for driver subprocesses), `.node_ids()`, `.kill_node(i)`, `.add_node()`."""
+    from tests.services import ray_cluster
+
+    with ray_cluster(num_nodes=2, cpus_per_node=1) as cluster:
+        yield cluster
