@@ -22,14 +22,14 @@ def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = 
     """The parent run to read: the latest `hpsearch run` of the study, or the one given by `run_id`."""
     check_name(study)
     store = tracking.Store(tracking_uri)
-    runs = tracking.parent_runs(store, study)
+    runs = tracking.parent_runs(store, study, limit=1)  # the latest only: a study may have many runs
     if not runs:
         raise UserError(f"no records for study {study!r} in {store.tracking_uri}; run `hpsearch run {study}` first")
-    if run_id is None:
+    if run_id is None or runs[0].info.run_id == run_id:
         return store, runs[0]
-    for run in runs:
-        if run.info.run_id == run_id:
-            return store, run
+    runs = tracking.parent_runs(store, study, run_id=run_id)
+    if runs:
+        return store, runs[0]
     raise UserError(f"--run: study {study!r} has no run {run_id!r}")
 
 

@@ -18,6 +18,7 @@ import torch
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from . import _runs
 from ._store import Store
 
 CHECKPOINT_ARTIFACT = "checkpoint/best_checkpoint.pt"
@@ -123,24 +124,27 @@ def rollback(store: Store, name: str, alias: str = "champion") -> dict[str, Any]
 
 
 def registered_models(store: Store) -> list[dict[str, Any]]:
-    """Every version of every registered model: aliases, test metrics and lineage from its tags."""
+    """Every version of every registered model: aliases, test metrics and lineage from its tags.
+
+    Two paged searches whatever the number of models: the models (for their aliases, which MLflow does not
+    promise on versions found by a search) and every version of all of them, not one search per model."""
     if not store.exists():
         return []
     client = store.client
-    rows = []
-    for model in client.search_registered_models(max_results=1000):
-        aliases: dict[str, list[str]] = {}
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model in _runs.paged(client.search_registered_models, order_by=["name ASC"]):
         for alias, version in (model.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        for version in client.search_model_versions(f"name = '{model.name}'", max_results=1000):
-            tags = version.tags or {}
-            rows.append({
-                "name": model.name, "version": int(version.version),
-                "aliases": sorted(aliases.get(str(version.version), [])),
-                "study": tags.get("study"), "trial_id": tags.get("trial_id"), "val_value": tags.get("val_value"),
-                **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
-                "created": version.creation_timestamp,
-            })  # fmt: skip
+            aliases.setdefault((model.name, str(version)), []).append(alias)
+    rows = []
+    for version in _runs.paged(client.search_model_versions, order_by=["name ASC", "version_number DESC"]):
+        tags = version.tags or {}
+        rows.append({
+            "name": version.name, "version": int(version.version),
+            "aliases": sorted(aliases.get((version.name, str(version.version)), [])),
+            "study": tags.get("study"), "trial_id": tags.get("trial_id"), "val_value": tags.get("val_value"),
+            **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
+            "created": version.creation_timestamp,
+        })  # fmt: skip
     return sorted(rows, key=lambda r: (r["name"], -r["version"]))
 
 

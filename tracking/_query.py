@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from typing import Any
 
 from mlflow.entities import Run, ViewType
@@ -10,20 +12,29 @@ from mlflow.entities import Run, ViewType
 from . import _runs as t
 from ._store import Store
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EXPERIMENTS_PER_SEARCH = 500  # experiment ids in one search_runs (the SQL store puts them in one IN (...))
 
-def parent_runs(store: Store, study: str) -> list[Run]:
-    """The study's `hpsearch run` invocations, newest first; [] when the study has no records."""
+
+def parent_runs(store: Store, study: str, limit: int | None = None, run_id: str | None = None) -> list[Run]:
+    """The study's `hpsearch run` invocations, newest first; [] when the study has no records.
+
+    `limit` keeps the newest few (`results` reads the latest: one run, not all of them); `run_id` keeps that one
+    run (if it is one of the study's)."""
     if not store.exists():
         return []
     exp = store.experiment_id(study)
     if exp is None:
         return []
-    return list(
-        store.client.search_runs(
-            [exp], filter_string=f"tags.`{t.KIND}` = 'study'", run_view_type=ViewType.ACTIVE_ONLY,
-            order_by=["attributes.start_time DESC"], max_results=1000,
-        )
-    )  # fmt: skip
+    where = f"tags.`{t.KIND}` = 'study'"
+    if run_id is not None:
+        if not _RUN_ID.fullmatch(run_id):  # not a run id (and nothing to put in a filter string)
+            return []
+        where += f" and attributes.run_id = '{run_id}'"
+    return list(t.paged(
+        store.client.search_runs, [exp], filter_string=where, run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"], limit=limit,
+    ))  # fmt: skip
 
 
 def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
@@ -63,12 +74,18 @@ def cached_test_metrics(store: Store, study: str, digest: str) -> dict[str, floa
 
 
 def recorded_studies(store: Store) -> dict[str, int]:
-    """Study name -> number of `hpsearch run` invocations recorded."""
+    """Study name -> number of `hpsearch run` invocations recorded.
+
+    One paged search for the experiments, then one paged search of the parent runs over all of them (not one
+    search per experiment): a round trip per page, whatever the number of studies."""
     if not store.exists():
         return {}
-    counts: dict[str, int] = {}
-    for exp in store.client.search_experiments():
-        runs = parent_runs(store, exp.name)
-        if runs:
-            counts[exp.name] = len(runs)
-    return counts
+    client = store.client
+    names = {exp.experiment_id: exp.name for exp in t.paged(client.search_experiments)}
+    ids = list(names)
+    counts: Counter[str] = Counter()
+    for i in range(0, len(ids), _EXPERIMENTS_PER_SEARCH):
+        for run in t.paged(client.search_runs, ids[i : i + _EXPERIMENTS_PER_SEARCH],
+                           filter_string=f"tags.`{t.KIND}` = 'study'", run_view_type=ViewType.ACTIVE_ONLY):  # fmt: skip
+            counts[run.info.experiment_id] += 1
+    return {name: counts[exp] for exp, name in names.items() if counts[exp]}
