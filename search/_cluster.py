@@ -24,7 +24,7 @@ def project_env(trainable, local_paths: list[Path]) -> dict | None:
     the environment, needs nothing). `local_paths` (the data directory, the data root, the storage) are
     excluded where they are inside it."""
     try:
-        source = Path(inspect.getsourcefile(trainable.train) or "").resolve()
+        source = Path(inspect.getsourcefile(trainable.code or trainable.train) or "").resolve()
     except TypeError:
         return None
     project = Path.cwd().resolve()

@@ -340,7 +340,7 @@ def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
             tags[f"hpsearch.version.{pkg}"] = version(pkg)
         except PackageNotFoundError:
             tags[f"hpsearch.version.{pkg}"] = "unknown"
-    commit = _git_commit(plan.trainable.train)
+    commit = _git_commit(plan.trainable.code or plan.trainable.train)
     if commit:
         tags["hpsearch.git_commit"] = commit
     if plan.trainable.data_info is not None:

@@ -1,6 +1,7 @@
 """Model/dataset pairs and the training loop. Imports torch, never ray or mlflow."""
 
 from ._check import Setup
+from ._factory import from_model
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
 from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
 
@@ -13,6 +14,7 @@ __all__ = [
     "MemoryReporter",
     "Reporter",
     "Trainable",
+    "from_model",
     "get_trainable",
     "is_import_path",
     "list_trainables",

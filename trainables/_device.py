@@ -187,12 +187,16 @@ class HostBatches:
     gather each batch's rows (uint8, one gather per batch), the loader pins them and prefetches, and they are
     copied to the device without blocking. Augmentation and normalisation still run on the device."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, workers: int, prefetch: int = 4):
-        if x.device.type != "cpu" or y.device.type != "cpu":  # forked workers cannot touch a GPU's memory
-            raise ValueError(f"HostBatches feeds a split held on the host, not on {x.device}")
+    def __init__(self, x: torch.Tensor | None, y: torch.Tensor | None, device: torch.device, workers: int,
+                 prefetch: int = 4, *, dataset: torch.utils.data.Dataset | None = None, collate=_as_is):  # fmt: skip
+        """Rows of (x, y); or, with `dataset`, its items batched by `collate` (a streamed user Dataset)."""
+        if dataset is None:
+            if x.device.type != "cpu" or y.device.type != "cpu":  # forked workers cannot touch a GPU's memory
+                raise ValueError(f"HostBatches feeds a split held on the host, not on {x.device}")
+            dataset = _Rows(x, y)
         self.device, self.sampler = device, _Batches()
         self.loader = torch.utils.data.DataLoader(
-            _Rows(x, y), batch_sampler=self.sampler, collate_fn=_as_is, num_workers=workers,
+            dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
         )  # fmt: skip

@@ -82,21 +82,33 @@ def evaluate(
     prep: Prep | None = None,
     config: dict | None = None,
     per_class: bool = False,
+    loss=None,
+    metrics=None,
 ) -> dict[str, float]:
     """The task's metrics over a split, in eval mode and fp32, on the model's device (a split kept on the host
-    is copied there batch by batch). Training's validation and the after-search revalidation/test both come
-    through here, so their numbers agree."""
+    is copied there batch by batch; a streamed one comes from its DataLoader workers). Training's validation
+    and the after-search revalidation/test both come through here, so their numbers agree. `loss` and
+    `metrics` (name -> fn(output, target)): a user's own, in place of the task's loss and beside its metrics."""
     model.eval()
     device = next(model.parameters()).device
-    score = Score(task, loss_fn(task, config or {}), device)
-    for start in range(0, len(split), batch_size):
-        rows = slice(start, start + batch_size)
-        x, y = split.x[rows].to(device, non_blocking=True), split.y[rows].to(device, non_blocking=True)
+    score = Score(task, loss or loss_fn(task, config or {}), device, metrics)
+    for x, y in _in_order(split, batch_size, device):
         x, y, pixels = prep(x, y) if prep is not None else (x, y, x)
         if _device.channels_last(device, x):
             x = x.contiguous(memory_format=torch.channels_last)
         score.add(model(x), pixels if task == "reconstruction" else y)
     return score.result(per_class)
+
+
+def _in_order(split, batch_size: int, device: torch.device):
+    """A split's batches in order, on `device`."""
+    if hasattr(split, "feed"):  # a streamed Dataset (trainables._userdata.Stream)
+        n = len(split)
+        yield from split.feed(device).epoch(torch.arange(n), batch_size, math.ceil(n / batch_size))
+        return
+    for start in range(0, len(split), batch_size):
+        rows = slice(start, start + batch_size)
+        yield split.x[rows].to(device, non_blocking=True), split.y[rows].to(device, non_blocking=True)
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -115,13 +127,18 @@ def fit(
     *,
     task: str = "classification",
     prep: Prep | None = None,
+    loss=None,
+    metrics=None,
 ) -> None:
     """Train `build_model(config)` on `train`, validating on `val` every epoch, reporting to `reporter`.
-    With `prep`, the splits hold uint8 images that it augments (training only) and normalises on the device."""
+    With `prep`, the splits hold uint8 images that it augments (training only) and normalises on the device.
+    A split may also be a streamed Dataset (trainables._userdata.Stream): its batches come from DataLoader
+    workers and the step is never recorded. `loss`, `metrics`: a user's own (see `evaluate`)."""
     config = {**LOOP_DEFAULTS, **config}
     device = device or default_device()
     metric, mode = reporter.metric, reporter.mode
-    loss = loss_fn(task, config)
+    user_loss, loss, user_metrics = loss, loss or loss_fn(task, config), metrics
+    streamed = hasattr(train, "feed")
     batch_size, clip = int(config["batch_size"]), float(config["clip_grad_norm"])
     patience, epochs = int(config["patience"]), int(config["epochs"])
     compile_mode = _device.compile_mode(config)
@@ -132,7 +149,7 @@ def fit(
     full_batch = len(train) >= batch_size
     # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
     # recorded) and an update the graph can hold.
-    graphed = (compile_mode != "off" and device.type == "cuda" and not _device.on_host(train.x, device)
+    graphed = (compile_mode != "off" and device.type == "cuda" and not streamed and not _device.on_host(train.x, device)
                and config["optimizer"] in _device.GRAPH_OPTIMIZERS and full_batch)  # fmt: skip
     amp = _device.autocast(config, device, cache=not graphed)
 
@@ -147,6 +164,9 @@ def fit(
             x = x.contiguous(memory_format=torch.channels_last)
         return x, pixels if task == "reconstruction" else y
 
+    # The batch a compiled model is warmed up (and an eager epoch timed) on.
+    head = train.head(batch_size) if streamed else None
+    first = (head.x.to(device), head.y.to(device)) if streamed else None
     torch.manual_seed(reporter.seed)
     model = build_model(config).to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
     forward, compile_s = model, 0.0
@@ -155,11 +175,11 @@ def fit(
     cudagraphs = device.type == "cuda" and not graphed  # then the compiled model brings its own graphs
     if full_batch and (compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
         _device.is_compiled(key, cudagraphs) or _device.worth_compiling(
-            _eager_epoch_s(model, loss, batch, len(train), batch_size, amp), epochs - 1,
+            _eager_epoch_s(model, loss, batch, len(train), batch_size, amp, first), epochs - 1,
             reporter.trials_per_worker - 1, graphed)))):  # fmt: skip
         model, forward, new = _device.compiled(model, key, cudagraphs)
         if new:
-            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs)
+            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs, first)
         torch.manual_seed(reporter.seed)  # the same stream of dropout masks, compiled or not
     marks = forward is not model and cudagraphs  # the compiled model's own CUDA graphs want step marks
     static = graphed or forward is not model
@@ -203,7 +223,10 @@ def fit(
 
     step_fn = _device.StepGraph(train_step, optimizer, batch_size, device) if graphed else train_step
     # A split the GPU has no room for stays on the host; DataLoader workers gather and pin its batches.
-    host = _device.HostBatches(train.x, train.y, device, _loader_workers()) if _device.on_host(train.x, device) else None
+    if streamed:
+        host = train.feed(device)
+    else:
+        host = _device.HostBatches(train.x, train.y, device, _loader_workers()) if _device.on_host(train.x, device) else None
 
     first_epoch = state["epoch"] + 1
     for epoch in range(first_epoch, epochs + 1):
@@ -226,7 +249,7 @@ def fit(
         if not math.isfinite(train_loss):
             reporter.report(epoch, {"train_loss": train_loss}, stop=STOP_DIVERGED)
             return
-        val_metrics = evaluate(model, val, task=task, prep=prep, config=config)
+        val_metrics = evaluate(model, val, task=task, prep=prep, config=config, loss=user_loss, metrics=user_metrics)
         metrics = {
             "train_loss": train_loss,
             **{f"val_{k}": v for k, v in val_metrics.items()},
@@ -263,12 +286,13 @@ def fit(
             return
 
 
-def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int, marks: bool = False) -> None:
+def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int, marks: bool = False,
+                 first=None) -> None:
     """Forward and backward on the first batches, without an optimizer step; weights and buffers (BatchNorm
     statistics) are put back afterwards, so the trial starts exactly where it would have."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    idx = torch.arange(min(n, batch_size))
+    idx = first if first is not None else torch.arange(min(n, batch_size))
     for _ in range(steps):
         # Gradients from nothing each time: with CUDA graphs a .grad may be the graph's own output buffer,
         # which the next replay overwrites, so accumulating into it fails.
@@ -284,20 +308,20 @@ def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, step
     model.zero_grad(set_to_none=True)
 
 
-def _eager_epoch_s(model, loss, batch, n: int, batch_size: int, amp) -> float:
+def _eager_epoch_s(model, loss, batch, n: int, batch_size: int, amp, first=None) -> float:
     """An eager epoch's seconds, from timing a few steps after two that warm the kernels up."""
-    _train_steps(model, model, loss, batch, n, batch_size, amp, 2)
+    _train_steps(model, model, loss, batch, n, batch_size, amp, 2, first=first)
     torch.cuda.synchronize()
     started = time.perf_counter()
-    _train_steps(model, model, loss, batch, n, batch_size, amp, 3)
+    _train_steps(model, model, loss, batch, n, batch_size, amp, 3, first=first)
     torch.cuda.synchronize()
     return (time.perf_counter() - started) / 3 * math.ceil(n / batch_size)
 
 
-def _warm_up(model, forward, loss, batch, n: int, batch_size: int, amp, cudagraphs: bool) -> float:
+def _warm_up(model, forward, loss, batch, n: int, batch_size: int, amp, cudagraphs: bool, first=None) -> float:
     """Compile (and record the model's own CUDA graphs) before the first timed epoch; returns the seconds."""
     started = time.perf_counter()
-    _train_steps(model, forward, loss, batch, n, batch_size, amp, 3, marks=cudagraphs)
+    _train_steps(model, forward, loss, batch, n, batch_size, amp, 3, marks=cudagraphs, first=first)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +40,9 @@ class Trainable:
     # setup(config) -> trainables.Setup (model factory, splits, loss, optimizer): what `hpsearch check` runs on
     setup: Callable[[dict], Any] | None = None
     description: str = ""
+    # the user's own code (their model function) where `train` is the factory's: its file says which project
+    # to ship to a cluster's nodes and whose git commit to record. None: `train`'s own.
+    code: Callable | None = None
 
 
 _REGISTRY: dict[str, Trainable] = {}
@@ -72,6 +77,10 @@ def get_trainable(ref: str) -> Trainable:
         known = ", ".join(sorted(_REGISTRY))
         raise LookupError(f"unknown trainable {ref!r}; known: {known} (or use an import path pkg.module:function)")
     module_name, attr = ref.split(":")
+    # From the folder hpsearch was started in, whichever command asks (run, check, report, promote's
+    # retraining): each finding it its own way is how `promote --candidates` once could not.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

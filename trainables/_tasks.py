@@ -1,4 +1,4 @@
-"""What a task trains on and how it is scored: classification, segmentation, reconstruction.
+"""What a task trains on and how it is scored: classification, segmentation, reconstruction, regression.
 
 Every metric is accumulated on the device (a confusion matrix, a sum of squared errors) and read once per
 evaluation, so validation costs one host sync however many batches it has.
@@ -11,12 +11,15 @@ import math
 import torch
 from torch import nn
 
-TASKS = ("classification", "segmentation", "reconstruction")
+TASKS = ("classification", "segmentation", "reconstruction", "regression")
+# A user's own loss and metrics, nothing else scored (trainables.from_model with task=None).
+CUSTOM = "custom"
 # The metric each task's trainables select on by default, and its mode.
 DEFAULT_METRIC = {
     "classification": ("val_accuracy", "max"),
     "segmentation": ("val_iou", "max"),
     "reconstruction": ("val_mse", "min"),
+    "regression": ("val_mse", "min"),
 }
 
 
@@ -27,19 +30,38 @@ def loss_fn(task: str, config: dict):
         if kind not in ("mse", "l1"):
             raise ValueError(f"recon_loss must be mse or l1, not {kind!r}")
         return nn.functional.mse_loss if kind == "mse" else nn.functional.l1_loss
+    if task == "regression":
+        return _shaped(nn.functional.mse_loss)
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
     smoothing = float(config.get("label_smoothing", 0.0)) if task == "classification" else 0.0
     return lambda out, y: nn.functional.cross_entropy(out, y, label_smoothing=smoothing)
 
 
-class Score:
-    """Accumulates one pass over a split. `add()` never syncs; `result()` does, once."""
+def _shaped(loss):
+    """A regression loss that reads an output of one value per example, (N, 1), against targets (N,): without
+    this, broadcasting would silently compare every output with every target."""
 
-    def __init__(self, task: str, loss, device: torch.device):
+    def shaped(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if out.shape != target.shape and out.numel() == target.numel():
+            out = out.reshape(target.shape)
+        return loss(out, target.to(out.dtype))
+
+    return shaped
+
+
+class Score:
+    """Accumulates one pass over a split. `add()` never syncs; `result()` does, once.
+
+    `metrics`: a user's own, name -> fn(output, target) -> the batch's mean value; averaged over the split."""
+
+    def __init__(self, task: str, loss, device: torch.device, metrics=None):
         self.task, self.loss = task, loss
+        self.metrics = dict(metrics or {})
+        self.sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in self.metrics}
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.sq_err = torch.zeros((), dtype=torch.float64, device=device)
+        self.abs_err = torch.zeros((), dtype=torch.float64, device=device)
         self.confusion: torch.Tensor | None = None
         self.n = 0  # examples
         self.values = 0  # pixels (reconstruction)
@@ -49,6 +71,18 @@ class Score:
         n = len(out)
         self.n += n
         self.loss_sum += self.loss(out, target).double() * n
+        for name, fn in self.metrics.items():
+            self.sums[name] += torch.as_tensor(fn(out, target), device=out.device).double() * n
+        if self.task == CUSTOM:
+            return
+        if self.task == "regression":
+            if out.shape != target.shape and out.numel() == target.numel():
+                out = out.reshape(target.shape)
+            err = out - target.to(out.dtype)
+            self.sq_err += err.pow(2).sum().double()
+            self.abs_err += err.abs().sum().double()
+            self.values += target.numel()
+            return
         if self.task == "reconstruction":
             self.sq_err += (out - target).pow(2).sum().double()
             self.values += target.numel()
@@ -62,6 +96,13 @@ class Score:
 
     def result(self, per_class: bool = False) -> dict[str, float]:
         metrics = {"loss": self.loss_sum.item() / max(1, self.n)}
+        metrics.update({name: total.item() / max(1, self.n) for name, total in self.sums.items()})
+        if self.task == CUSTOM:
+            return metrics
+        if self.task == "regression":  # over every output value: multi-output targets count each
+            metrics["mse"] = self.sq_err.item() / max(1, self.values)
+            metrics["mae"] = self.abs_err.item() / max(1, self.values)
+            return metrics
         if self.task == "reconstruction":
             mse = self.sq_err.item() / max(1, self.values)
             metrics["mse"] = mse

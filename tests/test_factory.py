@@ -1,0 +1,264 @@
+"""`trainables.from_model`: a user's own model and data, first class.
+
+The factory's rules in process (tiny tensors, 1-3 epochs), then a user project outside the repository swept,
+checked, reported and promoted through the CLI as a user would, its promoted model served from raw inputs."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import run_cli
+from trainables import MemoryReporter, from_model
+from trainables._check import data_sanity, overfit_one_batch
+from trainables._userdata import Stream
+
+
+def _signals(n: int = 300, seed: int = 0):
+    """A 1-D signal per example (N, 1, 32): a sine whose frequency is the class, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.sin(torch.linspace(0, 6.28, 32) * (y[:, None] + 1)) + 0.3 * torch.randn(n, 32, generator=g)
+    return x[:, None, :], y
+
+
+def _conv1d(config):
+    return nn.Sequential(nn.Conv1d(1, config["channels"], 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(config["channels"], 3))  # fmt: skip
+
+
+def _signal_data(config):
+    x, y = _signals()
+    return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
+
+
+SIGNALS = from_model(_conv1d, _signal_data, hyperparameters={"channels": "conv channels"}, defaults={"channels": 8},
+                     name="test-signals")  # fmt: skip
+
+
+def test_tensors_train_on_the_loop_resume_from_a_checkpoint_and_export_raw_inputs():
+    reporter = MemoryReporter(seed=0)
+    SIGNALS.train({"epochs": 3, "lr": 0.03, "batch_size": 16, "schedule": "cosine", "clip_grad_norm": 1.0}, reporter)
+    assert [r["epoch"] for r in reporter.results] == [1, 2, 3]
+    assert reporter.results[-1]["train_loss"] < reporter.results[0]["train_loss"]
+    first = reporter.checkpoints[0]
+    assert set(first) >= {"model", "optimizer", "rng", "progress"}
+    resumed = MemoryReporter(seed=0, checkpoint=first)
+    SIGNALS.train({"epochs": 3, "lr": 0.03, "batch_size": 16, "schedule": "cosine", "clip_grad_norm": 1.0}, resumed)
+    assert [r["epoch"] for r in resumed.results] == [first["progress"]["epoch"] + 1 + i
+                                                      for i in range(3 - first["progress"]["epoch"])]  # fmt: skip
+    config, state = {**SIGNALS.defaults, "lr": 0.03}, reporter.checkpoints[-1]["model"]
+    tested = SIGNALS.evaluate(config, state, "test")
+    assert set(tested) >= {"test_accuracy", "test_loss", "test_accuracy_class_0"}
+    model, example = SIGNALS.export(config, state)
+    assert example.shape == (4, 1, 32) and model(torch.from_numpy(example)).shape == (4, 3)
+    assert SIGNALS.data_info({})["fingerprint"] == SIGNALS.data_info({"lr": 1.0})["fingerprint"]
+
+
+def test_data_is_built_once_per_data_configuration_keyed_by_the_config_keys_it_reads():
+    calls = []
+
+    def data(config):
+        calls.append(config["size"])
+        x, y = _signals(config["size"])
+        return (x[:-40], y[:-40]), (x[-40:-20], y[-40:-20]), (x[-20:], y[-20:])
+
+    trainable = from_model(_conv1d, data, defaults={"channels": 4, "size": 80}, name="test-cache")
+    for config in ({"lr": 0.1}, {"lr": 0.01, "channels": 8}, {"size": 100}, {"size": 100, "lr": 0.3}):
+        trainable.train({**config, "epochs": 1}, MemoryReporter())
+    assert calls == [80, 100]  # lr and channels are not read by data(): they do not rebuild it
+
+
+class _TwoInputs(nn.Module):
+    """An image-like branch and a vector branch (one of integer codes), concatenated."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.image, self.vector = nn.Linear(16, 8), nn.Linear(3, 8)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, image, codes):
+        return self.head(torch.relu(torch.cat([self.image(image.flatten(1)), self.vector(codes.float())], 1)))
+
+
+class _Standardise(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, image, codes):
+        return (image - self.mean) / self.std, codes
+
+
+def _regression_data(config):
+    g = torch.Generator().manual_seed(0)
+    image, codes = 5 + 3 * torch.randn(160, 4, 4, generator=g), torch.randint(0, 4, (160, 3), generator=g)
+    y = torch.stack([image.mean((1, 2)), codes.float().sum(1)], 1).numpy().astype(np.float64)  # two outputs
+
+    def rows(a, b):
+        return (image[a:b], codes[a:b]), y[a:b]
+
+    return rows(0, 100), rows(100, 130), rows(130, 160)
+
+
+def test_a_two_input_regression_is_minimised_preprocessed_and_served_from_one_raw_array():
+    trainable = from_model(_TwoInputs, _regression_data, task="regression", name="test-two-inputs",
+                           preprocess=lambda config, x: _Standardise(x[0].mean(0), x[0].std(0)))  # fmt: skip
+    assert (trainable.metric, trainable.mode) == ("val_mse", "min")
+    reporter = MemoryReporter(metric="val_mse", mode="min")
+    trainable.train({"epochs": 3, "lr": 0.03, "optimizer": "adam"}, reporter)
+    values = [r["val_mse"] for r in reporter.results]
+    assert values[-1] < values[0] and {"val_mae", "val_loss"} <= set(reporter.results[0])
+    config, state = trainable.defaults, reporter.checkpoints[-1]["model"]
+    assert set(state) == set(_TwoInputs({}).state_dict())  # the user's own module: no wrapper in the checkpoint
+    model, example = trainable.export(config, state)
+    assert example.shape == (4, 16 + 3) and example.dtype == np.float32  # both inputs side by side
+    exported = torch.export.export(model, (torch.from_numpy(example),))
+    assert exported.module()(torch.from_numpy(example)).shape == (4, 2)
+    setup = trainable.setup(config)
+    assert data_sanity(setup, setup.model()).status == "ok" and setup.n_classes is None
+    assert overfit_one_batch(setup, 0.01).status in ("ok", "FAIL")  # runs on the packed inputs
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 images (1, 8, 8): the class is the brightness."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return (torch.rand(1, 8, 8, generator=g) * 100 + 120 * (i % 2)).to(torch.uint8), i % 2
+
+
+@pytest.mark.parametrize("materialise_mb", [1024, 0])
+def test_a_dataset_is_materialised_when_small_and_streamed_otherwise(materialise_mb):
+    trainable = from_model(lambda c: nn.Sequential(nn.Flatten(), nn.Linear(64, 2)),
+                           lambda c: (_Images(64), _Images(32), _Images(32)), materialise_mb=materialise_mb,
+                           name=f"test-images-{materialise_mb}")  # fmt: skip
+    reporter = MemoryReporter()
+    trainable.train({"epochs": 2, "lr": 0.05, "batch_size": 16, "flip": True}, reporter)
+    assert reporter.results[-1]["val_accuracy"] == 1.0
+    config, state = trainable.defaults, reporter.checkpoints[-1]["model"]
+    assert trainable.evaluate(config, state, "test")["test_accuracy"] == 1.0
+    model, example = trainable.export(config, state)
+    assert example.dtype == np.uint8 and model(torch.from_numpy(example)).shape == (4, 2)  # serves raw uint8
+    x, y, shape = trainable.samples(config, "val")
+    assert shape == (8, 8) and len(x) == len(y) == 32
+    from trainables._reporter import _WORKER_CACHE
+
+    data = [v for k, v in _WORKER_CACHE.items() if k[:2] == ("trainables.from_model", f"test-images-{materialise_mb}")]
+    assert isinstance(data[0].train, Stream) == (materialise_mb == 0)
+
+
+def test_errors_a_user_can_cause_say_what_would_be_valid():
+    with pytest.raises(ValueError, match="task must be one of"):
+        from_model(_conv1d, _signal_data, task="ranking")
+    with pytest.raises(ValueError, match="needs a loss"):
+        from_model(_conv1d, _signal_data, task=None)
+    floats = from_model(_conv1d, lambda c: ((torch.zeros(4, 1, 32), torch.zeros(4)),) * 3, name="test-floats")
+    with pytest.raises(ValueError, match="use task='regression'"):
+        floats.train({"epochs": 1}, MemoryReporter())
+
+
+# ---- a user project, outside the repository, through the CLI -------------------------------------------------
+
+USER_MODULE = '''
+import torch
+from torch import nn
+from trainables import from_model
+
+
+def model(config):
+    return nn.Sequential(nn.Conv1d(1, config["channels"], 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                         nn.Flatten(), nn.Linear(config["channels"], 3))
+
+
+def data(config):
+    g = torch.Generator().manual_seed(config["split_seed"])
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = (torch.sin(torch.linspace(0, 6.28, 32) * (y[:, None] + 1)) + 0.3 * torch.randn(300, 32, generator=g))[:, None]
+    return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
+
+
+def wave(config):
+    return nn.Sequential(nn.Linear(8, config["hidden"]), nn.Tanh(), nn.Linear(config["hidden"], 1))
+
+
+def wave_data(config):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 8, generator=g)
+    y = x[:, :4].sum(1) - x[:, 4:].sum(1)  # (N,): the model's (N, 1) output is read as one value each
+    return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
+
+
+signals = from_model(model, data, hyperparameters={"channels": "conv channels"}, defaults={"channels": 8})
+regression = from_model(wave, wave_data, task="regression", hyperparameters={"hidden": "units"},
+                        defaults={"hidden": 16})
+'''
+
+STUDY = """\
+name: {name}
+trainable: {trainable}
+space:
+  lr: {{type: float, low: 1.0e-3, high: 1.0e-1, log: true}}
+trials: {trials}
+asha: {{max_t: 2, grace_period: 2}}
+max_concurrent: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    (root / "project").mkdir()
+    (root / "project" / "signals.py").write_text(USER_MODULE)
+    (root / "project" / "signals.yaml").write_text(STUDY.format(name="signals", trainable="signals:signals", trials=3))
+    (root / "project" / "wave.yaml").write_text(STUDY.format(name="wave", trainable="signals:regression", trials=2))
+    env = {"HPSEARCH_HOME": str(root / "home")}
+    return root / "project", env, f"sqlite:///{root / 'home' / 'mlflow.db'}"
+
+
+def test_a_user_project_sweeps_checks_reports_and_promotes_a_model_that_serves_raw_inputs(project):
+    import mlflow
+
+    folder, env, uri = project
+    swept = run_cli("run", "signals.yaml", cwd=folder, env=env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert "test_accuracy" in swept.stdout
+    checked = run_cli("check", "signals.yaml", cwd=folder, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert all(name in checked.stdout for name in ("data", "overfit one batch", "lr range"))
+    reported = run_cli("report", "signals", "--output", folder / "signals.html", cwd=folder, env=env)
+    assert reported.returncode == 0, reported.stderr
+    assert "confusion matrix" in (folder / "signals.html").read_text()
+    promoted = run_cli("promote", "signals", "--format", "json", cwd=folder, env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    reseeded = run_cli("promote", "signals", "--candidates", "2", "--reseeds", "1", "--format", "json",
+                       cwd=folder, env=env)  # fmt: skip
+    assert reseeded.returncode == 0, reseeded.stdout + reseeded.stderr
+    info = json.loads(reseeded.stdout)
+    assert len(info["candidates"]) == 2 and all(len(c["values"]) == 2 for c in info["candidates"])
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    served = mlflow.pyfunc.load_model(f"models:/signals@{info['alias']}")
+    x = np.sin(np.linspace(0, 6.28, 32, dtype=np.float32) * 2)[None, None].repeat(3, 0)  # raw signals, class 1
+    assert np.asarray(served.predict(x)).shape == (3, 3)
+
+
+def test_a_user_regression_is_minimised(project):
+    folder, env, _ = project
+    swept = run_cli("run", "wave.yaml", cwd=folder, env=env)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    rows = json.loads(run_cli("results", "wave", "--format", "json", cwd=folder, env=env).stdout)
+    values = [r["metric"] for r in rows]
+    assert len(values) == 2 and values == sorted(values)  # best (smallest val_mse) first
+    assert "test_mse" in swept.stdout and "test_mae" in swept.stdout
