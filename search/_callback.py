@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from ray.tune import Callback
@@ -168,6 +169,10 @@ class TrackingCallback(Callback):
 
     def _ended(self, trial, errored: bool, error: str | None = None) -> None:
         progress = self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
+        node = self._nodes.get(trial.trial_id)
+        if errored and node and error and not error.startswith("node died") and _LOST_CONTACT.search(error) \
+                and node_lost(node):  # fmt: skip
+            error = f"node died: node {node[:8]} left the cluster ({error})"[:500]
         state, reason = progress.outcome(errored, self._length(trial.config), error,
                                          halted=self.halt() if self.halt else None)  # fmt: skip
         if errored and reason.startswith("oom") and self._oom_retry is not None:
@@ -237,6 +242,26 @@ class TrackingCallback(Callback):
         for state, _ in self.outcomes.values():
             counts[state] += 1
         return counts
+
+
+# How Ray reports a trial whose process it lost contact with: its node, or the process alone, went away.
+_LOST_CONTACT = re.compile(r"ActorUnavailableError|is unavailable|ActorDiedError|RayActorError|died unexpectedly"
+                           r"|Socket closed|NodeDiedError|worker died")
+
+
+def node_lost(node_id: str, wait_s: float = 20.0) -> bool:
+    """Whether the Ray node left the cluster (dead or gone). A trial's actor errors as soon as its node's
+    connection drops; Ray marks the node dead a few seconds later (its health checks), so wait for that."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = {n["NodeID"]: n.get("Alive") for n in ray.nodes()}
+        if not nodes.get(node_id, False):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
 
 
 def _error_text(trial) -> str:

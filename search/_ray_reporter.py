@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import threading
@@ -102,7 +101,7 @@ def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int
     def hpsearch_trial(config: dict) -> None:
         import ray
 
-        if cwd not in sys.path and os.path.isdir(cwd):
+        if cwd and cwd not in sys.path:
             sys.path.insert(0, cwd)
         torch.set_num_threads(threads)
         config = dict(config)

@@ -65,7 +65,7 @@ def _retraining():
                 return type(x)(cpu(v) for v in x)
             return {k: cpu(v) for k, v in x.items()} if isinstance(x, dict) else x
 
-        if cwd not in sys.path:  # a user's `pkg.module:function` imports from where hpsearch was started
+        if cwd and cwd not in sys.path:  # a user's `pkg.module:function` imports from where hpsearch was started
             sys.path.insert(0, cwd)
         torch.set_num_threads(threads)
         started = time.monotonic()
@@ -111,13 +111,15 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
     try:
         params = parent.data.params  # strings; the sweep's resources per trial
         cpus, gpus = float(params.get("cpus_per_trial") or 1), float(params.get("gpus_per_trial") or 0)
+        # On one machine the workers import a user's module from here; on a cluster from the shipped project.
+        here = os.getcwd() if address is None and not os.environ.get("RAY_ADDRESS") else ""
         task = ray.remote(_retraining()).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         jobs = {}
         for candidate in found:
             config = {k: v for k, v in candidate.params.items() if k != "seed"}
             for s in range(1, reseeds + 1):
                 seed = (int(candidate.params.get("seed", 0)) + 7919 * s) % 2**31
-                job = task.remote(params["trainable"], config, seed, metric, mode, max(1, int(cpus)), os.getcwd())
+                job = task.remote(params["trainable"], config, seed, metric, mode, max(1, int(cpus)), here)
                 jobs[job] = (candidate, s, seed)
         retrained = {c.trial_id: [None] * reseeds for c in found}  # values in seed order, whatever finishes first
         best_key = {c.trial_id: (sign * c.best_value, 0) for c in found if c.best_value is not None}

@@ -114,7 +114,10 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
     experiment = f"{storage_path.rstrip('/')}/{run_name}"
-    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, os.getcwd(), experiment, per_worker)
+    # On one machine the workers import a user's module from where hpsearch started; on a cluster from the
+    # project Ray shipped (the driver's folder is not on other machines, nor first on this one's path).
+    here = os.getcwd() if plan.ship is None else ""
+    trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, here, experiment, per_worker)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     trainable = tune.with_resources(trial_fn, resources)
     # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says
