@@ -282,15 +282,20 @@ def _finish(plan, store, recorder, callback, started, out) -> Outcome:
         if checkpoint is None:
             print(f"trial {best} saved no checkpoint: there is no best model to log or test", file=out)
         else:
-            model_uri, test_metrics = _log_best(plan, store, recorder, callback, best, checkpoint)
+            model_uri, test_metrics = _log_best(plan, store, recorder, callback, best, checkpoint, out)
     return Outcome(
         plan.spec.name, recorder.parent_id, best, best_value, plan.metric, counts, test_metrics, model_uri,
         time.monotonic() - started,
     )  # fmt: skip
 
 
-def _log_best(plan, store, recorder, callback, best: str, checkpoint) -> tuple[str | None, dict[str, float]]:
-    """Log the best trial's best epoch as a state_dict and a servable model; test it once."""
+NO_MODEL_TAG = "hpsearch.no_model"  # why the run has no servable model: what `promote` says
+
+
+def _log_best(plan, store, recorder, callback, best: str, checkpoint, out) -> tuple[str | None, dict[str, float]]:
+    """Log the best trial's best epoch as a state_dict and a servable model; test it once. A checkpoint
+    without a state_dict under "model", or a model torch.export cannot trace, costs the study its test
+    evaluation or its servable model, said in one line, never its results."""
     import torch
 
     import tracking
@@ -298,16 +303,33 @@ def _log_best(plan, store, recorder, callback, best: str, checkpoint) -> tuple[s
     from ._ray_reporter import CHECKPOINT_FILE
 
     with checkpoint.as_directory() as path:
-        state = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["model"]
+        saved = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    state = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        reason = (f"trial {best}'s checkpoint has no state_dict under \"model\" (it has {keys}): no test "
+                  "evaluation or servable model; report checkpoint={\"model\": model.state_dict(), ...}")  # fmt: skip
+        print(reason, file=out)
+        recorder.set_parent_tags({NO_MODEL_TAG: reason})
+        return None, {}
     config, progress = callback.configs[best], callback.progress[best]
     payload = {"model": state, "config": config, "metric": plan.metric, "mode": plan.mode,
                "value": progress.best_value, "trial_id": best, "epoch": progress.best_epoch}  # fmt: skip
     tracking.log_best_checkpoint(store, recorder.parent_id, payload)
     digest = tracking.state_digest(state)
     tags, model_uri, test_metrics = {T.CHECKPOINT_DIGEST: digest}, None, {}
-    if plan.trainable.export is not None:
-        model, example = plan.trainable.export(config, state)
-        model_uri = tags[T.MODEL_URI] = tracking.log_servable_model(store, recorder.parent_id, model, example)
+    if plan.trainable.export is None:
+        tags[NO_MODEL_TAG] = f"trainable {plan.trainable.name} has no export hook (trainables.from_model gives one)"
+    else:
+        try:
+            model, example = plan.trainable.export(config, state)
+            model_uri = tags[T.MODEL_URI] = tracking.log_servable_model(store, recorder.parent_id, model, example)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint is logged; only the servable model is lost
+            first = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]
+            tags[NO_MODEL_TAG] = (f"exporting the best model failed ({first}); the best checkpoint is logged. Make "
+                                  "the model traceable by torch.export (no data-dependent Python control flow), "
+                                  "or give the trainable an export hook that returns one that is")  # fmt: skip
+            print(f"no servable model: {tags[NO_MODEL_TAG]}", file=out)
     if plan.trainable.evaluate is not None:
         # The test split is read here, once per checkpoint (cached by digest), never for selection.
         test_metrics = tracking.cached_test_metrics(store, plan.spec.name, digest) or plan.trainable.evaluate(

@@ -199,9 +199,24 @@ def wave_data(config):
     return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
 
 
+def odd(config, reporter):  # a plain train function whose checkpoint has no "model" state_dict
+    for epoch in range(1, config["epochs"] + 1):
+        reporter.report(epoch, {"loss": (config["x"] - 0.3) ** 2 + 1 / epoch}, checkpoint={"weights": [epoch]})
+
+
+class Moody(nn.Module):  # data-dependent Python control flow: torch.export cannot trace it
+    def __init__(self, config):
+        super().__init__()
+        self.linear = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.linear(x) if float(x.sum()) > 0 else -self.linear(x)
+
+
 signals = from_model(model, data, hyperparameters={"channels": "conv channels"}, defaults={"channels": 8})
 regression = from_model(wave, wave_data, task="regression", hyperparameters={"hidden": "units"},
                         defaults={"hidden": 16})
+moody = from_model(Moody, wave_data, task="regression")
 '''
 
 STUDY = """\
@@ -222,6 +237,10 @@ def project(tmp_path_factory):
     (root / "project" / "signals.py").write_text(USER_MODULE)
     (root / "project" / "signals.yaml").write_text(STUDY.format(name="signals", trainable="signals:signals", trials=3))
     (root / "project" / "wave.yaml").write_text(STUDY.format(name="wave", trainable="signals:regression", trials=2))
+    (root / "project" / "moody.yaml").write_text(STUDY.format(name="moody", trainable="signals:moody", trials=1))
+    (root / "project" / "odd.yaml").write_text(STUDY.format(name="odd", trainable="signals:odd", trials=2).replace(
+        "lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}", "x: {type: float, low: 0.0, high: 1.0}"
+    ) + "metric: loss\nmode: min\n")  # fmt: skip
     env = {"HPSEARCH_HOME": str(root / "home")}
     return root / "project", env, f"sqlite:///{root / 'home' / 'mlflow.db'}"
 
@@ -262,3 +281,18 @@ def test_a_user_regression_is_minimised(project):
     values = [r["metric"] for r in rows]
     assert len(values) == 2 and values == sorted(values)  # best (smallest val_mse) first
     assert "test_mse" in swept.stdout and "test_mae" in swept.stdout
+
+
+def test_an_odd_checkpoint_or_an_unexportable_model_still_finishes_the_sweep_and_says_why_in_one_line(project):
+    folder, env, _ = project
+    odd = run_cli("run", "odd.yaml", cwd=folder, env=env)
+    assert odd.returncode == 0, odd.stdout + odd.stderr
+    assert 'has no state_dict under "model"' in odd.stdout and "Traceback" not in odd.stderr
+    assert len(json.loads(run_cli("results", "odd", "--format", "json", cwd=folder, env=env).stdout)) == 2
+
+    moody = run_cli("run", "moody.yaml", cwd=folder, env=env)
+    assert moody.returncode == 0, moody.stdout + moody.stderr
+    assert "no servable model: exporting the best model failed" in moody.stdout and "test_mse" in moody.stdout
+    promoted = run_cli("promote", "moody", cwd=folder, env=env)
+    assert promoted.returncode == 2 and len(promoted.stderr.strip().splitlines()) == 1, promoted.stderr
+    assert "torch.export" in promoted.stderr and "export hook" in promoted.stderr
