@@ -11,6 +11,7 @@ runs P5's loop against the server and then against sqlite, and prints both and t
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its servers
     last = slice(max(0, args.trials - 100), args.trials)
     with postgres("p6") as pg, tempfile.TemporaryDirectory() as artifacts, mlflow_server(pg.uri, artifacts) as server:
         served = statistics.median(measure(args.trials, server.uri, "P6 server")["total"][last])

@@ -19,6 +19,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
+# Against a server MLflow prints "View run ... at: URL" to stdout for every run it ends, after fetching the
+# run once more: a line per trial in the sweep's console and a request per trial. The UI is one `show` away.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 ANSWER_S = 5.0  # a tracking server or database that does not answer within this is refused up front
 
 
