@@ -131,7 +131,7 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
             f"study {spec.name!r} has an unfinished run {unfinished.info.run_id} ({unfinished.info.run_name}, "
             f"{unfinished.info.status}): continue it with --resume, or start over with --fresh"
         )
-    inputs = trial_inputs(spec, trainable, source, tracking_uri)
+    inputs = trial_inputs(spec, trainable, source, tracking_uri, state_root)
     check_free_disk(data_home())
     if state_root != data_home():
         check_free_disk(state_root)

@@ -17,20 +17,24 @@ from tracking import tags as T
 from trainables import Trainable
 
 
-def trial_inputs(spec: StudySpec, trainable: Trainable, source: str, tracking_uri: str | None) -> dict[str, Any]:
+def trial_inputs(spec: StudySpec, trainable: Trainable, source: str, tracking_uri: str | None,
+                 shared: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """The config values the engine sets for every trial: data_root/download (for trainables that read data
-    from disk) and encoder_checkpoint (from `encoder_from`). Checks the data set is there. Raises UserError."""
+    from disk) and encoder_checkpoint (from `encoder_from`). Checks the data set is there. Raises UserError.
+    `shared`: the folder every node sees (the study state's, on the shared storage when there is one), where
+    the default data root and the encoder checkpoints go."""
+    shared = shared or data_home()
     known = trainable.hyperparameters
     inputs: dict[str, Any] = {}
     if "data_root" in known:
-        root = Path(spec.data_root).expanduser() if spec.data_root else data_home() / "data"
+        root = Path(spec.data_root).expanduser() if spec.data_root else shared / "data"
         inputs.update(data_root=str(root.resolve()), download=spec.download)
     elif spec.data_root or spec.download:
         raise UserError(f"{source}: data_root/download: trainable {trainable.name} reads no data set from disk")
     if spec.encoder_from:
         if "encoder_checkpoint" not in known:
             raise UserError(f"{source}: encoder_from: trainable {trainable.name} takes no pretrained encoder")
-        inputs["encoder_checkpoint"] = _encoder_checkpoint(spec.encoder_from, source, tracking_uri)
+        inputs["encoder_checkpoint"] = _encoder_checkpoint(spec.encoder_from, source, tracking_uri, shared)
     if trainable.data_info is not None:
         try:
             trainable.data_info({**spec.fixed, "split_seed": spec.split_seed, **inputs})
@@ -39,9 +43,9 @@ def trial_inputs(spec: StudySpec, trainable: Trainable, source: str, tracking_ur
     return inputs
 
 
-def _encoder_checkpoint(ref: str, source: str, tracking_uri: str | None) -> str:
+def _encoder_checkpoint(ref: str, source: str, tracking_uri: str | None, shared: Path) -> str:
     """A checkpoint file as given, or the best checkpoint of study `ref`'s latest finished run, saved under
-    $HPSEARCH_HOME/encoders (named by its digest, so a later sweep of `ref` does not change this one's)."""
+    `shared`/encoders (named by its digest, so a later sweep of `ref` does not change this one's)."""
     path = Path(ref).expanduser()
     if path.is_file():
         return str(path.resolve())
@@ -52,7 +56,7 @@ def _encoder_checkpoint(ref: str, source: str, tracking_uri: str | None) -> str:
     if not done:
         raise UserError(f"{source}: encoder_from: study {ref!r} has no best checkpoint yet; run it first")
     run = done[0]
-    target = data_home() / "encoders" / f"{ref}-{run.data.tags[T.CHECKPOINT_DIGEST][:16]}.pt"
+    target = shared / "encoders" / f"{ref}-{run.data.tags[T.CHECKPOINT_DIGEST][:16]}.pt"
     if not target.exists():
         import torch
 
