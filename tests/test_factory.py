@@ -296,3 +296,57 @@ def test_an_odd_checkpoint_or_an_unexportable_model_still_finishes_the_sweep_and
     promoted = run_cli("promote", "moody", cwd=folder, env=env)
     assert promoted.returncode == 2 and len(promoted.stderr.strip().splitlines()) == 1, promoted.stderr
     assert "torch.export" in promoted.stderr and "export hook" in promoted.stderr
+
+
+IMAGE_MODULE = '''
+from pathlib import Path
+
+from torch import nn
+from torchvision import datasets, transforms
+from trainables import from_model
+
+ROOT = Path(__file__).parent / "images"
+
+
+def model(config):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+def data(config):
+    to_tensor = transforms.Compose([transforms.Resize((8, 8)), transforms.PILToTensor()])  # uint8 (3, 8, 8)
+    return tuple(datasets.ImageFolder(ROOT / split, transform=to_tensor) for split in ("train", "val", "test"))
+
+
+read_once = from_model(model, data)
+streamed = from_model(model, data, materialise_mb=0, name="streamed")
+'''
+
+
+def test_an_imagefolder_of_pngs_read_once_or_streamed_sweeps_and_serves_uint8_images(tmp_path):
+    import mlflow
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 6), ("test", 6)):
+        for label, (low, high) in (("dark", (0, 100)), ("bright", (150, 255))):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(low, high, (12, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / label / f"{i}.png")
+    (tmp_path / "pngs.py").write_text(IMAGE_MODULE)
+    env = {"HPSEARCH_HOME": str(tmp_path / "home")}
+    for name in ("read_once", "streamed"):
+        (tmp_path / f"{name}.yaml").write_text(STUDY.format(name=name, trainable=f"pngs:{name}", trials=1))
+        swept = run_cli("run", f"{name}.yaml", cwd=tmp_path, env=env)
+        assert swept.returncode == 0, swept.stdout + swept.stderr
+        assert "test_accuracy" in swept.stdout
+    checked = run_cli("check", "streamed.yaml", cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    promoted = run_cli("promote", "streamed", "--format", "json", cwd=tmp_path, env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    served = mlflow.pyfunc.load_model("models:/streamed@champion")
+    images = rng.integers(0, 255, (3, 3, 8, 8), dtype=np.uint8)  # raw uint8 images, as the Dataset gives them
+    assert np.asarray(served.predict(images)).shape == (3, 2)
