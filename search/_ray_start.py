@@ -42,9 +42,11 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def init_ray(address: str | None, ship: dict | None = None) -> None:
+def init_ray(address: str | None, ship: dict | None = None, joined: str | None = None) -> None:
     """A local Ray by default (no dashboard); `address` joins an existing cluster instead. `ship`: a
-    runtime_env `working_dir` and `excludes` that carry the user's project to every node of a cluster."""
+    runtime_env `working_dir` and `excludes` that carry the user's project to every node of a cluster.
+    `joined`: the GCS address of a cluster running on this machine (`running_local_cluster`) to join instead
+    of starting one."""
     import ray
 
     cwd = os.getcwd()
@@ -55,12 +57,22 @@ def init_ray(address: str | None, ship: dict | None = None) -> None:
         # Trial output stays in Ray's session logs; the driver prints one line per finished trial instead.
         log_to_driver=False,
     )
+    if joined is not None:  # a local cluster already running (`ray start --head` on this machine)
+        try:
+            ray.init(address="auto", runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **options)
+        except Exception as exc:
+            raise connect_error(joined, exc) from None
+        return
     if not _local(address):
         target = address or os.environ["RAY_ADDRESS"]
         check_reachable(target)
         # Another machine's workers cannot see this one's directories: the project travels as the job's
         # working_dir (Ray uploads it once and puts it first on each worker's PYTHONPATH).
         runtime_env = dict(ship) if ship else {}
+        if "working_dir" in _job_runtime_env():
+            # A driver inside a Ray job (`hpsearch submit`): the job shipped the project already, and Ray
+            # refuses a second working_dir for the same job.
+            runtime_env = {k: v for k, v in runtime_env.items() if k not in ("working_dir", "excludes")}
         try:
             ray.init(address=address, runtime_env=runtime_env, **options)
         except Exception as exc:
@@ -75,6 +87,47 @@ def init_ray(address: str | None, ship: dict | None = None) -> None:
     env = {} if "RAY_prestart_worker_first_driver" in os.environ else {"RAY_prestart_worker_first_driver": "0"}
     with _environ(env):
         ray.init(address=None, runtime_env=runtime_env, **options)
+
+
+def _job_runtime_env() -> dict:
+    """The runtime_env of the Ray job this process is the driver of (empty outside a job)."""
+    import json
+
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+LOCAL_PROBE_S = 1.0  # a local cluster's GCS that does not accept a connection within this is not joined
+
+
+def current_cluster_file() -> str:
+    """Where `ray start` records the cluster it started on this machine, as Ray's address="auto" reads it:
+    $RAY_TMPDIR, else $TMPDIR, else /tmp, then ray/ray_current_cluster."""
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    return os.path.join(base or "/tmp", "ray", "ray_current_cluster")
+
+
+def running_local_cluster() -> str | None:
+    """The GCS address of a Ray cluster running on this machine (started with `ray start --head`), or None.
+    A file left by a cluster that has gone (a reboot, `kill -9`) is ignored: its GCS port must accept a
+    connection within a second, so a stale file never makes a run wait."""
+    import socket
+
+    try:
+        with open(current_cluster_file()) as f:
+            address = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=LOCAL_PROBE_S).close()
+    except OSError:
+        return None
+    return address
 
 
 ANSWER_S = 5.0  # a cluster address that does not accept a connection within this is refused
@@ -118,10 +171,13 @@ def connect_error(address: str, exc: Exception) -> Exception:
 
 
 class _NotMainThread(logging.Filter):
-    """ray.init warns that it sets no SIGTERM handler outside the main thread: `begin` has set one."""
+    """ray.init warns that it sets no SIGTERM handler outside the main thread: `begin` has set one; and,
+    joining the local cluster by address="auto", that other Ray instances run on the machine (other users'
+    or tests' clusters started with a temp dir of their own): it joins the one `ray start` recorded."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
+        text = record.getMessage()
+        return "SIGTERM handler is not set" not in text and "Found multiple active Ray instances" not in text
 
 
 class _Held(logging.Filter):
@@ -149,8 +205,9 @@ class _Held(logging.Filter):
 
 
 class _Start:
-    def __init__(self, address: str | None):
+    def __init__(self, address: str | None, joined: str | None = None):
         self.address = address
+        self.joined = joined
         self.error: BaseException | None = None
         self.ready = threading.Event()
         self.held = _Held()
@@ -158,8 +215,9 @@ class _Start:
 
     def _run(self) -> None:
         try:
-            logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
-            init_ray(self.address)
+            for name in ("ray._private.worker", "ray._private.services"):
+                logging.getLogger(name).addFilter(_NotMainThread())
+            init_ray(self.address, joined=self.joined)
         except BaseException as exc:  # re-raised in the main thread by wait()
             self.error = exc
             return
@@ -171,21 +229,24 @@ class _Start:
 
 
 _pending: _Start | None = None
+joined: str | None = None  # the local cluster `begin` joined (its GCS address), for the run's first line
 
 
 def begin(address: str | None) -> None:
-    """Start Ray in a background thread (from the main thread, before the driver's other start-up work).
-    `wait` joins it; `abandon` undoes it when the run ends before its sweep."""
-    global _pending
+    """Start Ray in a background thread (from the main thread, before the driver's other start-up work), or,
+    with no address configured and a cluster running on this machine (`ray start --head`), join that one:
+    its workers are warm. `wait` joins the thread; `abandon` undoes it when the run ends before its sweep."""
+    global _pending, joined
     if _pending is not None or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
         return
     if not _local(address):
         return  # joining a cluster starts no processes; the run connects once it knows what to ship
+    joined = running_local_cluster()
     # What ray.init does in the main thread, which it cannot do from another: exit on SIGTERM (so the
     # driver's `finally` blocks and Ray's atexit shutdown run).
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    _pending = _Start(address)
+    _pending = _Start(address, joined)
     _pending.thread.start()
 
 

@@ -31,8 +31,54 @@ def results(study: str, top: int | None = None, tracking_uri: str | None = None,
 
 
 def show(study: str, tracking_uri: str | None = None, run_id: str | None = None):
-    """`hpsearch show`: (summary, status) of the study's latest run, or of `run_id`."""
-    return studies.summary(study, tracking_uri=_uri(tracking_uri), run_id=run_id)
+    """`hpsearch show`: (summary, status) of the study's latest run, or of `run_id`. When the study's latest
+    submission (`hpsearch submit`) is recorded, status["job"] is its job's state (`job_state`); a job whose
+    driver has not recorded a run yet gives (None, status)."""
+    job = job_state(study) if run_id is None else None
+    try:
+        summary, status = studies.summary(study, tracking_uri=_uri(tracking_uri), run_id=run_id)
+    except UserError:
+        if job is None:
+            raise
+        return None, {"job": job}
+    if job is not None:
+        status["job"] = job
+    return summary, status
+
+
+def job_state(study: str) -> dict | None:
+    """The state of the study's latest submitted job (job_id, job_server, submitted, state: PENDING, RUNNING,
+    SUCCEEDED, FAILED, STOPPED or unknown, message, error_lines), or None when none is recorded."""
+    from ._jobs import job_state as state, read_record
+
+    studies.check_name(study)
+    record = read_record(resolve().state_root(tracking.data_home()), study)
+    return None if record is None else state(record)
+
+
+def submit(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
+           job_server: str | None = None, warm_start: str | None = None, warm_count: int = 5, resume: bool = False,
+           fresh: bool = False, **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """`hpsearch submit`: check the sweep as `run` would (writing nothing), then send its driver to the cluster
+    as a Ray Job and return at once. Returns the submission's record (job_id, job_server, study, ...)."""
+    from pathlib import Path
+
+    from ._jobs import submit as send
+
+    checked = plan(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
+                   warm_count=warm_count, resume=resume, fresh=fresh, **overrides)  # fmt: skip
+    flags: list[str] = []
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name == "data_root":
+            value = str(Path(value).expanduser().absolute())
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    if warm_start is not None:
+        flags += ["--warm-start", warm_start, "--warm-count", str(warm_count)]
+    flags += ["--resume"] if resume else []
+    flags += ["--fresh"] if fresh else []
+    return send(checked, study, flags, job_server)
 
 
 def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
@@ -159,16 +205,30 @@ def stop(study: str, storage: str | None = None) -> str:
     locations = resolve(storage=storage)
     root = locations.state_root(tracking.data_home())
     if read_lock(root, study) is None:
+        from ._jobs import stop as stop_job
+
+        job = stop_job(root, study)  # submitted, and its driver has not taken the lock yet
+        if job is not None:
+            return f"Ray job {job['job_id']} (asked its job server {job['job_server']} to stop it)"
         where = f"storage {root} ({locations.origin('storage')})" if locations.storage else f"data directory {root}"
         raise UserError(f"no sweep of study {study!r} is running in the {where}: nothing to stop")
     return str(request_stop(root, study))
 
 
-def logs(study: str, trial: str, tracking_uri: str | None = None, run_id: str | None = None) -> list[tuple[str, str]]:
-    """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file."""
+def logs(study: str, trial: str | None = None, tracking_uri: str | None = None,
+         run_id: str | None = None) -> list[tuple[str, str]]:  # fmt: skip
+    """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file; without a
+    trial, the output of the study's submitted job's driver (`hpsearch submit`)."""
     from pathlib import Path
 
     from ._ray_reporter import trial_log
+
+    if trial is None:
+        from ._jobs import logs as job_logs
+
+        studies.check_name(study)
+        record, text = job_logs(resolve().state_root(tracking.data_home()), study)
+        return [(f"Ray job {record['job_id']} on {record['job_server']}", text)]
 
     store, parent = studies.study_run(study, _uri(tracking_uri), run_id)
     rows = [r for r in tracking.trial_rows(store, parent) if r["trial_id"] == trial]

@@ -32,11 +32,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hpsearch", description="Hyperparameter search: Ray Tune + Optuna + ASHA, tracked in MLflow.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("run", help="run a study's sweep")
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `run`, which `submit` takes too."""
     p.add_argument("study", help="a built-in study name or a path to a study YAML file")
     p.add_argument("--trials", type=int, help="number of trials (overrides the spec)")
     p.add_argument("--hours", type=_positive_float, help="wall-clock budget in hours")
@@ -53,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="shared storage for Ray's experiments and the study's state, a path every node "
                    "mounts (default: HPSEARCH_STORAGE, the config file, else $HPSEARCH_HOME/ray)")
     _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpsearch", description="Hyperparameter search: Ray Tune + Optuna + ASHA, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run a study's sweep")
+    _run_flags(p)
+
+    p = sub.add_parser("submit", help="send a study's sweep to the Ray cluster as a Ray Job, and return at once")
+    _run_flags(p)
+    p.add_argument("--job-server", help="the head's job server, http://HOST:PORT (default: RAY_API_SERVER_ADDRESS, "
+                   "else port 8265 on the Ray address's host, else http://127.0.0.1:8265)")
 
     p = sub.add_parser("results", help="one row per trial, best first")
     p.add_argument("study")
@@ -74,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="the shared storage the sweep runs on (default: HPSEARCH_STORAGE, the config "
                    "file, else the data directory)")  # fmt: skip
 
-    p = sub.add_parser("logs", help="a trial's output and traceback")
+    p = sub.add_parser("logs", help="a trial's output and traceback; without TRIAL, the submitted job's driver's output")
     p.add_argument("study")
-    p.add_argument("trial", help="a trial id, as in `hpsearch results`")
+    p.add_argument("trial", nargs="?", help="a trial id, as in `hpsearch results` (default: the output of the "
+                   "study's job's driver, after `hpsearch submit`)")
     _reads_a_run(p)
 
     p = sub.add_parser("promote", help="register the study's best model and set an alias")
@@ -194,6 +205,11 @@ def _run(args) -> int:
     plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
                     warm_start=args.warm_start, warm_count=args.warm_count, resume=args.resume, fresh=args.fresh,
                     **overrides)  # fmt: skip
+    from . import _ray_start
+
+    if _ray_start.joined:  # `hpsearch run` found a cluster running on this machine (`ray start --head`)
+        print(f"ray: joined the local cluster at {_ray_start.joined} (from {_ray_start.current_cluster_file()}); "
+              "no Ray of its own started", flush=True)  # fmt: skip
     outcome = api.execute(plan)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     print(f"\nstudy {outcome.study} finished in {outcome.seconds:.0f}s: {counts}")
@@ -209,6 +225,22 @@ def _run(args) -> int:
     if outcome.model_uri:
         print(f"model: {outcome.model_uri}  (promote with: hpsearch promote {outcome.study})")
     return outcome.exit_code
+
+
+def _submit(args) -> int:
+    from . import api
+
+    overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
+                     gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
+    info = api.submit(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
+                      job_server=args.job_server, warm_start=args.warm_start, warm_count=args.warm_count,
+                      resume=args.resume, fresh=args.fresh, **overrides)  # fmt: skip
+    study = info["study"]
+    print(f"submitted study {study} as Ray job {info['job_id']} to {info['job_server']}")
+    print(f"  follow it:  hpsearch show {study}    (its state and progress)")
+    print(f"              hpsearch logs {study}    (the driver's output; `hpsearch logs {study} TRIAL` for a trial's)")
+    print(f"  end it:     hpsearch stop {study}    (cleanly: the study still gets its best model and results)")
+    return 0
 
 
 def _results(args) -> int:
@@ -248,7 +280,19 @@ def _show(args) -> int:
 
     summary, status = api.show(args.study, tracking_uri=args.tracking_uri, run_id=args.run_id)
     if args.format == "json":
-        print(json.dumps({**status, **dataclasses.asdict(summary), "eta_s": summary.eta_s()}, indent=2, default=str))
+        fields = {} if summary is None else {**dataclasses.asdict(summary), "eta_s": summary.eta_s()}
+        print(json.dumps({**status, **fields}, indent=2, default=str))
+        return 0
+    job = status.get("job")
+    if job is not None:
+        print(f"job {job['job_id']} (submitted {job['submitted']} to {job['job_server']}): {job['state']}"
+              + (f": {job['message']}" if job["message"] and job["state"] in ("FAILED", "unknown") else ""))
+        for line in job["error_lines"]:
+            print(f"  | {line}")
+        if job["state"] == "FAILED":
+            print(f"  continue it with `hpsearch submit {args.study} --resume` (the same study file and flags)")
+    if summary is None:
+        print(f"study {args.study}: no run recorded yet (the job's driver records one when it starts)")
         return 0
     print(f"study {summary.study}: run {status['run_id']} ({status['run_name']}), {status['status']}, started {status['started']}")
     print(f"trials: {summary.counts_text()}")
@@ -263,6 +307,10 @@ def _stop(args) -> int:
     from . import api
 
     path = api.stop(args.study, storage=args.storage)
+    if path.startswith("Ray job"):  # submitted, and its driver had not started the sweep yet
+        print(f"asked study {args.study} to stop: {path}; a run it started is left for `hpsearch submit "
+              f"{args.study} --resume`")  # fmt: skip
+        return 0
     print(f"asked study {args.study} to stop ({path}); running trials end as `stopped` and the study is finalised")
     return 0
 
@@ -428,7 +476,7 @@ def _table(frame) -> str:
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-_COMMANDS = {"run": _run, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "check": _check, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {"run": _run, "submit": _submit, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "check": _check, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
 
 if __name__ == "__main__":
     sys.exit(main())

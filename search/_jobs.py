@@ -1,0 +1,294 @@
+"""Submit and leave: a sweep's driver sent to the cluster as a Ray Job (Ray's Job Submission API against the
+head's job server), and what any machine reads of it afterwards.
+
+The job's entrypoint is `hpsearch run STUDY ...` with the user's flags; the project folder ships as the
+job's runtime_env `working_dir`, and the locations go in its `env_vars`, so the driver on the head writes to
+the same tracking store and shared storage as every other command. The submission is recorded in the study's
+state folder (`control/STUDY.job`, beside the lock and stop requests), so `show`, `logs` and `stop` find the
+job from any machine that sees the storage.
+
+The job server is the first of: `--job-server`, RAY_API_SERVER_ADDRESS (Ray's own variable, as `ray job`
+reads it), http://HEAD:8265 for a Ray address HEAD:PORT, and http://127.0.0.1:8265 (a head on this machine).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from studies import UserError
+
+from ._studylock import control_dir
+
+SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+DASHBOARD_PORT = 8265  # Ray's default dashboard (and job server) port
+ANSWER_S = 5.0
+ACTIVE = ("PENDING", "RUNNING")
+ERROR_LINES = 12  # the last lines of a failed job's output that `show` prints
+
+
+# ---- where the job server is
+
+
+def job_server(flag: str | None, address: str | None, address_origin: str = "the Ray address") -> tuple[str, str]:
+    """(URL of the job server, where it came from)."""
+    if flag:
+        return _url(flag), "--job-server"
+    if os.environ.get(SERVER_ENV):
+        return _url(os.environ[SERVER_ENV]), SERVER_ENV
+    if address and address != "auto":
+        host = urlparse(address).hostname if "://" in address else address.rpartition(":")[0]
+        if host:
+            return f"http://{host}:{DASHBOARD_PORT}", f"Ray's default port on the head of {address_origin}"
+    return f"http://127.0.0.1:{DASHBOARD_PORT}", "default: a head on this machine"
+
+
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    return text if "://" in text else f"http://{text}"
+
+
+def is_local(url: str) -> bool:
+    """Whether the job server (so the head, and the job's driver) is this machine."""
+    host = urlparse(url).hostname or ""
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    try:
+        mine = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        mine = set()
+    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in mine for a in addresses)
+
+
+def _headers() -> dict | None:
+    """The cluster's token as the job server wants it, where this machine has one (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token): Ray's own client sends it only under RAY_AUTH_MODE=token."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), "~/.ray/auth_token"):
+        if token or not path:
+            continue
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError:
+            pass
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
+def connect(url: str, origin: str = "the recorded job server"):
+    """A JobSubmissionClient for the job server at `url`; UserError, in one line, when it does not answer."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"job server: {url!r} ({origin}) is not an http://HOST:PORT address (the head's dashboard)")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=ANSWER_S).close()
+    except OSError as exc:
+        raise UserError(
+            f"job server: nothing answers at {url} ({origin}) within {ANSWER_S:.0f} s ({exc.strerror or exc}); "
+            "is the head running (`ray start --head` starts its dashboard, which needs ray[default]: the "
+            f"`cluster` extra)? Name it with --job-server or {SERVER_ENV}"
+        ) from None
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:  # pragma: no cover - ray[default] missing
+        raise UserError(f"submit needs Ray's job client (ray[default]; pip install 'hpsearch[cluster]'): {exc}") from None
+    try:
+        return JobSubmissionClient(url, headers=_headers())
+    except Exception as exc:  # noqa: BLE001 - a connection, version or authentication failure, said in one line
+        raise _server_error(url, origin, exc) from None
+
+
+def _server_error(url: str, origin: str, exc: Exception) -> UserError:
+    text = str(exc)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)[:300]
+    if "401" in text or "403" in text or "uthenticat" in text:
+        return UserError(f"job server {url} ({origin}) refused us: {first}. The cluster uses token authentication: "
+                         "give this machine the head's token (its ~/.ray/auth_token, or RAY_AUTH_TOKEN)")  # fmt: skip
+    return UserError(f"job server {url} ({origin}): {first}")
+
+
+# ---- the record of the latest submission, in the study's state folder
+
+
+def record_path(root: Path, study: str) -> Path:
+    return control_dir(root) / f"{study}.job"
+
+
+def write_record(root: Path, study: str, record: dict) -> Path:
+    path = record_path(root, study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}")
+    staged.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(staged, path)  # atomic: a reader sees the previous submission or this one
+    return path
+
+
+def read_record(root: Path, study: str) -> dict | None:
+    try:
+        return json.loads(record_path(root, study).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_state(record: dict, logs: bool = True) -> dict:
+    """The recorded job as the job server sees it now: state (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, or
+    `unknown` when the server does not answer), its message, and for a failed job its last output lines."""
+    state = {**{k: record.get(k) for k in ("job_id", "job_server", "submitted", "host")}, "state": "unknown",
+             "message": "", "error_lines": []}  # fmt: skip
+    try:
+        client = connect(record["job_server"])
+        info = client.get_job_info(record["job_id"])
+    except UserError as exc:
+        state["message"] = str(exc)
+        return state
+    except Exception as exc:  # noqa: BLE001 - e.g. the job is unknown to a head that restarted
+        state["message"] = next(iter(str(exc).strip().splitlines()), type(exc).__name__)[:300]
+        return state
+    state["state"] = str(getattr(info.status, "value", info.status))
+    state["message"] = (info.message or "").strip()
+    if state["state"] == "FAILED" and logs:
+        try:
+            lines = [ln for ln in client.get_job_logs(record["job_id"]).splitlines() if ln.strip()]
+        except Exception:  # noqa: BLE001 - the state is still worth showing
+            lines = []
+        state["error_lines"] = lines[-ERROR_LINES:]
+    return state
+
+
+def active_job_error(study: str, record: dict, state: dict) -> UserError:
+    return UserError(
+        f"study {study!r} is already running as Ray job {record['job_id']} ({state['state']}, submitted "
+        f"{record.get('submitted')} to {record['job_server']}): follow it with `hpsearch show {study}`, end it with "
+        f"`hpsearch stop {study}`"
+    )
+
+
+# ---- submitting
+
+
+def _study_argument(study: str, project: Path) -> str:
+    """The study as the job's driver names it: a built-in name as is, a file relative to the project folder
+    (which ships with the job)."""
+    path = Path(study).expanduser()
+    if not path.is_file():
+        return study
+    try:
+        return path.resolve().relative_to(project).as_posix()
+    except ValueError:
+        raise UserError(
+            f"{study}: the study file must be inside the folder you submit from ({project}), which ships to the "
+            "cluster with the job; copy it there or submit from its folder"
+        ) from None
+
+
+def _working_dir(plan, project: Path, study_file: bool) -> dict | None:
+    """The job's runtime_env `working_dir`: the project folder when the trainable's code or the study file is
+    in it (the same excludes as a sweep's own shipping: environments, checkpoints, the data directory...)."""
+    from tracking import data_home
+
+    from ._cluster import EXCLUDES, project_env
+
+    local = [data_home(), plan.state_root, *(Path(v) for k, v in plan.inputs.items() if v and k != "download")]
+    ship = project_env(plan.trainable, local)
+    if ship is None and study_file:
+        ship = {"working_dir": str(project), "excludes": list(EXCLUDES)}
+        for path in local:
+            try:
+                inside = Path(path).resolve().relative_to(project)
+            except (ValueError, TypeError):
+                continue
+            if inside.parts:
+                ship["excludes"].append(f"/{inside.as_posix()}/")
+    return ship
+
+
+def submit(plan, study: str, flags: list[str], server: str | None = None) -> dict:
+    """Send the planned sweep's driver to the cluster as a Ray Job. Everything was validated by `plan` (and is
+    again here: storage, tracking store, job server, an active job of the study) before anything is sent.
+    Returns the record written to control/STUDY.job."""
+    from tracking import data_home
+
+    locations = plan.locations
+    url, origin = job_server(server, locations.address, locations.origin("address"))
+    local = is_local(url)
+    name = plan.spec.name
+    if not local:
+        if locations.storage is None:
+            raise UserError(
+                f"submit: the job's driver runs on the head ({url}), which cannot see this machine's data directory: "
+                "set a shared storage that every node and this machine mount (--storage, HPSEARCH_STORAGE, or "
+                "storage: in the config file)"
+            )
+        uri = locations.tracking_uri or ""
+        if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+            raise UserError(
+                f"submit: the job's driver runs on the head ({url}): the tracking store must be one it reaches too "
+                f"(an MLflow server, or a database), not {uri or 'the local default'} "
+                "(--tracking-uri, HPSEARCH_TRACKING_URI, or tracking_uri: in the config file)"
+            )
+    root = plan.state_root
+    client = connect(url, origin)
+    previous = read_record(root, name)
+    if previous is not None:
+        state = job_state(previous, logs=False)
+        if state["state"] in ACTIVE:
+            raise active_job_error(name, previous, state)
+    project = Path.cwd().resolve()
+    argument = _study_argument(study, project)
+    ship = _working_dir(plan, project, Path(study).expanduser().is_file())
+    env_vars = {}
+    if locations.tracking_uri:
+        env_vars["HPSEARCH_TRACKING_URI"] = locations.tracking_uri
+    if locations.storage:
+        env_vars["HPSEARCH_STORAGE"] = str(root)
+    if local:  # the head is this machine: the driver uses this data directory (and its default stores)
+        env_vars["HPSEARCH_HOME"] = str(data_home())
+    runtime_env = {"env_vars": env_vars, **(ship or {})}
+    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS.
+    entrypoint = f"exec hpsearch run {shlex.join([argument, *flags])} --address \"$RAY_ADDRESS\""
+    job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        job_id = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                                   metadata={"hpsearch_study": name}, entrypoint_num_cpus=0)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
+        raise _server_error(url, origin, exc) from None
+    record = {"job_id": job_id, "job_server": url, "study": name, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "host": socket.gethostname(), "entrypoint": entrypoint,
+              "working_dir": (ship or {}).get("working_dir")}  # fmt: skip
+    write_record(root, name, record)
+    return {**record, "record": str(record_path(root, name))}
+
+
+def logs(root: Path, study: str) -> tuple[dict, str]:
+    """(the recorded job, its driver's output so far)."""
+    record = read_record(root, study)
+    if record is None:
+        raise UserError(f"study {study!r} has no submitted job recorded under {control_dir(root)} (see `hpsearch "
+                        f"submit`); give a TRIAL for a trial's output")  # fmt: skip
+    client = connect(record["job_server"])
+    try:
+        return record, client.get_job_logs(record["job_id"])
+    except Exception as exc:  # noqa: BLE001
+        raise _server_error(record["job_server"], "the recorded job server", exc) from None
+
+
+def stop(root: Path, study: str) -> dict | None:
+    """Stop the recorded job through the job server when it is active; returns the record, or None."""
+    record = read_record(root, study)
+    if record is None:
+        return None
+    state = job_state(record, logs=False)
+    if state["state"] not in ACTIVE:
+        return None
+    connect(record["job_server"]).stop_job(record["job_id"])
+    return record
