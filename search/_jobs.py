@@ -30,6 +30,7 @@ SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 DASHBOARD_PORT = 8265  # Ray's default dashboard (and job server) port
 ANSWER_S = 5.0
 ACTIVE = ("PENDING", "RUNNING")
+AGENT_WAIT_S = 60.0  # how long a head that has just started may take to accept jobs
 ERROR_LINES = 12  # the last lines of a failed job's output that `show` prints
 
 
@@ -257,11 +258,17 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
     # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS.
     entrypoint = f"exec hpsearch run {shlex.join([argument, *flags])} --address \"$RAY_ADDRESS\""
     job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                                   metadata={"hpsearch_study": name}, entrypoint_num_cpus=0)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
-        raise _server_error(url, origin, exc) from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                                       metadata={"hpsearch_study": name}, entrypoint_num_cpus=0)  # fmt: skip
+            break
+        except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
+            # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise _server_error(url, origin, exc) from None
+            time.sleep(2)
     record = {"job_id": job_id, "job_server": url, "study": name, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
               "host": socket.gethostname(), "entrypoint": entrypoint,
               "working_dir": (ship or {}).get("working_dir")}  # fmt: skip
