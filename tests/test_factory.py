@@ -350,3 +350,12 @@ def test_an_imagefolder_of_pngs_read_once_or_streamed_sweeps_and_serves_uint8_im
     served = mlflow.pyfunc.load_model("models:/streamed@champion")
     images = rng.integers(0, 255, (3, 3, 8, 8), dtype=np.uint8)  # raw uint8 images, as the Dataset gives them
     assert np.asarray(served.predict(images)).shape == (3, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_factorys_tensor_path_takes_the_recorded_step():
+    reporter = MemoryReporter(seed=0)
+    SIGNALS.train({"epochs": 2, "lr": 0.03, "batch_size": 32, "compile": "graph"}, reporter)
+    assert reporter.results[0]["step_graph"] == 1.0  # each training step one CUDA graph replay
+    assert reporter.results[-1]["train_loss"] < reporter.results[0]["train_loss"]
