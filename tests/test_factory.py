@@ -359,3 +359,20 @@ def test_on_a_gpu_the_factorys_tensor_path_takes_the_recorded_step():
     SIGNALS.train({"epochs": 2, "lr": 0.03, "batch_size": 32, "compile": "graph"}, reporter)
     assert reporter.results[0]["step_graph"] == 1.0  # each training step one CUDA graph replay
     assert reporter.results[-1]["train_loss"] < reporter.results[0]["train_loss"]
+
+
+def test_the_notes_multi_input_network_is_a_builtin_on_the_factory():
+    from trainables import get_trainable
+
+    trainable = get_trainable("digits-multi-input")
+    reporter = MemoryReporter(seed=0)
+    trainable.train({"epochs": 2, "lr": 3e-3}, reporter)
+    assert reporter.results[-1]["val_accuracy"] > 0.5
+    config, state = trainable.defaults, reporter.checkpoints[-1]["model"]
+    model, example = trainable.export(config, state)
+    assert example.shape == (4, 64 + 16) and example.max() > 1  # raw pixels 0..16, then the raw sums
+    exported = torch.export.export(model, (torch.from_numpy(example),))
+    assert exported.module()(torch.from_numpy(example)).shape == (4, 10)
+    setup = trainable.setup(config)
+    assert data_sanity(setup, setup.model()).status == "ok" and setup.n_classes == 10
+    assert "test_accuracy" in trainable.evaluate(config, state, "test")
