@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,32 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_cli, write_study
 from tests.services import _kill_group, free_port
+from tests.userproject import make_project
 
-MODEL = '''
-import time
-
-import torch
-
-
-def train(config, reporter):
-    print(f"jobpkg trial with x={config['x']}", flush=True)
-    best, start = None, 1
-    restored = reporter.restore()
-    if restored is not None:
-        best, start = restored["loss"], restored["epoch"] + 1
-    for epoch in range(start, config["epochs"] + 1):
-        time.sleep(config.get("sleep", 0.0))
-        loss = (config["x"] - 0.3) ** 2 + 1.0 / epoch
-        checkpoint = None
-        if best is None or loss < best:
-            best = loss
-            checkpoint = {"model": {"x": torch.tensor([config["x"]])}, "epoch": epoch, "loss": loss}
-        reporter.report(epoch, {"loss": loss}, checkpoint=checkpoint)
-'''
 
 
 def spec(name, **fields):
-    return {"name": name, "trainable": "jobpkg.model:train", "metric": "loss", "mode": "min",
+    return {"name": name, "trainable": "userpkg.model:train", "metric": "loss", "mode": "min",
             "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "asha": "off", "resources": {"cpus": 1},
             **fields}  # fmt: skip
 
@@ -62,9 +41,7 @@ def site(tmp_path_factory, mlflow_pg, ray2):
     config = root / "hpsearch.yaml"
     config.write_text(f"address: {ray2.address}\ntracking_uri: {mlflow_pg.uri}\nstorage: {storage}\n")
     project = root / "a" / "project"
-    (project / "jobpkg").mkdir(parents=True)
-    (project / "jobpkg" / "__init__.py").write_text("")
-    (project / "jobpkg" / "model.py").write_text(textwrap.dedent(MODEL))
+    make_project(project)
     elsewhere = root / "b"
     elsewhere.mkdir()
     env = {**ray2.env, "HPSEARCH_CONFIG": str(config), "RAY_API_SERVER_ADDRESS": ray2.dashboard_address}
@@ -189,7 +166,7 @@ def test_submit_and_leave_then_show_logs_and_stop_from_another_machine(site, ray
     assert json.loads(as_json.stdout)["job"]["state"] == "RUNNING"
     logs = run_cli("logs", "sub-stop", cwd=other, env=env_b)
     assert logs.returncode == 0, logs.stderr
-    assert "study sub-stop: 3 trials of jobpkg.model:train" in logs.stdout, logs.stdout
+    assert "study sub-stop: 3 trials of userpkg.model:train" in logs.stdout, logs.stdout
     assert f"ray: joined the cluster at " in logs.stdout and "2 node(s)" in logs.stdout
 
     again = run_cli("submit", name, cwd=project, env=env)
