@@ -23,6 +23,17 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 # Ctrl-C and SIGTERM go through our handler (Signals), which asks Tune to stop by its SIGUSR1 handler.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
+class _NoTokenNotice(logging.Filter):
+    """Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at every start and join: a
+    notice about Ray's defaults, not about the sweep, so it stays out of the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_NoTokenNotice())
+
+
 def _local(address: str | None) -> bool:
     """Whether ray.init will start a new local Ray (rather than join a running cluster)."""
     return address is None and not os.environ.get("RAY_ADDRESS")

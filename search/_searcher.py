@@ -49,7 +49,9 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
     conditional = is_conditional(spec)
     if name == "tpe":
         # group=True lets multivariate TPE model each conditional sub-space on its own.
-        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
+        # constant_liar: running trials count as bad guesses, so concurrent workers do not all sample the same
+        # spot; the ranked view below relies on it. On by default only since Optuna 5: set, not assumed.
+        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional, constant_liar=True)
         if spec.asha is None:
             return tpe
         # Under ASHA, TPE would rank every COMPLETE trial above every PRUNED one: rank by value reached instead.

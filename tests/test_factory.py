@@ -252,6 +252,7 @@ def test_a_user_project_sweeps_checks_reports_and_promotes_a_model_that_serves_r
     swept = run_cli("run", "signals.yaml", cwd=folder, env=env)
     assert swept.returncode == 0, swept.stdout + swept.stderr
     assert "test_accuracy" in swept.stdout
+    assert "Token authentication" not in swept.stdout + swept.stderr  # Ray's notice stays out of the console
     checked = run_cli("check", "signals.yaml", cwd=folder, env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert all(name in checked.stdout for name in ("data", "overfit one batch", "lr range"))
