@@ -164,6 +164,9 @@ def _command(args) -> int:
     except UserError as exc:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `hpsearch results x | head` (before ConnectionError, its base class)
+        sys.stderr.close()
+        return 0
     except ConnectionError as exc:
         if type(exc).__name__ != "TrackingUnreachable":
             raise
@@ -172,9 +175,6 @@ def _command(args) -> int:
     except KeyboardInterrupt as exc:
         print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `hpsearch results x | head`
-        sys.stderr.close()
-        return 0
 
 
 def _exit_now(code: int) -> None:

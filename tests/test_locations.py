@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,13 @@ def test_a_live_lock_is_refused_and_only_its_holder_releases_it(tmp_path):
         assert _studylock.read_lock(tmp_path, "held") is None
     finally:
         holder.kill()
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error(clean_env, tmp_path):
+    """`hpsearch trainables | head -0`: the reader is gone before the first line; the command ends quietly."""
+    exe = Path(sys.executable).parent / "hpsearch"
+    proc = subprocess.Popen([str(exe), "trainables"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "HPSEARCH_HOME": str(tmp_path / "home")})  # fmt: skip
+    proc.stdout.close()  # before the command has printed anything (its imports take seconds)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
