@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainables import MemoryReporter, from_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.p1_throughput import course_epoch  # noqa: E402
+from trainables import MemoryReporter, from_model  # noqa: E402
 from trainables._loop import default_device
 
 
@@ -39,21 +43,7 @@ def plain_loop(x, y, config, epochs: int, device) -> list[float]:
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=config["batch_size"],
                                          shuffle=True, pin_memory=device.type == "cuda")  # fmt: skip
-    rates = []
-    for _ in range(epochs):
-        net.train()
-        started, total = time.perf_counter(), 0.0
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(net(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(len(x) / (time.perf_counter() - started))
-    return rates
+    return [course_epoch(net, optimizer, loader, device)[0] for _ in range(epochs)]
 
 
 def main() -> None:

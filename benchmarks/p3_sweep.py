@@ -81,9 +81,8 @@ def course_trial(config: dict, key: str, report) -> None:
     """One stock trial: the course's DataLoader loop (benchmarks/p1_throughput.py), validated each epoch.
     Appends each epoch's end time and images to `log_dir/stock_epochs_<trial>.jsonl`."""
     import torch
-    from torch import nn
 
-    from benchmarks.p1_throughput import MEAN, STD, CourseDataset
+    from benchmarks.p1_throughput import MEAN, STD, CourseDataset, course_epoch
     from benchmarks.synth import images, model
 
     n, batch, epochs, workers = config["n_train"], config["batch_size"], config["epochs"], config["workers"]
@@ -98,17 +97,7 @@ def course_trial(config: dict, key: str, report) -> None:
                                       batch_size=1024)  # fmt: skip
     log = Path(config["log_dir"]) / f"stock_epochs_{key}.jsonl"
     for epoch in range(1, epochs + 1):
-        net.train()
-        started, seen, total = time.perf_counter(), 0, 0.0
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(net(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()  # the notes' running loss: a host sync every step
-            seen += len(yb)
-        rate = seen / (time.perf_counter() - started)
+        rate, train_loss = course_epoch(net, optimizer, loader, device)
         net.eval()
         correct = 0
         with torch.no_grad():
@@ -116,7 +105,7 @@ def course_trial(config: dict, key: str, report) -> None:
                 correct += (net(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
         with open(log, "a") as f:
             f.write(json.dumps({"t": time.time(), "images": n, "samples_per_s": rate, "epoch": epoch}) + "\n")
-        report({"val_accuracy": correct / len(val.dataset), "train_loss": total / len(loader), "epoch": epoch})
+        report({"val_accuracy": correct / len(val.dataset), "train_loss": train_loss, "epoch": epoch})
 
 
 def stock_arm(tmp: Path, study: dict, share: float, budget: float | None, workers: int, cpu: bool) -> dict:
