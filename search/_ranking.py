@@ -11,34 +11,56 @@ last value, which is wrong in storage.
 sampler another view of the same trials: every finished trial (COMPLETE or PRUNED) ranked by the best value
 it reached, wherever it stopped. P4 measured it beside a BOHB-style view that ranks every trial at one rung
 (the largest that 10 finished trials reached); BENCHMARKS.md has both. The view holds the ranks as the values of COMPLETE trials, which is all TPE reads of a
-single-objective study. Running trials stay as they are, for TPE's constant liar. FAIL trials (diverged,
-out of memory, errors) stay out of it, as they do for Optuna's TPE.
+single-objective study. Running trials stay as they are, for TPE's constant liar.
+
+A trial that failed because of its configuration counts too, as worse than any trial that reported a value,
+so TPE learns to avoid its region (stock OptunaSearch gets the same lesson by telling a diverged trial
+PRUNED): a diverged one (NaN/inf loss: the learning rate, say, is too high) and one out of memory (its batch,
+model or image size does not fit; the same configuration runs out again on the same GPU, and the OOM retry
+already steers the trial itself to half the batch). Other FAIL trials (errors, dead workers or nodes, trials
+lost in a crash) say nothing about their configuration and stay out, as they do for Optuna's TPE. Without
+ASHA the view ranks COMPLETE trials as their values would, so it is used there too, for the failures.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 
 import optuna
 from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from studies._better import best_of, rank_key
+from trainables import STOP_DIVERGED
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+REASON = "hpsearch_reason"  # an Optuna user attribute: why a trial told FAIL failed (what `hpsearch results` says)
+OF_THE_CONFIG = (STOP_DIVERGED, "oom")  # the reasons (prefixes) of failures that the configuration causes
 
 
-def rank_by_best(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
-    """The finished `trials`, best first, by the best finite value each reported, whatever its epoch; a trial
-    with none (stopped before its first epoch) last. Ties keep the trials' order."""
+def best_reached(trial: FrozenTrial, mode: str) -> float | None:
+    """The value a trial counts with wherever it stopped: the best finite value it reported at any epoch (a
+    COMPLETE trial with none: its own value); None if it reported none. ASHA's PRUNED trials count as finished
+    with it, in the sampler's view and in the report's plots alike."""
+    reached = best_of(trial.intermediate_values.values(), mode)
+    if reached is None and trial.state == TrialState.COMPLETE and trial.value is not None:
+        reached = best_of([trial.value], mode)
+    return reached
 
-    def key(trial: FrozenTrial) -> float:
-        values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-        if not values and trial.state == TrialState.COMPLETE and trial.value is not None:
-            values = [trial.value]
-        if not values:
-            return math.inf
-        return -max(values) if maximize else min(values)
+
+def failed_by_config(trial: FrozenTrial) -> bool:
+    """A FAIL trial whose configuration made it fail: it diverged or ran out of memory."""
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get(REASON, "")).startswith(OF_THE_CONFIG)
+
+
+def rank_by_best(trials: list[FrozenTrial], mode: str) -> list[FrozenTrial]:
+    """The `trials`, best first, by the best value each reached (`best_reached`); then those with none (stopped
+    before their first epoch); then those that failed because of their configuration. Ties keep the trials' order."""
+
+    def key(trial: FrozenTrial) -> tuple[bool, bool, float]:
+        worst = failed_by_config(trial)
+        return worst, *rank_key(None if worst else best_reached(trial, mode), mode)
 
     return sorted(trials, key=key)
 
@@ -58,7 +80,7 @@ class _View(optuna.Study):
 
 
 class RankedSampler(BaseSampler):
-    """A single-objective sampler (TPE) fitted on the ranked view of an ASHA-pruned study; see the module."""
+    """A single-objective sampler (TPE) fitted on the ranked view of a study; see the module."""
 
     def __init__(self, sampler: BaseSampler):
         self._sampler = sampler
@@ -70,9 +92,9 @@ class RankedSampler(BaseSampler):
     def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
         if self._cached is not None and self._cached[0] == trial.number:
             return self._cached[1]
-        everything = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        finished = [t for t in everything if t.state in FINISHED]
-        ranked = rank_by_best(finished, study.direction == StudyDirection.MAXIMIZE)
+        everything = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
+        counted = [t for t in everything if t.state in FINISHED or failed_by_config(t)]
+        ranked = rank_by_best(counted, "max" if study.direction == StudyDirection.MAXIMIZE else "min")
         trials = [
             FrozenTrial(number=t.number, state=TrialState.COMPLETE, value=float(rank), datetime_start=t.datetime_start,
                         datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,

@@ -22,6 +22,7 @@ import sys
 import studies
 import tracking
 from studies import UserError
+from studies._better import best_of, better, rank_key
 from tracking import tags as T
 from trainables import get_trainable
 
@@ -89,7 +90,6 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
     top = frame[(frame["state"] != "failed") & frame["metric"].notna()].head(candidates)
     if top.empty:
         raise UserError(f"study {study!r} has no completed or pruned trial to retrain (run {parent.info.run_id})")
-    sign = 1 if mode == "max" else -1
     found: list[Candidate] = []
     for _, row in top.iterrows():
         # A pruned or stopped trial's value is from fewer epochs than a retraining runs: it does not count.
@@ -122,7 +122,7 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
                 job = task.remote(params["trainable"], config, seed, metric, mode, max(1, int(cpus)), here)
                 jobs[job] = (candidate, s, seed)
         retrained = {c.trial_id: [None] * reseeds for c in found}  # values in seed order, whatever finishes first
-        best_key = {c.trial_id: (sign * c.best_value, 0) for c in found if c.best_value is not None}
+        held = {c.trial_id: (c.best_value, 0) for c in found if c.best_value is not None}  # best (value, seed index)
         while jobs:
             [job], _ = ray.wait(list(jobs), num_returns=1)
             candidate, s, seed = jobs.pop(job)
@@ -132,17 +132,17 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
                 last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
                 print(f"  {candidate.trial_id} seed {seed}: failed: {last.strip()}", file=out, flush=True)
                 continue
-            values = [r[metric] for r in results if metric in r]
-            if not values:
+            value = best_of((r[metric] for r in results if metric in r), mode)
+            if value is None:
                 print(f"  {candidate.trial_id} seed {seed}: no {metric} (diverged)", file=out, flush=True)
                 continue
-            value = max(values, key=lambda v: sign * v)
             config = {**candidate.params, "seed": seed}
             child = _record(store, parent, study, candidate.trial_id, config, results, value)
             retrained[candidate.trial_id][s - 1] = value
             # Ties go to the original trial, then to the lower seed index: the same choice in any order.
-            if model is not None and (sign * value, -s) > best_key.get(candidate.trial_id, (-math.inf, 0)):
-                best_key[candidate.trial_id] = (sign * value, -s)
+            was, was_s = held.get(candidate.trial_id, (None, 0))
+            if model is not None and (better(value, was, mode) or (value == was and s < was_s)):
+                held[candidate.trial_id] = (value, s)
                 candidate.best_value, candidate.best_run = value, child
                 candidate.best = {"model": model, "config": config, "metric": metric, "mode": mode, "value": value,
                                   "trial_id": candidate.trial_id}  # fmt: skip
@@ -152,7 +152,7 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
             ray.shutdown()
     for candidate in found:
         candidate.values += [v for v in retrained[candidate.trial_id] if v is not None]
-    ranked = sorted(found, key=lambda c: math.inf if math.isnan(c.mean) else -sign * c.mean)
+    ranked = sorted(found, key=lambda c: rank_key(c.mean, mode))
     if math.isnan(ranked[0].mean):
         raise UserError("every retraining diverged or failed: nothing to compare; promote without --candidates")
     return store, parent, ranked, ranked[0]

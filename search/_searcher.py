@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import EPOCH
 
-from ._ranking import RankedSampler
+from ._ranking import REASON, RankedSampler
 from ._space import grid, is_conditional
 from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
@@ -33,7 +33,7 @@ def fail_running(study: optuna.Study, reason: str, keep=frozenset()) -> list[tup
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial._trial_id not in keep:
-            study._storage.set_trial_user_attr(trial._trial_id, "hpsearch_reason", reason)
+            study._storage.set_trial_user_attr(trial._trial_id, REASON, reason)
             study.tell(trial.number, state=TrialState.FAIL)
             failed.append((trial.user_attrs.get(RAY_TRIAL_ID, f"optuna-{trial.number}"), dict(trial.params)))
     return failed
@@ -52,9 +52,8 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
         # constant_liar: running trials count as bad guesses, so concurrent workers do not all sample the same
         # spot; the ranked view below relies on it. On by default only since Optuna 5: set, not assumed.
         tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional, constant_liar=True)
-        if spec.asha is None:
-            return tpe
         # Under ASHA, TPE would rank every COMPLETE trial above every PRUNED one: rank by value reached instead.
+        # With or without ASHA, the view also counts diverged trials as the worst, which TPE alone ignores.
         return RankedSampler(tpe)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -143,13 +142,14 @@ class StudySearch(OptunaSearch):
         progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
         ot_trial = self._ot_trials[trial_id]
         # A searched `epochs` (ASHA off) is this trial's own length; otherwise every trial runs to max_t.
-        state, _ = progress.outcome(error, int(ot_trial.params.get("epochs", self._max_t)))
+        state, reason = progress.outcome(error, int(ot_trial.params.get("epochs", self._max_t)))
         try:
             if state == COMPLETED and progress.best_value is not None:
                 self._ot_study.tell(ot_trial, progress.best_value)
             elif state == PRUNED:
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
+                ot_trial.set_user_attr(REASON, reason or state)  # a diverged one counts as the worst in the ranked view
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         except RuntimeError as exc:
             # GridSampler calls study.stop() once the grid is covered, which Optuna allows only inside

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 
+from studies._better import better
 from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
 
 COMPLETED, PRUNED, STOPPED, FAILED, RUNNING = "completed", "pruned", "stopped", "failed", "running"
@@ -30,7 +31,7 @@ class TrialProgress:
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
-        if self.best_value is None or (value > self.best_value if self.mode == "max" else value < self.best_value):
+        if better(value, self.best_value, self.mode):
             self.best_value, self.best_epoch = float(value), self.epochs
 
     def outcome(

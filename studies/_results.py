@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import pandas as pd
@@ -10,6 +9,7 @@ import pandas as pd
 import tracking
 from tracking import tags as T
 
+from ._better import rank_key
 from ._spec import check_name
 from ._summary import STATES, StudySummary
 from .errors import UserError
@@ -50,11 +50,9 @@ def results(
     best = parent.data.tags.get(T.BEST_TRIAL)
 
     def key(row):
-        value = row["metric"]
-        missing = value is None or (isinstance(value, float) and math.isnan(value)) or row["state"] == "failed"
+        value = None if row["state"] == "failed" else row["metric"]
         # Among equal values, the trial the run chose (whose checkpoint was logged and tested) ranks first.
-        return (missing, 0.0 if missing else (-value if mode == "max" else value), row["trial_id"] != best,
-                row["trial_id"])  # fmt: skip
+        return *rank_key(value, mode), row["trial_id"] != best, row["trial_id"]
 
     rows.sort(key=key)
     for rank, row in enumerate(rows, 1):

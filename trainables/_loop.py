@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from studies._better import better
+
 from . import _device
 from ._device import DEVICE_DEFAULTS, DEVICE_HYPERPARAMETERS, Prep, default_device
 from ._optim import OPTIM_DEFAULTS, OPTIM_HYPERPARAMETERS, OPTIMIZERS, Schedule, make_optimizer
@@ -109,12 +111,6 @@ def _in_order(split, batch_size: int, device: torch.device):
     for start in range(0, len(split), batch_size):
         rows = slice(start, start + batch_size)
         yield split.x[rows].to(device, non_blocking=True), split.y[rows].to(device, non_blocking=True)
-
-
-def _improved(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
 
 
 def fit(
@@ -268,7 +264,7 @@ def fit(
         schedule.after_epoch(value)
         state["epoch"] = epoch
         ckpt = None
-        if _improved(value, state["best"], mode):
+        if better(value, state["best"], mode):
             state["best"], state["best_epoch"] = value, epoch
             ckpt = {
                 "model": model.state_dict(),
