@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._lru import DATA_CONFIGS_KEPT, LRU
+
 DEVICE_HYPERPARAMETERS = {
     "flip": "random horizontal flip while training, true/false",
     "crop": "random crop after zero-padding by this many pixels while training; 0 = off",
@@ -42,8 +44,15 @@ GRAPH_OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 # Eager steps before a step is recorded: lazy set-up (cuDNN/cuBLAS handles, the optimizer's state, an inductor
 # compilation, autotuning) happens in them, not in the recording. They are real training steps.
 GRAPH_WARMUP_STEPS = 3
-# A data set larger than this share of free GPU memory stays on the host; `HostBatches` feeds it (workers, pinned).
+# Data on the GPU, all resident splits together, stays under this share of the memory it could use (free, plus
+# what it holds); a split that would pass it alone stays on the host, and `HostBatches` feeds it (workers, pinned).
 RESIDENT_SHARE = 0.5
+# Compiled models a worker keeps (architecture x batch shape x precision); a sweep that searches them keeps the
+# ones it used last. On a GPU their weights also stay under COMPILED_SHARE of the memory they could use.
+# (An evicted model's own CUDA graphs, mode reduce-overhead, stay in torch's cudagraph trees: torch bounds those by
+# its recompile limit per model class.)
+COMPILED_KEPT = 4
+COMPILED_SHARE = 0.25
 
 
 def default_device() -> torch.device:
@@ -82,12 +91,11 @@ class Prep:
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as (1, C, 1, 1) tensors on `device`, made once: a copy per batch would sync."""
         key = (self.mean, self.std, str(device))
-        if key not in _STATS:
-            _STATS[key] = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
-        return _STATS[key]
+        return _STATS.get_or_build(
+            key, lambda: tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std)))
 
 
-_STATS: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+_STATS = LRU(16)  # (mean, std, device) -> their (1, C, 1, 1) tensors: a few floats per data configuration
 
 
 def _random_crop(x: torch.Tensor, masks: torch.Tensor | None, pad: int):
@@ -122,20 +130,39 @@ def _jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
 
 # ---- data residency --------------------------------------------------------------------------------------
 
-# (data key, device) -> tensor on that device: made once per worker process, shared by its trials.
-_RESIDENT: dict[Any, torch.Tensor] = {}
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _module_bytes(entry: tuple[nn.Module, Any]) -> int:
+    return sum(_nbytes(t) for t in (*entry[0].parameters(), *entry[0].buffers()))
+
+
+def gpu_free(device: torch.device) -> int:
+    """Bytes the GPU could still give this process: free on the device, plus what torch's caching allocator
+    has reserved but holds no tensor in (an evicted tensor's memory goes there, not back to the device)."""
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+# (data key, device) -> tensor on that device: made once per worker process, shared by its trials. Each data
+# configuration keeps x and y of its train and val splits.
+_RESIDENT = LRU(4 * DATA_CONFIGS_KEPT, _nbytes)
 
 
 def resident(t: torch.Tensor, device: torch.device, key: Any = None) -> torch.Tensor:
-    """`t` on `device`: cached under `key` so later trials in this worker skip the copy. On a GPU without room
-    for it (more than RESIDENT_SHARE of free memory) it stays on the host, and `HostBatches` feeds it."""
+    """`t` on `device`: cached under `key` so later trials in this worker skip the copy. On a GPU, the data kept
+    there stays under RESIDENT_SHARE of the memory it could use (the least recently used goes first); a tensor
+    that would not fit even alone stays on the host, and `HostBatches` feeds it."""
     if key is not None and (key, str(device)) in _RESIDENT:
         return _RESIDENT[(key, str(device))]
-    if device.type == "cuda" and t.numel() * t.element_size() > RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]:
-        return t
+    budget = None
+    if device.type == "cuda":
+        budget = _RESIDENT.budget(gpu_free(device), RESIDENT_SHARE)
+        if _nbytes(t) > budget:
+            return t
     moved = t.to(device, non_blocking=True)
     if key is not None:
-        _RESIDENT[(key, str(device))] = moved
+        _RESIDENT.put((key, str(device)), moved, budget)
     return moved
 
 
@@ -303,8 +330,8 @@ class StepGraph:
 
 # ---- compiled models, once per worker and architecture ---------------------------------------------------
 
-# architecture key -> (the module whose parameters the compiled code reads, the compiled callable)
-_COMPILED: dict[Any, tuple[nn.Module, Any]] = {}
+# (architecture key, cudagraphs) -> (the module whose parameters the compiled code reads, the compiled callable)
+_COMPILED = LRU(COMPILED_KEPT, _module_bytes)
 
 
 def compile_mode(config: dict) -> str:
@@ -353,5 +380,7 @@ def compiled(model: nn.Module, key: Any, cudagraphs: bool) -> tuple[nn.Module, A
             module.load_state_dict(model.state_dict())
         return module, fn, False
     fn = torch.compile(model, mode="reduce-overhead" if cudagraphs else "default", dynamic=False)
-    _COMPILED[key] = (model, fn)
+    device = next(model.parameters(), torch.empty(0)).device
+    budget = _COMPILED.budget(gpu_free(device), COMPILED_SHARE) if device.type == "cuda" else None
+    _COMPILED.put(key, (model, fn), budget)
     return model, fn, True

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._lru import DATA_CONFIGS_KEPT, LRU
+
 # Why a trial ended by its own decision. A trial that reports fewer epochs than the study's max_t
 # without one of these was stopped by the scheduler (pruned).
 STOP_EARLY = "early_stopping"  # patience ran out: counts as a finished (completed) trial
@@ -22,8 +24,9 @@ STOP_DIVERGED = "diverged"  # NaN/inf loss: counts as failed, never as a good va
 EPOCH = "epoch"
 STOP_KEY = "stop_reason"
 
-# Data sets built in this process, shared by every trial the process runs (Ray reuses workers).
-_WORKER_CACHE: dict[Any, Any] = {}
+# Data sets built in this process, shared by the trials the process runs (Ray reuses workers): the last few
+# data configurations, so a sweep that searches them does not grow the worker.
+_WORKER_CACHE = LRU(DATA_CONFIGS_KEPT)
 
 
 class Reporter(abc.ABC):
@@ -73,10 +76,9 @@ class Reporter(abc.ABC):
         self._emit(values, checkpoint)
 
     def cached(self, key: Any, build: Callable[[], Any]) -> Any:
-        """Build `key` once per worker process and hand the same object to every later trial."""
-        if key not in _WORKER_CACHE:
-            _WORKER_CACHE[key] = build()
-        return _WORKER_CACHE[key]
+        """Build `key` once per worker process and hand the same object to later trials (while it is among the
+        last DATA_CONFIGS_KEPT keys used)."""
+        return _WORKER_CACHE.get_or_build(key, build)
 
 
 class MemoryReporter(Reporter):

@@ -9,7 +9,6 @@ the factory normalises it on the device with the training split's own statistics
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from ._datasets import ImageData, load_dataset
 from ._factory import from_model
+from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._models import FAMILIES, EncoderClassifier, build_model
 from ._registry import Trainable, register
 
@@ -41,10 +41,14 @@ STAGE2_HYPERPARAMETERS = {
 STAGE2_DEFAULTS = {"encoder_checkpoint": None, "freeze_encoder": True, "dropout": 0.0}
 
 
-@functools.cache
+_DATA_SETS = LRU(DATA_CONFIGS_KEPT)  # the data sets this process read last (a worker's later trials reuse them)
+
+
 def _load(name: str, root: str | None, split_seed: int, image_size: int, download: bool, limit: int) -> ImageData:
-    return load_dataset(name, root, split_seed=split_seed, image_size=image_size or None, download=download,
-                        limit=limit or None)  # fmt: skip
+    return _DATA_SETS.get_or_build(
+        (name, root, split_seed, image_size, download, limit),
+        lambda: load_dataset(name, root, split_seed=split_seed, image_size=image_size or None, download=download,
+                             limit=limit or None))  # fmt: skip
 
 
 def _data(dataset: str, config: dict) -> ImageData:
