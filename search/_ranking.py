@@ -49,6 +49,13 @@ def best_reached(trial: FrozenTrial, mode: str) -> float | None:
     return reached
 
 
+def late_reason(number: int) -> str:
+    """The study's user attribute that holds trial `number`'s reason when it was named after the trial was told
+    FAIL: Ray names an error's kind (oom) to callbacks only after the searcher, and Optuna refuses to change a
+    finished trial."""
+    return f"{REASON}:{number}"
+
+
 def failed_by_config(trial: FrozenTrial) -> bool:
     """A FAIL trial whose configuration made it fail: it diverged or ran out of memory."""
     return trial.state == TrialState.FAIL and str(trial.user_attrs.get(REASON, "")).startswith(OF_THE_CONFIG)
@@ -93,6 +100,11 @@ class RankedSampler(BaseSampler):
         if self._cached is not None and self._cached[0] == trial.number:
             return self._cached[1]
         everything = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
+        late = study.user_attrs
+        for i, t in enumerate(everything):
+            if t.state == TrialState.FAIL and late_reason(t.number) in late:
+                everything[i] = copy.copy(t)
+                everything[i].user_attrs = {**t.user_attrs, REASON: late[late_reason(t.number)]}
         counted = [t for t in everything if t.state in FINISHED or failed_by_config(t)]
         ranked = rank_by_best(counted, "max" if study.direction == StudyDirection.MAXIMIZE else "min")
         trials = [

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables import EPOCH
 
-from ._ranking import REASON, RankedSampler
+from ._ranking import REASON, RankedSampler, late_reason
 from ._space import grid, is_conditional
 from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
@@ -130,6 +130,14 @@ class StudySearch(OptunaSearch):
         if value is not None and math.isfinite(value) and step not in self._reported.setdefault(trial_id, set()):
             self._ot_trials[trial_id].report(float(value), step)
             self._reported[trial_id].add(step)
+
+    def note_failure(self, trial_id: str, reason: str) -> None:
+        """Why an errored trial failed (`classify_error`'s reason: `oom: ...`), which Ray gives its callbacks
+        after it has told this searcher. Kept on the study, so the ranked view counts an out-of-memory
+        configuration as the worst."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            self._ot_study.set_user_attr(late_reason(ot_trial.number), reason[:200])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

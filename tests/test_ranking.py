@@ -6,6 +6,8 @@ they reached and were pruned by rivals that came later still."""
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -13,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from search._ranking import REASON, RankedSampler, rank_by_best
 from search._states import LOST
+from trainables import EPOCH, STOP_DIVERGED, STOP_KEY
 
 X = {"x": FloatDistribution(0.0, 1.0)}
 
@@ -126,23 +129,25 @@ THRESHOLD = 0.1  # lr above it diverges
 STARTUP = 10  # TPE's random start (Optuna's n_startup_trials)
 
 
-def diverging_picks(ranked: bool, trials: int = 30, seed: int = 0) -> tuple[list[bool], optuna.Study]:
-    """Drives hpsearch's searcher (as Ray would, with no Ray) on a synthetic objective whose best lr, 10**-1.5,
-    lies just below the lr where training diverges; returns which trials diverged, and the study."""
-    import math
-
+def lr_searcher(ranked: bool = True, trials: int = 30, seed: int = 0):
+    """hpsearch's searcher on a study that searches lr and x, driven below as Ray would drive it (with no Ray)."""
     from search._searcher import StudySearch, make_sampler
     from search._space import to_distributions
     from studies import parse_spec
-    from trainables import EPOCH, STOP_DIVERGED, STOP_KEY
 
     spec = parse_spec({"name": "d", "trainable": "digits-mlp", "metric": "score", "mode": "max", "trials": trials,
                        "seed": seed, "asha": "off", "fixed": {"epochs": 1},
                        "space": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
                                  "x": {"type": "float", "low": 0.0, "high": 1.0}}}, "d")  # fmt: skip
     sampler = make_sampler(spec)
-    searcher = StudySearch(space=to_distributions(spec), metric="score", mode="max", max_t=1, study_seed=seed,
-                           sampler=sampler if ranked else sampler._sampler)  # the same TPE, on the real study
+    return StudySearch(space=to_distributions(spec), metric="score", mode="max", max_t=1, study_seed=seed,
+                       sampler=sampler if ranked else sampler._sampler)  # the same TPE, on the real study
+
+
+def diverging_picks(ranked: bool, trials: int = 30, seed: int = 0) -> tuple[list[bool], optuna.Study]:
+    """A synthetic objective whose best lr, 10**-1.5, lies just below the lr where training diverges; returns
+    which trials diverged, and the study."""
+    searcher = lr_searcher(ranked, trials, seed)
     diverged = []
     for i in range(trials):
         config = searcher.suggest(f"t{i}")
@@ -163,3 +168,21 @@ def test_tpe_learns_from_diverged_trials_to_sample_fewer_diverging_configuration
     fails = study.get_trials(states=(TrialState.FAIL,))
     assert len(fails) == sum(counted) and {t.user_attrs[REASON] for t in fails} == {"diverged"}
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(counted) - sum(counted)
+
+
+def test_an_out_of_memory_trial_named_after_its_tell_counts_as_the_worst():
+    # Ray tells the searcher that a trial errored before its callbacks learn why (classify_error): the reason
+    # comes later, through note_failure, when Optuna no longer lets the FAIL trial change.
+    searcher = lr_searcher()
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {EPOCH: 1, "score": float(i)})
+    for tid, reason in (("t4", "oom: torch.OutOfMemoryError: CUDA out of memory"), ("t5", "error: ValueError: x")):
+        searcher.suggest(tid)
+        searcher.on_trial_complete(tid, error=True)
+        searcher.note_failure(tid, reason)
+    study = searcher._ot_study
+    assert [t.state for t in study.trials[4:]] == [TrialState.FAIL] * 2
+    view = study.sampler._view(study, study.ask())
+    ranks = {t.number: t.value for t in view.get_trials(states=(TrialState.COMPLETE,))}
+    assert ranks == {3: 0, 2: 1, 1: 2, 0: 3, 4: 4}  # the OOM trial last; the error stays out
