@@ -49,6 +49,15 @@ class Locations:
         return str(home / "ray") if self.storage is None else str(self.state_root(home))
 
 
+LOGS_DIR = "hpsearch-logs"  # in the experiment's folder on the storage: TRIAL_ID.log, each trial's stdout and stderr
+
+
+def trial_log(experiment: str, trial_id: str) -> Path:
+    """A trial's output file, in the experiment's folder on the storage, where every machine can read it.
+    Here rather than beside the trial function that writes it: `hpsearch logs` reads it without Ray or torch."""
+    return Path(experiment) / LOGS_DIR / f"{trial_id}.log"
+
+
 def storage_path(storage: str, origin: str = "--storage") -> Path:
     """The filesystem path of a storage location (a path or a file:// URI)."""
     from studies import UserError

@@ -14,14 +14,10 @@ from ray import tune
 
 from trainables import Reporter, get_trainable
 
+from ._locations import trial_log
+
 CHECKPOINT_FILE = "checkpoint.pt"
-LOGS_DIR = "hpsearch-logs"  # in the experiment's folder on the storage: TRIAL_ID.log, each trial's stdout and stderr
 NODE_KEY = "hpsearch_node"  # in each result: the Ray node the trial runs on (a tag on its child run)
-
-
-def trial_log(experiment: str, trial_id: str) -> Path:
-    """A trial's output file, in the experiment's folder on the storage, where every machine can read it."""
-    return Path(experiment) / LOGS_DIR / f"{trial_id}.log"
 
 
 class RayReporter(Reporter):

@@ -1,21 +1,26 @@
-"""The Python API; the CLI is a thin shell over these functions."""
+"""The Python API; the CLI is a thin shell over these functions.
+
+The queries (`results`, `show`, `models`, `logs`, `stop`, ...) read MLflow and files only: this module imports
+neither torch nor Ray, and neither do they. The engine (`plan`, `execute`, `run`, `promote --candidates`)
+and the trainables (torch) are imported by the functions that need them."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 import studies
 import tracking
-from studies import UserError
+from studies import StudySpec, UserError
 from tracking import tags as T
-from trainables import list_trainables
 
-from ._engine import Outcome, execute, plan
 from ._locations import resolve
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._engine import Outcome, Plan
 
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -54,6 +59,38 @@ def job_state(study: str) -> dict | None:
     studies.check_name(study)
     record = read_record(resolve().state_root(tracking.data_home()), study)
     return None if record is None else state(record)
+
+
+def check_study(study: str, **overrides: Any) -> StudySpec:
+    """The study (a built-in name or a YAML path) with `run`'s flag overrides, checked before anything heavy is
+    imported: a malformed file is refused in a second, not after torch and Ray have loaded. Raises UserError.
+
+    A study searches something: with an empty `space` there is nothing for the sampler to suggest (Ray's
+    searcher raised after the run's records were written). One configuration is a one-choice categorical."""
+    spec = studies.with_overrides(studies.load_study(study), **overrides)
+    if not spec.space:
+        raise UserError(f"{study}: space: empty; a study searches at least one hyperparameter (to train one "
+                        "configuration, give a parameter one choice: {type: categorical, choices: [VALUE]})")
+    return spec
+
+
+def plan(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
+         warm_start: str | None = None, warm_count: int = 5, resume: bool = False, fresh: bool = False,
+         **overrides: Any) -> Plan:  # fmt: skip
+    """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search._engine.plan."""
+    check_study(study, **overrides)
+    tracking.Store(_uri(tracking_uri)).check()
+    from ._engine import plan as plan_sweep
+
+    return plan_sweep(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
+                      warm_count=warm_count, resume=resume, fresh=fresh, **overrides)  # fmt: skip
+
+
+def execute(plan: Plan, out=None) -> Outcome:
+    """Run a planned sweep; see search._engine.execute."""
+    from ._engine import execute as run_sweep
+
+    return run_sweep(plan, out=out)
 
 
 def submit(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
@@ -193,6 +230,8 @@ def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None
 
 def models(tracking_uri: str | None = None) -> pd.DataFrame:
     """`hpsearch models`: every registered model version, its aliases, study, trial and test metrics."""
+    import pandas as pd
+
     return pd.DataFrame(tracking.registered_models(tracking.Store(_uri(tracking_uri))))
 
 
@@ -221,7 +260,7 @@ def logs(study: str, trial: str | None = None, tracking_uri: str | None = None,
     trial, the output of the study's submitted job's driver (`hpsearch submit`)."""
     from pathlib import Path
 
-    from ._ray_reporter import trial_log
+    from ._locations import trial_log
 
     if trial is None:
         from ._jobs import logs as job_logs
@@ -270,6 +309,8 @@ def ui_command(study: str | None = None, tracking_uri: str | None = None, host: 
 
 def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:
     """Built-in studies and studies with records in the store."""
+    import pandas as pd
+
     store = tracking.Store(_uri(tracking_uri))
     recorded = tracking.recorded_studies(store)
     names = sorted(set(studies.builtin_studies()) | set(recorded))
@@ -279,6 +320,9 @@ def list_studies(tracking_uri: str | None = None) -> pd.DataFrame:
 
 
 def trainables_table() -> list[dict[str, Any]]:
+    """`hpsearch trainables`: the registered trainables. Importing the built-in ones imports torch."""
+    from trainables import list_trainables
+
     return [
         {"name": t.name, "metric": t.metric, "mode": t.mode, "description": t.description,
          "hyperparameters": dict(t.hyperparameters), "defaults": dict(t.defaults)}  # fmt: skip

@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if argv is not None or args.command != "run":
         return _command(args)
+    code = _command(args, _check_study)  # a malformed study: one line in a second, with no Ray started for it
+    if code:
+        return code
     # `hpsearch run` as its own process (not main([...]) called by a program or a test, whose process may hold
     # a Ray of its own and lives on): Ray starts in the background while the driver imports its libraries and
     # plans, and the process exits without tearing its modules down.
@@ -156,21 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     return code  # not reached
 
 
-def _command(args) -> int:
+def _command(args, handler=None) -> int:
     from studies import UserError
 
     try:
-        return _COMMANDS[args.command](args)
+        return (handler or _COMMANDS[args.command])(args)
     except UserError as exc:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # `hpsearch results x | head` (before ConnectionError, its base class)
         sys.stderr.close()
         return 0
-    except ConnectionError as exc:
-        if type(exc).__name__ != "TrackingUnreachable":
+    except (ConnectionError, ValueError) as exc:
+        if type(exc).__name__ not in ("TrackingUnreachable", "TrackingUnusable"):  # by name: no mlflow import
             raise
-        print(f"hpsearch: error: {exc}", file=sys.stderr)  # tracking.TrackingUnreachable: a location to fix
+        print(f"hpsearch: error: {exc}", file=sys.stderr)  # tracking's: a location to fix
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
@@ -197,14 +200,26 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _overrides(args) -> dict:
+    """The flags of `run` and `submit` that override a study's fields."""
+    return dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
+                gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
+
+
+def _check_study(args) -> int:
+    """The study file and the flags that override it, checked before Ray, torch and the trainables load."""
+    from . import api
+
+    api.check_study(args.study, **_overrides(args))
+    return 0
+
+
 def _run(args) -> int:
     from . import api
 
-    overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
-                     gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
     plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
                     warm_start=args.warm_start, warm_count=args.warm_count, resume=args.resume, fresh=args.fresh,
-                    **overrides)  # fmt: skip
+                    **_overrides(args))  # fmt: skip
     from . import _ray_start
 
     if _ray_start.joined:  # `hpsearch run` found a cluster running on this machine (`ray start --head`)
@@ -230,11 +245,9 @@ def _run(args) -> int:
 def _submit(args) -> int:
     from . import api
 
-    overrides = dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
-                     gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
     info = api.submit(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
                       job_server=args.job_server, warm_start=args.warm_start, warm_count=args.warm_count,
-                      resume=args.resume, fresh=args.fresh, **overrides)  # fmt: skip
+                      resume=args.resume, fresh=args.fresh, **_overrides(args))  # fmt: skip
     study = info["study"]
     print(f"submitted study {study} as Ray job {info['job_id']} to {info['job_server']}")
     print(f"  follow it:  hpsearch show {study}    (its state and progress)")
@@ -298,6 +311,8 @@ def _show(args) -> int:
     print(f"trials: {summary.counts_text()}")
     print(summary.best_text())
     print(summary.budget_text())
+    if status.get("resume"):
+        print(status["resume"])
     if summary.disk_bytes is not None:
         print(f"disk: {summary.disk_bytes / 2**20:.1f} MB of checkpoints, logs and artifacts")
     return 0

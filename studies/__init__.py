@@ -1,4 +1,8 @@
-"""What a study is (spec, validation, the built-in catalog) and how to query one."""
+"""What a study is (spec, validation, the built-in catalog) and how to query one.
+
+A study is plain data: loading one imports pydantic and yaml, not MLflow. The queries (`results`, `summary`,
+`study_run`, `flat_results`) read MLflow through `tracking`, so they are imported on first use.
+"""
 
 from ._catalog import builtin_studies, load_study
 from ._spec import (
@@ -19,7 +23,6 @@ from ._spec import (
     with_overrides,
 )
 from ._diagnose import Diagnosis, diagnose
-from ._results import flat_results, results, study_run, summary
 from ._summary import STATES, StudySummary, headline, short_value
 from .errors import UserError
 
@@ -53,3 +56,13 @@ __all__ = [
     "summary",
     "with_overrides",
 ]
+
+_QUERIES = {"flat_results", "results", "study_run", "summary"}  # in _results.py, which imports tracking (MLflow)
+
+
+def __getattr__(name: str):
+    if name in _QUERIES:
+        from . import _results
+
+        return getattr(_results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

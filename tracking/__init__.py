@@ -14,12 +14,13 @@ from ._models import (
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
 from ._runs import StudyRecorder, close_unfinished, log_values
-from ._store import HOME_ENV, Store, TrackingUnreachable, data_home
+from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data_home
 
 __all__ = [
     "HOME_ENV",
     "Store",
     "TrackingUnreachable",
+    "TrackingUnusable",
     "StudyRecorder",
     "cached_test_metrics",
     "close_unfinished",

@@ -10,16 +10,16 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import numpy as np
-import torch
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
 from . import _runs
 from ._store import Store
+
+if TYPE_CHECKING:  # torch only where a checkpoint or a model is handled: the query commands never load it
+    import numpy as np
+    import torch
 
 CHECKPOINT_ARTIFACT = "checkpoint/best_checkpoint.pt"
 MODEL_NAME = "model"
@@ -27,6 +27,8 @@ MODEL_NAME = "model"
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """A digest of a state_dict's names, dtypes, shapes and values: the key of the test-metric cache."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
@@ -38,6 +40,8 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 def log_best_checkpoint(store: Store, run_id: str, payload: dict[str, Any]) -> None:
     """Save {"model": state_dict, "config": ..., ...} so that torch.load(weights_only=True) reads it."""
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(CHECKPOINT_ARTIFACT).name
         torch.save(payload, path)
@@ -45,6 +49,8 @@ def log_best_checkpoint(store: Store, run_id: str, payload: dict[str, Any]) -> N
 
 
 def load_best_checkpoint(store: Store, run_id: str) -> dict[str, Any]:
+    import torch
+
     with tempfile.TemporaryDirectory() as tmp:
         local = store.client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)
         return torch.load(local, map_location="cpu", weights_only=True)
@@ -52,6 +58,10 @@ def load_best_checkpoint(store: Store, run_id: str) -> dict[str, Any]:
 
 def log_servable_model(store: Store, run_id: str, model: torch.nn.Module, example: np.ndarray) -> str:
     """Log a pickle-free MLflow model (torch.export "pt2") that predicts from raw inputs; returns its URI."""
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
     model = model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()

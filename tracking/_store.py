@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -28,6 +29,12 @@ ANSWER_S = 5.0  # a tracking server or database that does not answer within this
 
 class TrackingUnreachable(ConnectionError):
     """The tracking server or database did not answer: one line for the user, nothing written."""
+
+
+class TrackingUnusable(ValueError):
+    """The tracking URI cannot be opened (an unknown scheme, a sqlite file or data directory that cannot be
+    created, a store MLflow refuses): one line for the user, nothing written. Not a ConnectionError: waiting
+    and retrying would not help."""
 
 HOME_ENV = "HPSEARCH_HOME"
 DEFAULT_HOME = "hpsearch-runs"
@@ -74,18 +81,42 @@ class Store:
         self._client: MlflowClient | None = None
 
     def exists(self) -> bool:
-        """False when the embedded store was never written: nothing to read, and reading must not create it."""
-        return not self.embedded or self.db_path.exists()
+        """False when the store's sqlite file (the embedded one, or one a sqlite URI names) was never written:
+        nothing to read, and reading must not create it."""
+        path = self.db_path if self.embedded else sqlite_file(self.tracking_uri)
+        return path is None or path.exists()
+
+    def check(self) -> None:
+        """Refuse, writing nothing, a store that cannot be opened for writing: a data directory or sqlite
+        folder that cannot be created, a URI scheme MLflow does not know, a server that does not answer.
+        What a sweep checks before it records anything."""
+        db_path = self.db_path if self.embedded else sqlite_file(self.tracking_uri)
+        if self.embedded:
+            _check_creatable(self.home, f"data directory {self.home} (${HOME_ENV}, else ./{DEFAULT_HOME})")
+        elif db_path is not None:
+            _check_creatable(db_path.parent, f"tracking store {self.tracking_uri}: folder {db_path.parent}")
+            if db_path.exists() and not db_path.is_file():
+                raise TrackingUnusable(f"tracking store {self.tracking_uri}: {db_path} is not a file")
+        elif urlparse(self.tracking_uri).scheme in ("", "file"):
+            self.client  # MLflow's file store: opening it is the check (MLflow 3 refuses it unless allowed)
+        else:
+            _known_scheme(self.tracking_uri)
+            check_answers(self.tracking_uri)
 
     @property
     def client(self) -> MlflowClient:
+        """The client, opening the store (creating a sqlite file where there is none). Raises TrackingUnusable
+        or TrackingUnreachable before MLflow writes anything."""
         if self._client is None:
+            db_path = self.db_path if self.embedded else sqlite_file(self.tracking_uri)
             if self.embedded:
-                self.home.mkdir(parents=True, exist_ok=True)
+                _create(self.home, f"data directory {self.home} (${HOME_ENV}, else ./{DEFAULT_HOME})")
                 _sqlite_wal(self.db_path)
+            elif db_path is not None:
+                _create(db_path.parent, f"tracking store {self.tracking_uri}: folder {db_path.parent}")
             else:
                 check_answers(self.tracking_uri)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._client = _open(self.tracking_uri)
         return self._client
 
     def use(self) -> None:
@@ -106,12 +137,78 @@ class Store:
         return self.client.create_experiment(study, artifact_location=self.artifact_location(study))
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file a `sqlite:///PATH` URI names (relative to the working directory with three slashes,
+    absolute with four); None for other URIs and an in-memory sqlite."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).expanduser().absolute() if path and path != ":memory:" else None
+
+
+def _create(folder: Path, what: str) -> None:
+    """The folder that will hold a store, created where missing; one line when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise TrackingUnusable(f"{what}: cannot write there: {exc.strerror or exc}") from None
+
+
+def _check_creatable(folder: Path, what: str) -> None:
+    """Whether `folder` exists or can be created, leaving nothing behind: its nearest existing ancestor is a
+    folder that takes a new entry (tried for real: permission bits say nothing to root, or of /proc)."""
+    import tempfile
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TrackingUnusable(f"{what}: cannot write there: {probe} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hpsearch-probe-", dir=probe))
+    except OSError as exc:
+        raise TrackingUnusable(f"{what}: cannot write there: {probe}: {exc.strerror or exc}") from None
+
+
+def _known_scheme(uri: str) -> None:
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except UnsupportedModelRegistryStoreURIException as exc:
+        raise _unknown_scheme(uri, exc) from None
+
+
+def _unknown_scheme(uri: str, exc) -> TrackingUnusable:
+    schemes = ", ".join(s + ":" for s in exc.supported_uri_schemes if s)
+    return TrackingUnusable(f"tracking store {_redacted(uri)}: not a URI MLflow can open; it takes a path, "
+                            f"or one of the schemes {schemes}")  # fmt: skip
+
+
+def _open(uri: str) -> MlflowClient:
+    """An MlflowClient on `uri`. MLflow opens the tracking store at once, so a URI it cannot use (an unknown
+    scheme, a file store it refuses, a file that is not a database) fails here, before anything is written."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except UnsupportedModelRegistryStoreURIException as exc:
+        raise _unknown_scheme(uri, exc) from None
+    except Exception as exc:  # MlflowException, sqlalchemy's errors, OSError: the store cannot be used as given
+        if not isinstance(exc, (MlflowException, OSError)) and not type(exc).__module__.startswith("sqlalchemy"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise TrackingUnusable(f"tracking store {_redacted(uri)}: cannot be opened: {first[:300]}") from None
+
+
 def check_answers(uri: str, timeout: float = ANSWER_S) -> None:
     """Raise TrackingUnreachable unless the tracking server (http/https: its /health) or the database
     (postgresql, mysql, mssql: a connection) answers within `timeout` seconds. sqlite, file and other
     stores are local and not probed."""
-    from urllib.parse import urlparse
-
     scheme = urlparse(uri).scheme.split("+")[0]
     try:
         if scheme in ("http", "https"):
