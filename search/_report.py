@@ -90,6 +90,7 @@ def build_report(study: str, output: str | None = None, tracking_uri: str | None
 
 def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.Figure | None]]:
     from ._journal import run_journal
+    from ._ranking import best_reached
     from ._tune import optuna_storage
 
     name = parent.data.tags.get(T.OPTUNA_STUDY)
@@ -102,13 +103,12 @@ def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.
         return [("Optuna plots", None)]
     # Optuna's history, parallel-coordinate and importance plots draw only COMPLETE trials, and with ASHA
     # most trials are PRUNED. They are drawn here over a copy where every trial that reported a value
-    # counts, with the best value it reached; the intermediate-values plot reads the real study.
+    # counts, with the best value it reached (as in the sampler's ranked view); the intermediate-values plot
+    # reads the real study.
     view = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    pick = max if mode == "max" else min
     for trial in source.get_trials(deepcopy=False):
-        values = list(trial.intermediate_values.values())
-        value = trial.value if trial.value is not None else (pick(values) if values else None)
-        if value is None or not np.isfinite(value):
+        value = best_reached(trial, mode)
+        if value is None:
             continue
         view.add_trial(optuna.trial.create_trial(
             params=trial.params, distributions=trial.distributions, value=value,
