@@ -4,10 +4,10 @@ At each rung (a milestone epoch) ASHA records the metric each trial had at the f
 past the milestone, and stops a trial below the rung's cutoff. Ray's experiment snapshots leave the rungs
 out, so a resumed sweep would judge its next trials against empty rungs. Every epoch's value is already an
 intermediate value in the study's Optuna journal (StudySearch reports each one), so the rungs are replayed
-from there through ASHA's public scheduler methods (`on_trial_add`, `on_trial_result`, `on_trial_complete`,
-`on_trial_remove`), whose results do not depend on the order the trials are replayed in. What hpsearch
-keeps is plain data (the Ray version that started the sweep): a Ray upgrade that keeps the public methods
-resumes as before, and one that does not is refused in one line naming both versions.
+from there through ASHA's public scheduler methods (`on_trial_add`, `on_trial_result`, `on_trial_complete`),
+whose outcome does not depend on the order the trials are replayed in. Nothing of Ray's is pickled: a Ray
+upgrade that keeps those methods resumes as before, and one that does not is refused in one line naming the
+Ray that started the sweep (a study user attribute, set by StudySearch) and the one installed.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import dataclasses
 
 import optuna
 import ray
+from ray.tune.schedulers import ASHAScheduler
 
 from studies import UserError
 from trainables import EPOCH
 
-from ._searcher import RAY_TRIAL_ID
+from ._searcher import RAY_TRIAL_ID, RAY_VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,15 +31,10 @@ class _Trial:
     trial_id: str
 
 
-def asha_state() -> dict:
-    """What a sweep keeps for its ASHA rungs: plain data, no Ray objects."""
-    return {"ray": ray.__version__}
-
-
-def replay_rungs(scheduler, study: optuna.Study, metric: str, state: dict | None = None) -> int:
-    """Rebuild a fresh `scheduler`'s rungs (after Ray has given it its metric and mode) from each trial's
-    per-epoch values in `study`. `state`: what `asha_state` returned when the sweep was saved. Returns the
-    number of trials replayed. Trials that Ray resumes are added again by Ray, as on any resume."""
+def replay_rungs(scheduler, study: optuna.Study, metric: str) -> int:
+    """Rebuild a fresh `scheduler`'s rungs (once Ray has given it its metric and mode) from each trial's
+    per-epoch values in `study`. Returns the number of trials replayed. Each leaves ASHA afterwards: the trials
+    that Ray resumes, Ray adds again, as on any resume."""
     replayed = 0
     try:
         for ot_trial in study.get_trials(deepcopy=False):
@@ -53,10 +49,18 @@ def replay_rungs(scheduler, study: optuna.Study, metric: str, state: dict | None
             # As Ray does with a trial's last result: recorded even at max_t, and the trial leaves ASHA.
             scheduler.on_trial_complete(None, trial, {EPOCH: last, metric: values[last]})
             replayed += 1
-    except Exception as exc:  # Ray changed what its ASHA does with these calls: name the versions
-        started = (state or {}).get("ray", "an unrecorded version")
+    except Exception as exc:  # this Ray's ASHA does something else with these calls: name the versions
+        started = study.user_attrs.get(RAY_VERSION, "an unrecorded version")
         raise UserError(
             f"--resume: ASHA's rungs cannot be rebuilt with Ray {ray.__version__} (this sweep started with Ray "
             f"{started}): {type(exc).__name__}: {exc}; resume with Ray {started}, or start afresh with --fresh"
         ) from None
     return replayed
+
+
+def check_replay(asha, study: optuna.Study, metric: str, mode: str) -> None:
+    """Before Ray resumes: replay into a scratch ASHA (spec `asha`), so that a Ray which cannot take the replay
+    is refused here. Inside Ray's resume an exception does not stop the sweep: Ray restarts it from scratch."""
+    scratch = ASHAScheduler(time_attr=EPOCH, metric=metric, mode=mode, max_t=asha.max_t,
+                            grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)  # fmt: skip
+    replay_rungs(scratch, study, metric)

@@ -12,6 +12,7 @@ import math
 import pickle
 
 import optuna
+import ray
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -24,6 +25,7 @@ from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
 
 RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
+RAY_VERSION = "hpsearch_ray_version"  # an Optuna study user attribute: the Ray that started the sweep
 
 
 def fail_running(study: optuna.Study, reason: str, keep=frozenset()) -> list[tuple[str, dict]]:
@@ -80,6 +82,9 @@ class StudySearch(OptunaSearch):
         self._study_seed = study_seed
         self._progress: dict[str, TrialProgress] = {}
         self._reported: dict[str, set[int]] = {}  # trial_id -> epochs already given to Optuna
+        study = getattr(self, "_ot_study", None)  # none yet when Ray gives the space later
+        if study is not None and RAY_VERSION not in study.user_attrs:  # a resume keeps the first: see _asha_state
+            study.set_user_attr(RAY_VERSION, ray.__version__)
 
     # ---- saved with Ray's experiment snapshots; plain ids, not the pickled study and its storage ----
     def save(self, checkpoint_path: str) -> None:

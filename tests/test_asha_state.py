@@ -8,11 +8,12 @@ import random
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
+import ray
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-from search._asha_state import _Trial, asha_state, replay_rungs
-from search._searcher import RAY_TRIAL_ID
+from search._asha_state import _Trial, check_replay, replay_rungs
+from search._searcher import RAY_TRIAL_ID, RAY_VERSION
 from studies import UserError
 
 MAX_T = 9
@@ -70,7 +71,7 @@ def test_rungs_replayed_from_the_journal_match_the_live_ones(mode):
     live, study, still_running = live_sweep(mode)
     assert still_running  # the resume has trials to continue, which Ray adds to ASHA again
     rebuilt = asha(mode)
-    assert replay_rungs(rebuilt, study, "score", asha_state()) == sum(1 for t in study.trials if t.intermediate_values)
+    assert replay_rungs(rebuilt, study, "score") == sum(1 for t in study.trials if t.intermediate_values)
     assert rebuilt.debug_string().split("\n")[1:] == live.debug_string().split("\n")[1:]  # each rung's cutoff
     for tid in still_running:  # Ray's resume adds back the trials it continues
         rebuilt.on_trial_add(None, _Trial(tid))
@@ -86,8 +87,6 @@ def test_an_empty_journal_leaves_the_rungs_empty():
 
 
 def test_a_ray_whose_asha_no_longer_takes_the_replay_is_refused_in_one_line_naming_both_versions():
-    import ray
-
     class Changed(ASHAScheduler):  # an upgrade that changed what on_trial_result reads of a trial
         def on_trial_result(self, tune_controller, trial, result):
             return super().on_trial_result(tune_controller, trial.trial_name, result)
@@ -95,8 +94,26 @@ def test_a_ray_whose_asha_no_longer_takes_the_replay_is_refused_in_one_line_nami
     scheduler = Changed(time_attr="epoch", max_t=MAX_T, grace_period=1, reduction_factor=3)
     scheduler.set_search_properties("score", "max")
     _, study, _ = live_sweep("max", trials=4)
+    study.set_user_attr(RAY_VERSION, "2.50.0")  # as StudySearch records it when the sweep starts
     with pytest.raises(UserError) as caught:
-        replay_rungs(scheduler, study, "score", {"ray": "2.50.0"})
+        replay_rungs(scheduler, study, "score")
     message = str(caught.value)
     assert "\n" not in message and f"Ray {ray.__version__}" in message and "Ray 2.50.0" in message, message
     assert "--fresh" in message
+
+
+def test_the_check_before_a_resume_replays_into_a_scratch_asha_of_the_spec():
+    from search._searcher import StudySearch
+    from studies import parse_spec
+
+    spec = parse_spec({"name": "a", "trainable": "digits-mlp", "metric": "score", "mode": "max", "trials": 4,
+                       "asha": {"max_t": MAX_T, "grace_period": 1, "reduction_factor": 3},
+                       "space": {"q": {"type": "float", "low": 0.0, "high": 1.0}}}, "a")  # fmt: skip
+    searcher = StudySearch(space={"q": FloatDistribution(0, 1)}, metric="score", mode="max", max_t=MAX_T,
+                           study_seed=0)  # fmt: skip
+    study = searcher._ot_study
+    assert study.user_attrs[RAY_VERSION] == ray.__version__  # recorded when the sweep starts
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"epoch": 1, "score": 0.5})
+    check_replay(spec.asha, study, "score", "max")  # a Ray that takes the replay: nothing to say
+    assert study.trials[0].intermediate_values == {1: 0.5}
