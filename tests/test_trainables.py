@@ -25,7 +25,9 @@ def test_splits_are_stratified_disjoint_and_fixed_by_split_seed():
     assert not (idx["train"] & idx["val"]) and not (idx["train"] & idx["test"]) and not (idx["val"] & idx["test"])
     assert len(idx["train"] | idx["val"] | idx["test"]) == 1797
     assert a.fingerprint == b.fingerprint != c.fingerprint
-    assert abs(a.split("train").x.mean().item()) < 1e-5  # normalised with the training split's own statistics
+    train_pixels = a.split("train").x  # raw: the model's preprocessing normalises, with the training split's statistics
+    assert a.mean == pytest.approx(train_pixels.mean().item()) and a.std == pytest.approx(train_pixels.std().item(), rel=1e-3)
+    assert train_pixels.max() == 16 and not np.isclose(a.mean, a.raw["val"][0].mean(), atol=1e-4)
 
 
 @pytest.mark.parametrize("build, shape", [(build_mlp, (5, 64)), (build_cnn, (5, 1, 8, 8))])

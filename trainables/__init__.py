@@ -2,6 +2,7 @@
 
 from ._check import Setup
 from ._factory import from_model
+from ._loop import Split
 from ._lru import release_caches
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
 from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
@@ -12,6 +13,7 @@ __all__ = [
     "STOP_EARLY",
     "STOP_KEY",
     "Setup",
+    "Split",
     "MemoryReporter",
     "Reporter",
     "Trainable",

@@ -1,11 +1,15 @@
 """scikit-learn's bundled handwritten digits (1,797 8x8 images, pixels 0..16): real data that ships offline.
 
 Splits: a stratified held-out test split (20%), then a stratified validation split (20% of the rest), both
-fixed by `split_seed`. Normalisation statistics come from the training split alone.
+fixed by `split_seed` (`_loading.three_way`, the splitter the `digits` data set of `_datasets` uses too).
+Normalisation statistics come from the training split alone. Both pairs are built on the public factory
+(`trainables.from_model`), as a user's own model would be.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from typing import Any
 
@@ -13,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._check import Setup
-from ._loop import LOOP_DEFAULTS, LOOP_HYPERPARAMETERS, Split, evaluate, fit, make_optimizer
+from ._factory import from_model
+from ._loading import three_way
+from ._loop import Split
 from ._registry import Trainable, register
 from ._reporter import Reporter
 
@@ -24,55 +29,57 @@ VAL_FRACTION = 0.2  # of the remaining 1,437: 288 validation, 1,149 training
 
 
 class DigitsData:
-    """The three splits as float tensors of raw pixels (0..16), plus the training split's statistics."""
+    """The three splits as float arrays of raw pixels (0..16), plus the training split's statistics."""
 
     def __init__(self, split_seed: int):
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         digits = load_digits()
         x = digits.data.astype(np.float32)  # (1797, 64), the data set's natural form
         y = digits.target.astype(np.int64)
-        idx = np.arange(len(y))
-        rest, test = train_test_split(idx, test_size=TEST_FRACTION, stratify=y, random_state=split_seed)
-        train, val = train_test_split(rest, test_size=VAL_FRACTION, stratify=y[rest], random_state=split_seed)
         self.split_seed = split_seed
-        self.indices = {"train": train, "val": val, "test": test}  # rows of load_digits()
-        self.raw = {name: (x[i], y[i]) for name, i in (("train", train), ("val", val), ("test", test))}
+        self.indices = three_way(y, len(y), TEST_FRACTION, VAL_FRACTION, split_seed)  # rows of load_digits()
+        self.raw = {name: (x[i], y[i]) for name, i in self.indices.items()}
         # One channel, so one mean and one std, from the training split only (no peeking at val/test).
+        train = self.indices["train"]
         self.mean = float(x[train].mean())
         self.std = float(x[train].std())
         h = hashlib.sha256()
-        for i in (train, val, test):
+        for i in self.indices.values():
             h.update(x[i].tobytes())
             h.update(y[i].tobytes())
         self.fingerprint = h.hexdigest()[:16]
 
     def split(self, name: str) -> Split:
+        """A split's raw pixels (N, 64) and labels, as tensors."""
         x, y = self.raw[name]
-        return Split(torch.from_numpy((x - self.mean) / self.std), torch.from_numpy(y))
+        return Split(torch.from_numpy(x), torch.from_numpy(y))
 
 
 def _data(config: dict, reporter: Reporter | None = None) -> DigitsData:
     seed = int(config.get("split_seed", 0))
     if reporter is None:
-        return DigitsData(seed)
+        return _digits(seed)
     return reporter.cached(("digits", seed), lambda: DigitsData(seed))
 
 
-class Preprocessed(nn.Module):
-    """Raw digit pixels (N, 64) in 0..16 -> normalise -> reshape -> net. What the MLflow model serves."""
+@functools.lru_cache(maxsize=4)  # a few split seeds (half a MiB each) for the hooks that run outside a trial
+def _digits(seed: int) -> DigitsData:
+    return DigitsData(seed)
 
-    def __init__(self, net: nn.Module, mean: float, std: float, shape: tuple[int, ...]):
+
+class Preprocessed(nn.Module):
+    """Raw digit pixels (N, 64) in 0..16 -> normalised with the training split's mean and std -> reshaped to
+    the model's input. Runs in training and is baked into the MLflow model, which therefore serves raw pixels."""
+
+    def __init__(self, mean: float, std: float, shape: tuple[int, ...]):
         super().__init__()
-        self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.shape = shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
-        return self.net(x.reshape(-1, *self.shape))
+        return ((x.float() - self.mean) / self.std).reshape(-1, *self.shape)
 
 
 # ---- models -------------------------------------------------------------------------------------------
@@ -115,85 +122,52 @@ def build_cnn(config: dict) -> nn.Module:
     )  # fmt: skip
 
 
-# ---- the trainable and its after-search hooks, shared by both pairs ------------------------------------
+# ---- the two pairs, on the public factory ------------------------------------------------------------------
+
+
+def _splits(config: dict):
+    """data(config) for the factory: raw pixels; the test split only when the test asks for it."""
+    digits = _data(config)
+    train = digits.split("train")
+    subset = int(config["train_subset"])
+    if subset:
+        train = Split(train.x[:subset], train.y[:subset])
+    val = digits.split("val")
+
+    def test():
+        split = digits.split("test")
+        return split.x, split.y
+
+    return (train.x, train.y), (val.x, val.y), test
 
 
 def _digits_trainable(name: str, build, shape, hyperparameters, defaults, description) -> Trainable:
-    all_defaults = {**LOOP_DEFAULTS, **defaults, "split_seed": 0, "train_subset": 0}
-
-    def with_defaults(config: dict) -> dict:
-        return {**all_defaults, **config}
-
-    def as_model_input(split: Split) -> Split:
-        return Split(split.x.reshape(-1, *shape), split.y)
-
-    def train(config: dict, reporter: Reporter) -> None:
-        config = with_defaults(config)
-        data = _data(config, reporter)
-        train_split = as_model_input(data.split("train"))
-        subset = int(config["train_subset"])
-        if subset:
-            train_split = Split(train_split.x[:subset], train_split.y[:subset])
-        fit(config, reporter, build, train_split, as_model_input(data.split("val")))
-
-    def load(config: dict, model_state: dict) -> nn.Module:
-        model = build(config)
-        model.load_state_dict(model_state)
-        return model.eval()
-
-    def evaluate_split(config: dict, model_state: dict, split: str) -> dict[str, float]:
-        config = with_defaults(config)
-        result = evaluate(load(config, model_state), as_model_input(_data(config).split(split)))
-        return {f"{split}_{k}": v for k, v in result.items()}
-
-    def export(config: dict, model_state: dict) -> tuple[nn.Module, np.ndarray]:
-        config = with_defaults(config)
-        data = _data(config)
-        model = Preprocessed(load(config, model_state), data.mean, data.std, shape).eval()
-        return model, data.raw["val"][0][:4].copy()
-
-    def setup(config: dict) -> Setup:
-        config = with_defaults(config)
-        data = _data(config)
-        return Setup(
-            model=lambda: build(config),
-            train=as_model_input(data.split("train")),
-            val=as_model_input(data.split("val")),
-            loss=nn.functional.cross_entropy,
-            optimizer=lambda params, lr: make_optimizer(params, {**config, "lr": lr}),
-            n_classes=N_CLASSES,
-        )
+    trainable = from_model(
+        build, _splits, name=name, description=description,
+        # The training split's statistics, of all of it (a train_subset trains on fewer, normalised alike).
+        preprocess=lambda config, _: Preprocessed(*_stats(config), shape),
+        hyperparameters={
+            **hyperparameters,
+            # A learning-curve knob: fewer examples make a task that does not saturate (benchmarks).
+            "train_subset": "train on only the first N examples of the (shuffled) training split; 0 = all",
+        },
+        defaults={**defaults, "train_subset": 0},
+    )  # fmt: skip
 
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-        x, y = _data(with_defaults(config)).raw[split]
-        return x, y, (8, 8)
+        x, y = _data({**trainable.defaults, **config}).raw[split]
+        return x, y, (8, 8)  # the report draws the flat pixels as the 8x8 images they are
 
     def data_info(config: dict) -> dict[str, Any]:
-        data = _data(with_defaults(config))
+        data = _data({**trainable.defaults, **config})
         return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
 
-    return register(
-        Trainable(
-            name=name,
-            train=train,
-            metric="val_accuracy",
-            mode="max",
-            hyperparameters={
-                **LOOP_HYPERPARAMETERS,
-                **hyperparameters,
-                "split_seed": "seed of the data splits",
-                # A learning-curve knob: fewer examples make a task that does not saturate (benchmarks).
-                "train_subset": "train on only the first N examples of the (shuffled) training split; 0 = all",
-            },
-            defaults=all_defaults,
-            evaluate=evaluate_split,
-            export=export,
-            data_info=data_info,
-            samples=samples,
-            setup=setup,
-            description=description,
-        )
-    )
+    return register(dataclasses.replace(trainable, samples=samples, data_info=data_info))
+
+
+def _stats(config: dict) -> tuple[float, float]:
+    data = _data(config)
+    return data.mean, data.std
 
 
 digits_mlp = _digits_trainable(

@@ -199,6 +199,7 @@ def fit(
         torch.set_rng_state(checkpoint["rng"]["torch"])
         shuffle.set_state(checkpoint["rng"]["shuffle"])
         state = dict(checkpoint["progress"])
+        print(f"resuming at epoch {state['epoch'] + 1} from the trial's checkpoint", flush=True)  # in `hpsearch logs`
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
