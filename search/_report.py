@@ -172,7 +172,10 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
 
     model, _ = trainable.export(config, payload["model"])
     with torch.no_grad():
-        predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+        outputs = model(torch.from_numpy(x)).numpy()
+    if y is None:  # a generative model (labels None): `x` is its inputs (noise), and what it makes is drawn
+        return [("Best model: generated samples", _image_grid(outputs[:SAMPLES], shape))]
+    predicted = outputs.argmax(1)
     classes = int(max(y.max(), predicted.max()) + 1)
     matrix = np.zeros((classes, classes), dtype=int)
     np.add.at(matrix, (y, predicted), 1)
@@ -184,17 +187,20 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
     if shape is not None:
         # Misclassified examples first: they are the ones worth looking at.
         order = np.argsort(predicted == y, kind="stable")[:SAMPLES]
-        cols = 8
-        grid = make_subplots(rows=(len(order) + cols - 1) // cols, cols=cols,
-                             subplot_titles=[f"pred {predicted[i]} / true {y[i]}" for i in order])  # fmt: skip
-        for k, i in enumerate(order):
-            grid.add_trace(go.Heatmap(z=x[i].reshape(shape), colorscale="gray_r", showscale=False),
-                           k // cols + 1, k % cols + 1)  # fmt: skip
-        grid.update_yaxes(autorange="reversed", showticklabels=False)
-        grid.update_xaxes(showticklabels=False)
-        grid.update_layout(height=160 * ((len(order) + cols - 1) // cols) + 60)
+        grid = _image_grid(x[order], shape, [f"pred {predicted[i]} / true {y[i]}" for i in order])
         figures.append(("Best model: sample predictions (misclassified first)", grid))
     return figures
+
+
+def _image_grid(images: np.ndarray, shape: tuple[int, ...], titles: list[str] | None = None, cols: int = 8) -> go.Figure:
+    grid = make_subplots(rows=(len(images) + cols - 1) // cols, cols=cols, subplot_titles=titles)
+    for k, image in enumerate(images):
+        grid.add_trace(go.Heatmap(z=image.reshape(shape), colorscale="gray_r", showscale=False),
+                       k // cols + 1, k % cols + 1)  # fmt: skip
+    grid.update_yaxes(autorange="reversed", showticklabels=False)
+    grid.update_xaxes(showticklabels=False)
+    grid.update_layout(height=160 * ((len(images) + cols - 1) // cols) + 60)
+    return grid
 
 
 def _spec_text(store, parent) -> str:

@@ -35,7 +35,8 @@ class Trainable:
     # data_info(config) -> {"fingerprint": str, "split_seed": int, ...} for provenance tags
     data_info: Callable[[dict], dict[str, Any]] | None = None
     # samples(config, split) -> (raw inputs as export's model takes them, labels, image shape or None):
-    # what `hpsearch report` draws its confusion matrix and sample predictions from (the "val" split)
+    # what `hpsearch report` draws its confusion matrix and sample predictions from (the "val" split); labels None:
+    # a generative model, its inputs (noise) whose outputs, images of that shape, the report draws as a grid
     samples: Callable[[dict, str], tuple[Any, Any, tuple[int, ...] | None]] | None = None
     # setup(config) -> trainables.Setup (model factory, splits, loss, optimizer): what `hpsearch check` runs on
     setup: Callable[[dict], Any] | None = None
@@ -95,4 +96,4 @@ def get_trainable(ref: str) -> Trainable:
 
 def _load_builtins() -> None:
     # Importing the modules registers them; done lazily so `import trainables` stays cheap.
-    from . import _digits, _multi, _vision  # noqa: F401
+    from . import _dcgan, _digits, _multi, _vision  # noqa: F401
