@@ -31,8 +31,21 @@ def _free_mb(home: Path) -> tuple[float, Path]:
     return shutil.disk_usage(probe).free / 2**20, probe
 
 
+def env_mb(name: str, default: float) -> float:
+    """A size in MB from the environment; a value that is not a number >= 0 is the user's to fix."""
+    text = os.environ.get(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UserError(f"{name}: {text!r} is not a size in MB (a number >= 0)")
+    return value
+
+
 def check_free_disk(home: Path) -> None:
-    need = float(os.environ.get(MIN_FREE_ENV, DEFAULT_MIN_FREE_MB))
+    need = env_mb(MIN_FREE_ENV, DEFAULT_MIN_FREE_MB)
+    env_mb(STOP_FREE_ENV, DEFAULT_STOP_FREE_MB)  # read while the sweep runs: checked before it starts
     free, probe = _free_mb(home)
     if free < need:
         raise UserError(
@@ -76,7 +89,7 @@ class Halt(Stopper):
         if self.home is not None and self._disk_full is None and now - self._disk_checked >= DISK_CHECK_S:
             self._disk_checked = now
             free, probe = _free_mb(self.home)
-            if free < float(os.environ.get(STOP_FREE_ENV, DEFAULT_STOP_FREE_MB)):
+            if free < env_mb(STOP_FREE_ENV, DEFAULT_STOP_FREE_MB):
                 self._disk_full = f"disk full: {free:.0f} MB left under {probe}"
         return self._disk_full
 

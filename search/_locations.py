@@ -63,15 +63,19 @@ def storage_path(storage: str, origin: str = "--storage") -> Path:
     from studies import UserError
 
     parsed = urlparse(storage)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+    if parsed.scheme and parsed.scheme != "file" and len(parsed.scheme) > 1:  # not a Windows drive letter
         raise UserError(
             f"{origin}: {storage!r}: the study's shared state (Optuna journal, lock, stop requests) needs a "
             "filesystem path that every machine mounts at the same place (e.g. NFS); "
             f"{parsed.scheme}:// storage is not supported"
         )
-    return Path(storage).expanduser().absolute()
+    path = Path(parsed.path) if parsed.scheme == "file" else Path(storage).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:  # the folder may not exist yet: its nearest ancestor
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{origin}: {storage!r}: {probe} is not a folder")
+    return path
 
 
 def config_file() -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
 
@@ -265,8 +266,11 @@ def _results(args) -> int:
         raise UserError("--format parquet: give --output FILE (parquet is binary)")
     if args.top is not None and args.top < 1:
         raise UserError(f"--top: must be >= 1 (got {args.top})")
+    _check_output(args.output)
     frame = api.results(args.study, top=args.top, tracking_uri=args.tracking_uri, run_id=args.run_id,
                         state=args.state, where=args.where, sort=args.sort)  # fmt: skip
+    if args.output:
+        Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)  # as `report` does
     if args.format == "parquet":
         flat_results(frame).to_parquet(args.output, index=False)
         print(f"wrote {len(frame)} rows to {args.output}")
@@ -278,12 +282,28 @@ def _results(args) -> int:
     else:
         text = _table(frame) + "\n"
     if args.output:
-        with open(args.output, "w") as f:
+        with open(Path(args.output).expanduser(), "w") as f:
             f.write(text)
         print(f"wrote {len(frame)} rows to {args.output}")
     else:
         print(text, end="")
     return 0
+
+
+def _check_output(output: str | None) -> None:
+    """An --output file is refused before anything is read: a folder, or a path under a file."""
+    from studies import UserError
+
+    if output is None:
+        return
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise UserError(f"--output: {output} is a folder; give a file name")
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--output: {output}: {probe} is not a folder")
 
 
 def _show(args) -> int:
@@ -377,6 +397,7 @@ def _check(args) -> int:
 def _report(args) -> int:
     from . import api
 
+    _check_output(args.output)
     path, diagnoses = api.report(args.study, output=args.output, tracking_uri=args.tracking_uri, run_id=args.run_id)
     for line in diagnoses:
         print(line)

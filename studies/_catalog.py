@@ -18,6 +18,8 @@ def load_study(ref: str) -> StudySpec:
     """STUDY as given to `hpsearch run`: a path to a YAML file, or a built-in study's name."""
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref:
+        if path.is_dir():
+            raise UserError(f"{ref}: a folder, not a study file")
         if not path.is_file():
             raise UserError(f"{ref}: no such study file")
         return load_spec_file(path)

@@ -116,7 +116,7 @@ Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discrimin
 class Asha(_Strict):
     max_t: int = Field(10, ge=1, description="epochs a trial trains when never stopped")
     grace_period: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
-    reduction_factor: float = Field(3, gt=1, description="keep 1/reduction_factor at each rung")
+    reduction_factor: float = Field(3, gt=1, allow_inf_nan=False, description="keep 1/reduction_factor at each rung")
 
     @model_validator(mode="after")
     def _grace(self):
@@ -126,8 +126,8 @@ class Asha(_Strict):
 
 
 class Resources(_Strict):
-    cpus: float = Field(1, gt=0, description="CPU cores per trial")
-    gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials onto one GPU")
+    cpus: float = Field(1, gt=0, allow_inf_nan=False, description="CPU cores per trial")
+    gpus: float = Field(0, ge=0, allow_inf_nan=False, description="GPUs per trial; fractions pack trials onto one GPU")
 
 
 class StudySpec(_Strict):
@@ -139,7 +139,7 @@ class StudySpec(_Strict):
     space: dict[str, Param] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     trials: int = Field(20, gt=0)
-    hours: float | None = Field(None, gt=0)
+    hours: float | None = Field(None, gt=0, allow_inf_nan=False)
     # ASHA's rungs; `asha: off` (or null) runs every trial to its own `epochs`, which may then be searched
     asha: Asha | None = Field(default_factory=Asha)
     resources: Resources = Field(default_factory=Resources)
@@ -147,8 +147,9 @@ class StudySpec(_Strict):
     max_failures: int = Field(0, ge=0)  # retries of a trial whose code raised, from its last checkpoint
     keep_checkpoints: int = Field(3, ge=1)  # checkpoints kept of ended trials: the best K
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "qmc"] = "tpe"
-    seed: int = 0  # seeds the sampler and every trial: same seed, same sweep (with max_concurrent 1)
-    split_seed: int = 0  # seeds the data splits alone, so sweeps with other seeds share one test split
+    # Seeds are numpy's: 0 to 2**32 - 1.
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds the sampler and every trial: same seed, same sweep (max_concurrent 1)
+    split_seed: int = Field(0, ge=0, lt=2**32)  # seeds the data splits alone: sweeps with other seeds share a test split
     # Where image trainables read their data set (torchvision layouts); default $HPSEARCH_HOME/data
     data_root: str | None = None
     download: bool = False  # fetch a missing data set into data_root (needs a network)
@@ -234,9 +235,11 @@ def parse_spec(data: Any, source: str) -> StudySpec:
 def load_spec_file(path: Path) -> StudySpec:
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{source}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
