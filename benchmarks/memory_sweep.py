@@ -11,6 +11,11 @@ Target: growth under 10% after trial 30.
     nice python benchmarks/memory_sweep.py                          # this checkout
     nice python benchmarks/memory_sweep.py --root /tmp/oldtree      # another checkout (the code before)
     nice python benchmarks/memory_sweep.py --trials 40 --mark 10    # a quick look
+    nice python benchmarks/memory_sweep.py --worker                 # the trials in this process, no Ray
+
+--worker trains the same kind of trials one after another in one process, as a reused Ray worker does, and
+prints its RSS beside its Python heap (tracemalloc): what the caches hold apart from native memory (torch's
+and oneDNN's per-shape state, the allocator).
 """
 
 from __future__ import annotations
@@ -125,6 +130,29 @@ def sweep(root: Path, trials: int, slots: int, marks: list[int], tmp: Path) -> d
     return seen
 
 
+def worker(root: Path, trials: int, marks: list[int]) -> None:
+    """The trials in this process, one after another: RSS and Python heap (MiB) at each mark."""
+    import random
+    import tracemalloc
+
+    sys.path.insert(0, str(root))
+    import torch
+
+    from trainables import MemoryReporter, get_trainable
+
+    torch.set_num_threads(1)  # as in a 1-CPU Ray trial
+    trainable, rng, space = get_trainable("digits-autoencoder"), random.Random(0), spec(trials, 1)["space"]
+    process = _psutil().Process()
+    tracemalloc.start()
+    for trial in range(1, trials + 1):
+        config = {"epochs": 1, "lr": 1.0e-3, "kind": rng.choice(space["kind"]["choices"])}
+        config.update({k: rng.randint(space[k]["low"], space[k]["high"]) for k in ("latent", "batch_size", "limit")})
+        trainable.train(config, MemoryReporter(metric="val_loss", mode="min"))
+        if trial in marks:
+            print(f"trial {trial:>4}: RSS {process.memory_info().rss / MIB:.0f} MiB, Python heap "
+                  f"{tracemalloc.get_traced_memory()[0] / MIB:.1f} MiB", flush=True)  # fmt: skip
+
+
 def _row(peak: tuple[int, int, int]) -> str:
     return "driver {:.0f} MiB, largest worker {:.0f} MiB, all workers {:.0f} MiB".format(*(v / MIB for v in peak))
 
@@ -135,7 +163,11 @@ def main() -> None:
     parser.add_argument("--mark", type=int, default=30, help="the trial count growth is measured from")
     parser.add_argument("--slots", type=int, default=2, help="trials at a time (1 CPU each)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to run (default: this one)")
+    parser.add_argument("--worker", action="store_true", help="the trials in this process, without Ray")
     args = parser.parse_args()
+    if args.worker:
+        print(f"{args.root.resolve()}, {args.trials} trials in one process:")
+        return worker(args.root.resolve(), args.trials, [args.mark, args.trials])
     with tempfile.TemporaryDirectory(prefix="mem", dir="/tmp") as tmp:  # short: Ray's socket paths < 107 bytes
         seen = sweep(args.root.resolve(), args.trials, args.slots, [args.mark, args.trials], Path(tmp))
     first, last = seen[args.mark], seen[args.trials]
