@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import signal
+import threading
 import time
 
 from ray.tune import Callback
@@ -36,6 +39,39 @@ def restore_asha(scheduler, state: dict) -> None:
     )
 
 
+def _ask_tune_to_stop() -> bool:
+    """End the sweep as Ctrl-C does: Tune's SIGUSR1 handler ends its loop and saves the experiment state, trials
+    left unfinished for `--resume`. False where Tune has no handler (a sweep run outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return False
+    signal.raise_signal(signal.SIGUSR1)
+    return True
+
+
+def _guarded(hook):
+    """A hook's exception (a tracking write the store refused, a bug of ours) ends the sweep with its state saved,
+    instead of escaping into Tune's loop, which would end it without a last snapshot. The first such error is
+    kept in `callback.error` for the engine to raise once Tune has returned; later hooks still run."""
+
+    @functools.wraps(hook)
+    def guarded(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except Exception as exc:
+            if self.error is not None:
+                return None
+            self.error = exc
+            first = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]
+            self.live.event(f"the sweep stops on an error in {hook.__name__} ({first}); its state is being saved")
+            if not _ask_tune_to_stop():
+                raise
+            return None
+
+    return guarded
+
+
 class TrackingCallback(Callback):
     def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
                  halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None, oom_retry=None):  # fmt: skip
@@ -58,18 +94,20 @@ class TrackingCallback(Callback):
         self.lost = 0  # trials a crash lost: started after Ray's last saved state
         self._oom_retry = oom_retry  # (config) -> the halved batch size queued for a retry, or None
         self._nodes: dict[str, str] = {}  # trial_id -> the Ray node its last result came from
+        self.error: Exception | None = None  # the first error in a hook: the sweep ended on it (see _guarded)
 
     def __getstate__(self):
         # Ray pickles the callback into tuner.pkl when the sweep starts. The MLflow handle, the output
         # stream and the scheduler belong to this driver process; a resumed sweep is given fresh ones.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna", "_oom_retry")}  # fmt: skip
+                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna", "_oom_retry", "error")}  # fmt: skip
 
     # ---- saved with each of Ray's experiment-state snapshots, restored by `hpsearch run --resume` ----
     def get_state(self) -> dict:
         state = {k: getattr(self, k) for k in ("progress", "configs", "outcomes", "checkpoints", "_durations")}
         if self.scheduler is not None:
             state["asha"] = asha_state(self.scheduler)
+        state["pending"] = self.recorder.pending()  # the epochs of this snapshot not written to MLflow yet
         return state
 
     def set_state(self, state: dict) -> None:
@@ -77,6 +115,7 @@ class TrackingCallback(Callback):
             setattr(self, key, state[key])
         if self.scheduler is not None and "asha" in state:
             restore_asha(self.scheduler, state["asha"])
+        self.recorder.keep_pending(state.get("pending", {}))
         summary = self.live.summary
         for outcome, _ in self.outcomes.values():
             summary.counts[outcome] += 1
@@ -88,6 +127,7 @@ class TrackingCallback(Callback):
         """Seconds this study has run, over all its resumes: what `--hours` is measured against."""
         return self._spent_s + time.monotonic() - self._t0
 
+    @_guarded
     def on_step_begin(self, iteration, trials, **info):
         if not self._reconciled:
             self._reconciled = True
@@ -126,6 +166,7 @@ class TrackingCallback(Callback):
             self.outcomes[trial_id] = outcome
             self.live.summary.counts[outcome[0]] += 1
 
+    @_guarded
     def on_trial_start(self, iteration, trials, trial, **info):
         self.configs[trial.trial_id] = dict(trial.config)
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode))
@@ -134,12 +175,14 @@ class TrackingCallback(Callback):
             self._started_at[trial.trial_id] = time.monotonic()
             self.live.summary.counts["running"] += 1
 
+    @_guarded
     def on_step_end(self, iteration, trials, **info):
         self.live.tick()
         if time.monotonic() - self._last_beat > ELAPSED_EVERY_S:  # so a crash loses at most this much budget
             self._last_beat = time.monotonic()
             self.recorder.set_parent_tags({T.ELAPSED: round(self.spent_s(), 1)})
 
+    @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.progress.setdefault(trial.trial_id, TrialProgress(self.metric, self.mode)).update(result)
         node = result.get(NODE_KEY)
@@ -153,13 +196,16 @@ class TrackingCallback(Callback):
         metrics["time_total_s"] = result.get("time_total_s", 0.0)
         self.recorder.trial_result(trial.trial_id, int(result.get(EPOCH, 0)), metrics)
 
+    @_guarded
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Trials checkpoint only when their best improves, and Ray keeps one: the latest is the best.
         self.checkpoints[trial.trial_id] = checkpoint
 
+    @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, errored=False)
 
+    @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, errored=True, error=classify_error(_error_text(trial)))
 

@@ -3,10 +3,13 @@ checkpoint, its servable model and one test evaluation, all recorded in MLflow."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
+import signal
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ from tracking import tags as T
 from trainables import Trainable, get_trainable
 
 from . import _ray_start
+from ._finish import Finished, finish, record_sweep, recorded_sweep
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
 from ._locations import Locations, resolve
 from ._inputs import trial_inputs
@@ -64,6 +68,7 @@ class Outcome:
     test_metrics: dict[str, float]
     model_uri: str | None
     seconds: float
+    finishing_left: list[str] = dataclasses.field(default_factory=list)  # finishing steps that failed (--resume)
 
     @property
     def exit_code(self) -> int:
@@ -121,7 +126,7 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
         notes += messages
     if resume and points:
         raise UserError("--warm-start: not with --resume (the resumed run keeps its own queue)")
-    unfinished = _unfinished_run(spec.name, tracking_uri, state_root)
+    unfinished = _unfinished_run(spec.name, tracking_uri, state_root, finishing=resume)
     if resume:
         if unfinished is None:
             raise UserError(f"--resume: study {spec.name!r} has no unfinished run to resume; run it without --resume")
@@ -145,14 +150,21 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
                 inputs=inputs, locations=locations, ship=ship)  # fmt: skip
 
 
-def _unfinished_run(study: str, tracking_uri: str | None, state_root: Path):
-    """The study's latest parent run if a crash (RUNNING) or Ctrl-C/SIGTERM (KILLED) left it unfinished.
-    Raises UserError when that run is in fact alive (its lock has a fresh heartbeat)."""
+def _unfinished_run(study: str, tracking_uri: str | None, state_root: Path, finishing: bool = False):
+    """The study's latest parent run if a crash (RUNNING), Ctrl-C/SIGTERM (KILLED) or an error of the engine
+    (FAILED) left it unfinished; with `finishing` (a --resume), also a FINISHED run whose finishing steps are
+    incomplete, which a plain run does not wait for. Raises UserError when that run is in fact alive (its lock
+    has a fresh heartbeat)."""
     live = read_lock(state_root, study)
     if live is not None:
         raise running_error(study, live)
-    runs = tracking.parent_runs(Store(tracking_uri), study)
-    if runs and runs[0].info.status in ("RUNNING", "KILLED"):
+    runs = tracking.parent_runs(Store(tracking_uri), study, limit=1)
+    if not runs:
+        return None
+    status = runs[0].info.status
+    if status in ("RUNNING", "KILLED", "FAILED"):
+        return runs[0]
+    if finishing and status == "FINISHED" and T.finishing_left(runs[0].data.tags):
         return runs[0]
     return None
 
@@ -173,6 +185,8 @@ def _check_resumable(spec: StudySpec, run, tracking_uri: str | None, locations: 
             f"--resume: run {run.info.run_id} keeps its state in storage {started_in}, but this command's storage "
             f"is {here} ({locations.origin('storage')}): resume with --storage {started_in}"
         )
+    if T.SWEPT in tags:
+        return  # the sweep ended: what is left (finishing) needs no state of Ray's
     if "://" not in experiment and not list(Path(experiment).glob("experiment_state-*.json")):
         raise UserError(f"--resume: run {run.info.run_id} saved no experiment state under {experiment or '(none)'}; "
                         "start over with --fresh")  # fmt: skip
@@ -206,12 +220,14 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
 
         connect(plan.address, plan.ship)
         cluster = check_cluster(plan)
+    swept = plan.resume_run is not None and T.SWEPT in plan.resume_run.data.tags
     if plan.resume_run is not None:
         run = plan.resume_run
         recorder.resume(run.info.run_id)
         run_name, spent_s = run.data.tags[T.OPTUNA_STUDY], float(run.data.tags.get(T.ELAPSED, 0))
         storage = run.data.tags[T.RAY_EXPERIMENT].rstrip("/").rsplit("/", 1)[0]
-        print(f"study {spec.name}: resuming run {recorder.parent_id} ({spent_s:.0f}s spent before)", file=out)
+        what = "finishing" if swept else "resuming"  # a sweep that had ended: its best model only, no trials
+        print(f"study {spec.name}: {what} run {recorder.parent_id} ({spent_s:.0f}s spent before)", file=out)
     else:
         if plan.replaces is not None:
             _abandon(plan.replaces, store, spec.name, out)
@@ -231,16 +247,28 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     for note in plan.notes:
         print(note, file=out, flush=True)
 
-    status = "FAILED"
+    status, error = "FAILED", None
     try:
-        from ._tune import run_tune
+        callback = None
+        if not swept:
+            from ._tune import run_tune
 
-        callback = run_tune(plan, recorder, fixed, run_name, storage, store, out,
-                            resume=plan.resume_run is not None, spent_s=spent_s, lock=lock)  # fmt: skip
-        recorder.set_parent_tags({T.ELAPSED: round(callback.spent_s(), 1)})
-        outcome = _finish(plan, store, recorder, callback, started, out)
+            callback = run_tune(plan, recorder, fixed, run_name, storage, store, out,
+                                resume=plan.resume_run is not None, spent_s=spent_s, lock=lock)  # fmt: skip
+            if callback.error is not None:
+                raise callback.error  # a hook's error, raised once Tune had saved its state (search/_callback.py)
+        with _interruptible():
+            if callback is None:
+                best, counts = recorded_sweep(store, plan.resume_run)
+            else:
+                recorder.set_parent_tags({T.ELAPSED: round(callback.spent_s(), 1)})
+                best, counts = record_sweep(recorder, callback)
+            done = {} if plan.resume_run is None else plan.resume_run.data.tags
+            finished = Finished() if best is None else finish(plan, store, recorder, best, done, out)
         status = "FINISHED"
-        return outcome
+        return Outcome(spec.name, recorder.parent_id, None if best is None else best.trial_id,
+                       None if best is None else best.value, plan.metric, counts, finished.test_metrics,
+                       finished.model_uri, time.monotonic() - started, finished.left)  # fmt: skip
     except Interrupted as exc:
         status = "KILLED"
         _signal, spent = exc.args
@@ -249,11 +277,51 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
             f"study {spec.name} interrupted; its state is saved: continue with `hpsearch run {plan.spec.name} "
             "--resume` (same spec file and flags)"
         ) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM after the sweep: while its best model was being finished
         status = "KILLED"
+        raise Interrupted(
+            f"study {spec.name} interrupted while finishing; the sweep's results are recorded: complete it with "
+            f"`hpsearch run {plan.spec.name} --resume`"
+        ) from None
+    except Exception as exc:
+        error = exc
+        print(f"study {spec.name}: stopped by an error (below); its trials are kept: continue with `hpsearch run "
+              f"{spec.name} --resume` once it is fixed", file=out, flush=True)  # fmt: skip
         raise
     finally:
+        _end_run(recorder, status, error, out)
+
+
+def _end_run(recorder, status: str, error: BaseException | None, out) -> None:
+    """Mark the parent run with its status. When the run is already ending on an error, a second one here (the
+    store that failed the sweep failing again) is said in a line and the first is the one raised."""
+    try:
         recorder.finish(status)
+    except Exception as exc:
+        if error is None:
+            raise
+        first = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]
+        print(f"(recording the run's end failed too: {first}; the error below is the cause)", file=out, flush=True)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """After the sweep (where Signals in _tune.py handles them): SIGTERM, like Ctrl-C, raises KeyboardInterrupt,
+    so a kill while the best model is finished leaves the run KILLED and resumable, not RUNNING. Ray's own
+    SIGTERM handler (sys.exit) would mark it FAILED."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _abandon(run, store, study: str, out) -> None:
@@ -266,79 +334,6 @@ def _abandon(run, store, study: str, out) -> None:
     if optuna_study:
         abandon_optuna_study(run_journal(run, data_home()), optuna_study, reason)
     print(f"closed unfinished run {run.info.run_id} ({closed} open trial(s) marked failed)", file=out)
-
-
-def _finish(plan, store, recorder, callback, started, out) -> Outcome:
-    best = callback.best_trial()
-    counts = callback.counts()
-    test_metrics: dict[str, float] = {}
-    model_uri = None
-    best_value = callback.progress[best].best_value if best else None
-    recorder.set_parent_tags({"hpsearch.count." + k: v for k, v in counts.items()})
-    if best is not None:
-        recorder.log_parent_metrics({T.BEST_VALUE: best_value})
-        recorder.set_parent_tags({T.BEST_TRIAL: best})
-        checkpoint = callback.checkpoints.get(best)
-        if checkpoint is None:
-            print(f"trial {best} saved no checkpoint: there is no best model to log or test", file=out)
-        else:
-            model_uri, test_metrics = _log_best(plan, store, recorder, callback, best, checkpoint, out)
-    return Outcome(
-        plan.spec.name, recorder.parent_id, best, best_value, plan.metric, counts, test_metrics, model_uri,
-        time.monotonic() - started,
-    )  # fmt: skip
-
-
-NO_MODEL_TAG = "hpsearch.no_model"  # why the run has no servable model: what `promote` says
-
-
-def _log_best(plan, store, recorder, callback, best: str, checkpoint, out) -> tuple[str | None, dict[str, float]]:
-    """Log the best trial's best epoch as a state_dict and a servable model; test it once. A checkpoint
-    without a state_dict under "model", or a model torch.export cannot trace, costs the study its test
-    evaluation or its servable model, said in one line, never its results."""
-    import torch
-
-    import tracking
-
-    from ._ray_reporter import CHECKPOINT_FILE
-
-    with checkpoint.as_directory() as path:
-        saved = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    state = saved.get("model") if isinstance(saved, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        reason = (f"trial {best}'s checkpoint has no state_dict under \"model\" (it has {keys}): no test "
-                  "evaluation or servable model; report checkpoint={\"model\": model.state_dict(), ...}")  # fmt: skip
-        print(reason, file=out)
-        recorder.set_parent_tags({NO_MODEL_TAG: reason})
-        return None, {}
-    config, progress = callback.configs[best], callback.progress[best]
-    payload = {"model": state, "config": config, "metric": plan.metric, "mode": plan.mode,
-               "value": progress.best_value, "trial_id": best, "epoch": progress.best_epoch}  # fmt: skip
-    tracking.log_best_checkpoint(store, recorder.parent_id, payload)
-    digest = tracking.state_digest(state)
-    tags, model_uri, test_metrics = {T.CHECKPOINT_DIGEST: digest}, None, {}
-    if plan.trainable.export is None:
-        tags[NO_MODEL_TAG] = f"trainable {plan.trainable.name} has no export hook (trainables.from_model gives one)"
-    else:
-        try:
-            model, example = plan.trainable.export(config, state)
-            model_uri = tags[T.MODEL_URI] = tracking.log_servable_model(store, recorder.parent_id, model, example)
-        except Exception as exc:  # noqa: BLE001 - the checkpoint is logged; only the servable model is lost
-            first = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]
-            tags[NO_MODEL_TAG] = (f"exporting the best model failed ({first}); the best checkpoint is logged. Make "
-                                  "the model traceable by torch.export (no data-dependent Python control flow), "
-                                  "or give the trainable an export hook that returns one that is")  # fmt: skip
-            print(f"no servable model: {tags[NO_MODEL_TAG]}", file=out)
-    if plan.trainable.evaluate is not None:
-        # The test split is read here, once per checkpoint (cached by digest), never for selection.
-        test_metrics = tracking.cached_test_metrics(store, plan.spec.name, digest) or plan.trainable.evaluate(
-            config, state, "test"
-        )
-        recorder.log_parent_metrics(test_metrics)
-        tags[T.TEST_DIGEST] = digest
-    recorder.set_parent_tags(tags)
-    return model_uri, test_metrics
 
 
 def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:

@@ -121,6 +121,7 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
     )
     status = {"run_id": info.run_id, "status": info.status, "run_name": info.run_name,
               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000))}  # fmt: skip
+    status["resume"] = T.resume_note(study, info.status, parent.data.tags)  # what `run --resume` would complete
     return result, status
 
 

@@ -42,6 +42,10 @@ ELAPSED = "hpsearch.elapsed_s"  # seconds the study has run, over all its resume
 RESUMES = "hpsearch.resumes"  # how many times the run was resumed
 PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strings; this keeps types)
 BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
+SWEPT = "hpsearch.swept"  # on the parent once its sweep has ended: what is left is finishing the best model
+BEST_CHECKPOINT = "hpsearch.best_checkpoint"  # the folder of the best trial's Ray checkpoint, which finishing reads
+FINISH = "hpsearch.finish."  # + a step below: "done", "none: why" (nothing to do), "failed: why" (--resume retries)
+FINISH_STEPS = {"checkpoint": "no best checkpoint logged", "test": "no test evaluation", "export": "no servable model"}
 
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call
 # Rows per search request, for every search (runs, experiments, registered models, model versions): reads
@@ -130,6 +134,10 @@ class StudyRecorder:
         self._experiment_id: str | None = None  # looked up once, not per trial
         self._pending: dict[str, list[Metric]] = {}
         self._pending_params: dict[str, list[Param]] = {}  # a new trial's params, written with its first batch
+        # trial_id -> metric -> the last step recorded (written or buffered): a trial rerun from a checkpoint after
+        # a crash or a retry reports epochs MLflow already holds, and each epoch is recorded once.
+        self._steps: dict[str, dict[str, int]] = {}
+        self._saved_pending: dict[str, list[Metric]] = {}  # buffered epochs from Ray's last snapshot (a resume)
         self._last_flush = time.monotonic()
         self._patient: Patient | None = None
 
@@ -191,10 +199,30 @@ class StudyRecorder:
         log_values(self.store, self.parent_id, metrics=metrics, client=self.client)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.flush()
-        for trial_id in list(self._children):  # trials Ray never finished (e.g. Ctrl-C)
-            self.trial_ended(trial_id, "failed", {}, reason="interrupted", status="KILLED")
-        self.client.set_terminated(self.parent_id, status=status)
+        """End the parent run, and the child runs of trials Ray never finished (Ctrl-C, an error). Every write is
+        tried even when one fails (a deleted run, a store refusing): one bad record must not leave the parent
+        RUNNING. The first failure is raised once all were tried."""
+        errors: list[Exception] = []
+        for trial_id in list(self._children):
+            try:
+                self.trial_ended(trial_id, "failed", {}, reason="interrupted", status="KILLED")
+            except Exception as exc:  # noqa: BLE001 - raised below, after the parent's own status
+                errors.append(exc)
+        try:
+            self.client.set_terminated(self.parent_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def pending(self) -> dict[str, list[Metric]]:
+        """Epochs reported but not written yet, by trial: saved with Ray's experiment snapshot, since a trial
+        resumed from that snapshot does not report them again."""
+        return {tid: list(metrics) for tid, metrics in self._pending.items() if metrics}
+
+    def keep_pending(self, pending: Mapping[str, list[Metric]]) -> None:
+        """The buffered epochs of Ray's snapshot (`pending`), written when their trials are reattached."""
+        self._saved_pending = dict(pending)
 
     # ---- children ----
     def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None,
@@ -208,6 +236,7 @@ class StudyRecorder:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, STATE, "running")
             self._children[trial_id] = run_id
+            self._reattach_steps(trial_id, run_id, params)
             return run_id
         exp = self._experiment_id or self.store.experiment_id(self.study)
         tags = {**self.tags, KIND: kind, STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
@@ -225,9 +254,33 @@ class StudyRecorder:
         if trial_id in self._children:
             log_values(self.store, self._children[trial_id], tags=tags, client=self.client)
 
+    def _reattach_steps(self, trial_id: str, run_id: str, params: Mapping[str, Any]) -> None:
+        """A resumed trial's run: the last step MLflow holds of each metric, then the snapshot's buffered epochs
+        past it. The trial reruns from its checkpoint, and its reports up to there are not recorded again."""
+        run = self.client.get_run(run_id)
+        steps = self._steps[trial_id] = {
+            key: max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
+            for key in run.data.metrics
+        }  # fmt: skip
+        for metric in self._saved_pending.pop(trial_id, []):
+            if metric.step > steps.get(metric.key, -1):
+                self._pending.setdefault(trial_id, []).append(metric)
+                steps[metric.key] = metric.step
+        if not run.data.params:  # it ended before its first batch was written
+            self._pending_params[trial_id] = [Param(k, _param(v)) for k, v in params.items()]
+
+    def _new(self, trial_id: str, metrics: list[Metric]) -> list[Metric]:
+        """The metrics at steps past those recorded for the trial (each epoch once, over reruns)."""
+        steps = self._steps.setdefault(trial_id, {})
+        fresh = [m for m in metrics if m.step > steps.get(m.key, -1)]
+        for m in fresh:
+            steps[m.key] = m.step
+        return fresh
+
     def trial_result(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
-        self._pending.setdefault(trial_id, []).extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        fresh = self._new(trial_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._pending.setdefault(trial_id, []).extend(fresh)
         if time.monotonic() - self._last_flush > _FLUSH_EVERY_S:
             self.flush()
 
@@ -244,7 +297,8 @@ class StudyRecorder:
         metrics = self._pending.pop(trial_id, [])  # the epochs not flushed yet go in the same write
         params = self._pending_params.pop(trial_id, [])
         if summary.get(BEST_VALUE) is not None:
-            metrics.append(Metric(BEST_VALUE, float(summary[BEST_VALUE]), int(time.time() * 1000), 0))
+            metrics += self._new(trial_id, [Metric(BEST_VALUE, float(summary[BEST_VALUE]), int(time.time() * 1000), 0)])
+        self._steps.pop(trial_id, None)
         for i in range(0, max(len(metrics), 1), _BATCH):
             first = i == 0
             self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if first else [],
@@ -271,6 +325,29 @@ class StudyRecorder:
                 if params:
                     self._pending_params[trial_id] = params
                 return
+
+
+def finishing_left(tags: Mapping[str, str]) -> list[str]:
+    """The finishing steps (FINISH_STEPS) a parent run still lacks: none before its sweep has ended with a best
+    trial; afterwards each step not done, and not one with nothing to do, whether it failed or was cut short."""
+    if SWEPT not in tags or BEST_TRIAL not in tags:
+        return []
+    return [step for step in FINISH_STEPS if not tags.get(FINISH + step, "").startswith(("done", "none"))]
+
+
+def resume_note(study: str, status: str, tags: Mapping[str, str]) -> str | None:
+    """What `hpsearch show` says of a run that `hpsearch run STUDY --resume` completes, or None. A RUNNING run
+    gets none: it may be live (the lock says so, not the run)."""
+    resume = f"run `hpsearch run {study} --resume`"
+    left = finishing_left(tags)
+    if status == "RUNNING" or REASON in tags:  # REASON on a parent: a --fresh run replaced it
+        return None
+    if left:
+        return f"finishing incomplete: {', '.join(FINISH_STEPS[step] for step in left)}; {resume}"
+    if SWEPT not in tags and status in ("FAILED", "KILLED"):
+        why = "stopped by an error" if status == "FAILED" else "interrupted"
+        return f"sweep {why}, its trials kept; {resume} to continue it"
+    return None
 
 
 def paged(search: Callable, *args, limit: int | None = None, **kwargs) -> Iterator:
