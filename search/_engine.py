@@ -21,7 +21,7 @@ import tracking
 from studies import StudySpec, UserError
 from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
-from trainables import Trainable, get_trainable
+from trainables import Trainable, get_trainable, release_caches
 
 from . import _ray_start
 from ._finish import Finished, finish, record_sweep, recorded_sweep
@@ -210,6 +210,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     fixed = {**spec.fixed, **({"epochs": spec.asha.max_t} if spec.asha else {}), "split_seed": spec.split_seed,
              **plan.inputs}  # fmt: skip
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
+    release_caches()  # planning read the data set (data_info): the driver holds none of it through the sweep
     _ray_start.ready()
     cluster = None
     if plan.ship is not None or plan.address is not None or os.environ.get("RAY_ADDRESS"):

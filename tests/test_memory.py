@@ -2,11 +2,14 @@
 driver holds no data set while the sweep runs. (The RSS over a 300-trial sweep: benchmarks/memory_sweep.py.)"""
 
 import gc
+import io
 import weakref
 
 import torch
+import yaml
 from torch import nn
 
+from search import api
 from trainables import MemoryReporter, get_trainable, release_caches
 from trainables import _device, _reporter, _vision
 from trainables._lru import DATA_CONFIGS_KEPT, LRU
@@ -94,3 +97,24 @@ def test_a_worker_training_many_data_configurations_keeps_only_the_last_few():
     gc.collect()
     assert first() is None  # the first configuration's data set has left the process
 
+
+def test_the_driver_holds_no_data_set_after_planning(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    path = tmp_path / "held.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "held", "trainable": "digits-autoencoder", "trials": 1, "asha": None, "max_concurrent": 1,
+        "space": {"latent": {"type": "int", "low": 4, "high": 8}},
+        "fixed": {"epochs": 1, "limit": 40, "batch_size": 8, "kind": "mlp"},
+    }))  # fmt: skip
+    release_caches()
+    planned = api.plan(str(path))
+    (data_set,) = (v for _, v in _vision._DATA_SETS.items())  # planning read it (data_info: fingerprint)
+    planning_copy = weakref.ref(data_set)
+    del data_set
+    outcome = api.execute(planned, out=io.StringIO())
+    assert outcome.exit_code == 0 and outcome.best_trial is not None
+    gc.collect()
+    # The test evaluation after the sweep read the same configuration afresh: had the driver kept the planning
+    # copy through the sweep, it would have been reused, and be alive now.
+    assert planning_copy() is None
+    assert len(_vision._DATA_SETS) == 1
