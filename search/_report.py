@@ -195,8 +195,14 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
 def _image_grid(images: np.ndarray, shape: tuple[int, ...], titles: list[str] | None = None, cols: int = 8) -> go.Figure:
     grid = make_subplots(rows=(len(images) + cols - 1) // cols, cols=cols, subplot_titles=titles)
     for k, image in enumerate(images):
-        grid.add_trace(go.Heatmap(z=image.reshape(shape), colorscale="gray_r", showscale=False),
-                       k // cols + 1, k % cols + 1)  # fmt: skip
+        image = image.reshape(shape)
+        if len(shape) == 3:  # (3, H, W): colour, drawn as it is (uint8) or stretched to 0..255 (floats)
+            rgb = image if image.dtype == np.uint8 else \
+                ((image - image.min()) / max(float(image.max() - image.min()), 1e-12) * 255).astype(np.uint8)  # fmt: skip
+            trace = go.Image(z=rgb.transpose(1, 2, 0))
+        else:
+            trace = go.Heatmap(z=image, colorscale="gray_r", showscale=False)
+        grid.add_trace(trace, k // cols + 1, k % cols + 1)
     grid.update_yaxes(autorange="reversed", showticklabels=False)
     grid.update_xaxes(showticklabels=False)
     grid.update_layout(height=160 * ((len(images) + cols - 1) // cols) + 60)

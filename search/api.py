@@ -148,11 +148,11 @@ def promote(
         raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
     ptags = parent.data.tags
     extra: dict[str, Any] = {}
+    model_uri = ptags.get(T.MODEL_URI)
+    if not model_uri and (candidates is None or ptags.get("hpsearch.no_model")):  # retraining would not help
+        why = ptags.get("hpsearch.no_model", "the trainable has no export hook")
+        raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model: {why}")
     if candidates is None:
-        model_uri = ptags.get(T.MODEL_URI)
-        if not model_uri:
-            why = ptags.get("hpsearch.no_model", "the trainable has no export hook")
-            raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model: {why}")
         best = next((r for r in rows if r["trial_id"] == ptags.get(T.BEST_TRIAL)), None)
         trial_id, params = ptags.get(T.BEST_TRIAL, ""), best["params"] if best else {}
         val_value, digest = parent.data.metrics.get(T.BEST_VALUE, ""), ptags.get(T.CHECKPOINT_DIGEST, "")

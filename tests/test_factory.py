@@ -290,6 +290,10 @@ def test_an_odd_checkpoint_or_an_unexportable_model_still_finishes_the_sweep_and
     assert odd.returncode == 0, odd.stdout + odd.stderr
     assert 'has no state_dict under "model"' in odd.stdout and "Traceback" not in odd.stderr
     assert len(json.loads(run_cli("results", "odd", "--format", "json", cwd=folder, env=env).stdout)) == 2
+    for promote in (("promote", "odd"), ("promote", "odd", "--candidates", "1", "--reseeds", "1")):
+        refused = run_cli(*promote, cwd=folder, env=env)  # retraining would not give a model either
+        assert refused.returncode == 2 and 'has no state_dict under "model"' in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
 
     moody = run_cli("run", "moody.yaml", cwd=folder, env=env)
     assert moody.returncode == 0, moody.stdout + moody.stderr
@@ -297,6 +301,77 @@ def test_an_odd_checkpoint_or_an_unexportable_model_still_finishes_the_sweep_and
     promoted = run_cli("promote", "moody", cwd=folder, env=env)
     assert promoted.returncode == 2 and len(promoted.stderr.strip().splitlines()) == 1, promoted.stderr
     assert "torch.export" in promoted.stderr and "export hook" in promoted.stderr
+
+
+SLOW_MODULE = '''
+import time
+
+import torch
+from torch import nn
+from trainables import from_model
+
+
+class Slow(nn.Module):  # a user's model that takes its time: 8 epochs of about 0.5 s
+    def __init__(self, config):
+        super().__init__()
+        self.linear = nn.Linear(8, 2)
+
+    def forward(self, x):
+        time.sleep(0.1)
+        return self.linear(x)
+
+
+def data(config):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 8, generator=g)
+    y = (x.sum(1) > 0).long()
+    return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
+
+
+slow = from_model(Slow, data, defaults={"epochs": 8, "batch_size": 64})
+'''
+
+
+def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL of the whole `hpsearch run` (a crash or reboot) while a trial of a user's own model is mid-way;
+    `--resume` continues that trial from its last checkpoint, in the user's project folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import tracking
+
+    (tmp_path / "slow.py").write_text(SLOW_MODULE)
+    (tmp_path / "slow.yaml").write_text(STUDY.format(name="slow", trainable="slow:slow", trials=3)
+                                        .replace("max_t: 2, grace_period: 2", "max_t: 8, grace_period: 8"))  # fmt: skip
+    home = tmp_path / "home"
+    env = {"HPSEARCH_HOME": str(home)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "hpsearch"), "run", "slow.yaml"], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:  # until a trial has checkpointed its third epoch (the loop checkpoints each epoch that improves)
+        deadline = time.monotonic() + 300
+        while not list(home.glob("ray/slow-*/*/checkpoint_00000[2-7]")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial got to its third epoch"
+            time.sleep(0.2)
+        time.sleep(1)  # Ray saves its experiment state right after each trial checkpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+
+    resumed = run_cli("run", "slow.yaml", "--resume", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming run" in resumed.stdout and "test_accuracy" in resumed.stdout
+    outputs = [p.read_text() for p in home.glob("ray/slow-*/hpsearch-logs/*.log")]
+    assert any("resuming at epoch" in text for text in outputs), outputs  # not started over
+    store = tracking.Store(home=home)
+    (parent,) = tracking.parent_runs(store, "slow")
+    rows = tracking.trial_rows(store, parent)
+    assert parent.info.status == "FINISHED" and {r["status"] for r in rows} <= {"FINISHED", "FAILED"}
+    assert len({r["trial_id"] for r in rows}) == len(rows) >= 3
 
 
 IMAGE_MODULE = '''
@@ -341,6 +416,10 @@ def test_an_imagefolder_of_pngs_read_once_or_streamed_sweeps_and_serves_uint8_im
         swept = run_cli("run", f"{name}.yaml", cwd=tmp_path, env=env)
         assert swept.returncode == 0, swept.stdout + swept.stderr
         assert "test_accuracy" in swept.stdout
+    reported = run_cli("report", "read_once", "--output", tmp_path / "pngs.html", cwd=tmp_path, env=env)
+    assert reported.returncode == 0, reported.stderr
+    page = (tmp_path / "pngs.html").read_text()
+    assert "confusion matrix" in page and "sample predictions" in page  # the colour images, drawn
     checked = run_cli("check", "streamed.yaml", cwd=tmp_path, env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     promoted = run_cli("promote", "streamed", "--format", "json", cwd=tmp_path, env=env)

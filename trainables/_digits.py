@@ -9,7 +9,6 @@ Normalisation statistics come from the training split alone. Both pairs are buil
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 from ._factory import from_model
 from ._loading import three_way
 from ._loop import Split
+from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
 from ._reporter import Reporter
 
@@ -63,9 +63,11 @@ def _data(config: dict, reporter: Reporter | None = None) -> DigitsData:
     return reporter.cached(("digits", seed), lambda: DigitsData(seed))
 
 
-@functools.lru_cache(maxsize=4)  # a few split seeds (half a MiB each) for the hooks that run outside a trial
+_HOOKS_CACHE = LRU(DATA_CONFIGS_KEPT)  # split seeds (half a MiB each) for the hooks that run outside a trial
+
+
 def _digits(seed: int) -> DigitsData:
-    return DigitsData(seed)
+    return _HOOKS_CACHE.get_or_build(seed, lambda: DigitsData(seed))
 
 
 class Preprocessed(nn.Module):

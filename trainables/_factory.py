@@ -322,9 +322,11 @@ def from_model(
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
         head = splits(with_defaults(config)).head(split)
         x = head.x
-        # The report draws grayscale images: (N, 1, H, W), or (N, H, W) when both sides are image-like.
+        # The report draws grayscale images, (N, 1, H, W) or (N, H, W) when both sides are image-like, and
+        # colour ones, (N, 3, H, W).
         shape = tuple(x.shape[2:]) if x.dim() == 4 and x.shape[1] == 1 else \
-            tuple(x.shape[1:]) if x.dim() == 3 and min(x.shape[1:]) >= 8 else None  # fmt: skip
+            tuple(x.shape[1:]) if x.dim() == 4 and x.shape[1] == 3 or x.dim() == 3 and min(x.shape[1:]) >= 8 \
+            else None  # fmt: skip
         return x.numpy(), head.y.numpy(), shape
 
     def setup(config: dict) -> Setup:
