@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._device import default_device
 from ._digits import _digits  # the splits, cached per process
 from ._registry import Trainable, register
 from ._reporter import STOP_DIVERGED, Reporter
@@ -30,6 +31,7 @@ PIXEL_MAX = 16.0  # the digits' pixels are 0..16; the networks see them scaled t
 FAKES = 1000  # generated digits per Fréchet distance: about as many as the real splits hold (288 val, 360 test)
 EVAL_SEED = 1234  # the noise the distance is measured on: the same for every epoch and trial
 SAMPLES = 16  # generated digits the report draws
+REPORTED = ("val_fid", "d_loss", "g_loss", "d_real", "d_fake")  # each epoch's metrics: what a study may select on
 
 HYPERPARAMETERS = {
     "lr": "Adam learning rate of both networks (the notes: 1e-3)",
@@ -151,14 +153,14 @@ def _fid(generator: nn.Module, config: dict, split: str) -> float:
 
 def train(config: dict, reporter: Reporter) -> None:
     config = _with_defaults(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     split_seed = int(config["split_seed"])
     real = reporter.cached(("dcgan-real", split_seed, str(device)), lambda: _images(split_seed, "train").to(device))
-    _judge(split_seed)  # trained before the first epoch is timed, once per worker process
+    _judge(split_seed)  # the ruler: trained by the worker's first trial, reused by the later ones
     latent, batch_size, epochs = int(config["latent"]), int(config["batch_size"]), int(config["epochs"])
     betas = (float(config["beta1"]), float(config["beta2"]))
     # The study's metric when it is one this trainable reports, else val_fid: what "best" and checkpoints follow.
-    metric, mode = (reporter.metric, reporter.mode) if reporter.metric in ("val_fid", "d_loss", "g_loss") else ("val_fid", "min")
+    metric, mode = (reporter.metric, reporter.mode) if reporter.metric in REPORTED else ("val_fid", "min")
 
     torch.manual_seed(reporter.seed)
     generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
