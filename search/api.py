@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import studies
 import tracking
-from studies import StudySpec, UserError
+from studies import UserError
 from tracking import tags as T
 
 from ._locations import resolve
@@ -61,24 +61,11 @@ def job_state(study: str) -> dict | None:
     return None if record is None else state(record)
 
 
-def check_study(study: str, **overrides: Any) -> StudySpec:
-    """The study (a built-in name or a YAML path) with `run`'s flag overrides, checked before anything heavy is
-    imported: a malformed file is refused in a second, not after torch and Ray have loaded. Raises UserError.
-
-    A study searches something: with an empty `space` there is nothing for the sampler to suggest (Ray's
-    searcher raised after the run's records were written). One configuration is a one-choice categorical."""
-    spec = studies.with_overrides(studies.load_study(study), **overrides)
-    if not spec.space:
-        raise UserError(f"{study}: space: empty; a study searches at least one hyperparameter (to train one "
-                        "configuration, give a parameter one choice: {type: categorical, choices: [VALUE]})")
-    return spec
-
-
 def plan(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
          warm_start: str | None = None, warm_count: int = 5, resume: bool = False, fresh: bool = False,
          **overrides: Any) -> Plan:  # fmt: skip
     """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search._engine.plan."""
-    check_study(study, **overrides)
+    studies.sweep_study(study, **overrides)  # a malformed study: refused before the engine's imports
     tracking.Store(_uri(tracking_uri)).check()
     from ._engine import plan as plan_sweep
 

@@ -208,10 +208,10 @@ def _overrides(args) -> dict:
 
 
 def _check_study(args) -> int:
-    """The study file and the flags that override it, checked before Ray, torch and the trainables load."""
-    from . import api
+    """The study file and the flags that override it, checked before Ray, torch and MLflow load."""
+    from studies import sweep_study
 
-    api.check_study(args.study, **_overrides(args))
+    sweep_study(args.study, **_overrides(args))
     return 0
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ._spec import StudySpec, load_spec_file
+from ._spec import StudySpec, load_spec_file, with_overrides
 from .errors import UserError
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -27,3 +28,16 @@ def load_study(ref: str) -> StudySpec:
     if ref not in builtins:
         raise UserError(f"unknown study {ref!r}; built-in: {', '.join(builtins)} (or give a path to a YAML file)")
     return load_spec_file(builtins[ref])
+
+
+def sweep_study(ref: str, **overrides: Any) -> StudySpec:
+    """STUDY with `hpsearch run`'s flag overrides, checked for a sweep. Plain data (pydantic and yaml), so
+    `run` refuses a malformed study in a second, before torch, Ray and MLflow load. Raises UserError.
+
+    A sweep searches something: with an empty `space` the sampler has nothing to suggest (Ray's searcher
+    raised after the run's records were written). One configuration is a one-choice categorical."""
+    spec = with_overrides(load_study(ref), **overrides)
+    if not spec.space:
+        raise UserError(f"{ref}: space: empty; a study searches at least one hyperparameter (to train one "
+                        "configuration, give a parameter one choice: {type: categorical, choices: [VALUE]})")
+    return spec
