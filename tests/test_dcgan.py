@@ -58,9 +58,9 @@ def test_the_fid_falls_and_the_trained_generator_beats_an_untrained_one(trained)
 def test_the_ruler_is_trained_even_when_first_needed_under_no_grad(trained):
     import torch
 
-    from trainables._dcgan import _judge
+    from trainables import release_caches
 
-    _judge.cache_clear()  # as in the driver, whose first FID is the test evaluation, asked for under no_grad
+    release_caches()  # as in the driver, whose first FID is the test evaluation, asked for under no_grad
     with torch.no_grad():
         best = trained.checkpoints[-1]
         fid = get_trainable("digits-dcgan").evaluate(best["config"], best["model"], "val")

@@ -14,7 +14,6 @@ output goes straight into a promoted digits-cnn or digits-mlp model.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -22,10 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from studies._better import better
+
 from ._device import default_device
 from ._digits import _digits  # the splits, cached per process
+from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
 from ._reporter import STOP_DIVERGED, Reporter
+
+# The feature classifier per split seed, and the real splits' features: kept like the other per-worker data
+# (release_caches empties them).
+_JUDGES = LRU(DATA_CONFIGS_KEPT)
+_FEATURES = LRU(3 * DATA_CONFIGS_KEPT)
 
 PIXEL_MAX = 16.0  # the digits' pixels are 0..16; the networks see them scaled to [-1, 1] (the generator's tanh)
 FAKES = 1000  # generated digits per Fréchet distance: about as many as the real splits hold (288 val, 360 test)
@@ -92,8 +99,11 @@ def _images(split_seed: int, split: str) -> torch.Tensor:
 # ---- the ruler: a small classifier's features, and the Fréchet distance between two sets of them ------------
 
 
-@functools.lru_cache(maxsize=4)
 def _judge(split_seed: int) -> nn.Module:
+    return _JUDGES.get_or_build(split_seed, lambda: _train_judge(split_seed))
+
+
+def _train_judge(split_seed: int) -> nn.Module:
     """A small CNN trained once per process on the training split (fixed seed, 10 epochs, 97% val accuracy);
     its 64-unit penultimate layer is the feature space. The trial's own random streams are left untouched."""
     x, y = _images(split_seed, "train"), torch.from_numpy(_digits(split_seed).raw["train"][1])
@@ -127,10 +137,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
 
 
-@functools.lru_cache(maxsize=8)
 def _real_features(split_seed: int, split: str) -> np.ndarray:
-    with torch.no_grad():
-        return _judge(split_seed)(_images(split_seed, split)).numpy()
+    def build() -> np.ndarray:
+        with torch.no_grad():
+            return _judge(split_seed)(_images(split_seed, split)).numpy()
+
+    return _FEATURES.get_or_build((split_seed, split), build)
 
 
 def _eval_noise(n: int, latent: int) -> torch.Tensor:
@@ -209,7 +221,7 @@ def train(config: dict, reporter: Reporter) -> None:
         progress["epoch"] = epoch
         checkpoint = None
         value = metrics[metric]
-        if progress["best"] is None or (value < progress["best"] if mode == "min" else value > progress["best"]):
+        if better(value, progress["best"], mode):
             # Only when the best improves: the engine keeps the latest checkpoint as the trial's best.
             progress["best"] = value
             checkpoint = {
