@@ -10,10 +10,12 @@ import time
 
 from ray.tune import Callback
 
+from studies._better import rank_key
 from tracking import StudyRecorder
 from tracking import tags as T
 from trainables import EPOCH, STOP_KEY
 
+from ._asha_state import replay_rungs
 from ._progress import Progress
 from ._ray_reporter import NODE_KEY
 from ._states import COMPLETED, FAILED, LOST, PRUNED, STOPPED, TrialProgress, classify_error
@@ -25,18 +27,6 @@ _RAY_KEYS = {
     "experiment_tag", "should_checkpoint", "experiment_id", EPOCH, STOP_KEY, NODE_KEY,
 }  # fmt: skip
 ELAPSED_EVERY_S = 30.0
-
-
-def asha_state(scheduler) -> dict:
-    """ASHA's rungs (what each trial scored at each milestone): Ray's snapshots leave them out, so a
-    resumed sweep would otherwise judge its next trials against empty rungs."""
-    return {"brackets": scheduler._brackets, "trial_info": scheduler._trial_info, "counter": scheduler._counter}
-
-
-def restore_asha(scheduler, state: dict) -> None:
-    scheduler._brackets, scheduler._trial_info, scheduler._counter = (
-        state["brackets"], state["trial_info"], state["counter"]
-    )
 
 
 def _ask_tune_to_stop() -> bool:
@@ -74,7 +64,8 @@ def _guarded(hook):
 
 class TrackingCallback(Callback):
     def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
-                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None, oom_retry=None):  # fmt: skip
+                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0, lost_in_optuna=None, oom_retry=None,
+                 optuna_study=None, note_failure=None):  # fmt: skip
         self.recorder = recorder
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.live = progress
@@ -87,7 +78,7 @@ class TrackingCallback(Callback):
         self._searched = set(searched)
         self.halt = halt  # () -> reason the whole sweep is being stopped (budget, `hpsearch stop`), or None
         self.keep_checkpoints = keep_checkpoints
-        self.scheduler = scheduler  # ASHA: its rungs are saved with the callback's state (Ray saves neither)
+        self.scheduler = scheduler  # ASHA: its rungs are rebuilt on resume (Ray saves neither)
         self._spent_s, self._t0, self._last_beat = spent_s, time.monotonic(), time.monotonic()
         self._reconciled = False
         self._lost_in_optuna = lost_in_optuna  # () -> [(trial_id, params)] the searcher's restore failed
@@ -95,26 +86,27 @@ class TrackingCallback(Callback):
         self._oom_retry = oom_retry  # (config) -> the halved batch size queued for a retry, or None
         self._nodes: dict[str, str] = {}  # trial_id -> the Ray node its last result came from
         self.error: Exception | None = None  # the first error in a hook: the sweep ended on it (see _guarded)
+        self._optuna_study = optuna_study  # () -> the sweep's Optuna study: ASHA's rungs are rebuilt from it on resume
+        self._note_failure = note_failure  # (trial_id, reason): an errored trial's reason, for the sampler's view
 
     def __getstate__(self):
         # Ray pickles the callback into tuner.pkl when the sweep starts. The MLflow handle, the output
         # stream and the scheduler belong to this driver process; a resumed sweep is given fresh ones.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna", "_oom_retry", "error")}  # fmt: skip
+                if k not in ("recorder", "live", "halt", "scheduler", "_lost_in_optuna", "_oom_retry", "error",
+                             "_optuna_study", "_note_failure")}  # fmt: skip
 
     # ---- saved with each of Ray's experiment-state snapshots, restored by `hpsearch run --resume` ----
     def get_state(self) -> dict:
         state = {k: getattr(self, k) for k in ("progress", "configs", "outcomes", "checkpoints", "_durations")}
-        if self.scheduler is not None:
-            state["asha"] = asha_state(self.scheduler)
         state["pending"] = self.recorder.pending()  # the epochs of this snapshot not written to MLflow yet
         return state
 
     def set_state(self, state: dict) -> None:
         for key in ("progress", "configs", "outcomes", "checkpoints", "_durations"):
             setattr(self, key, state[key])
-        if self.scheduler is not None and "asha" in state:
-            restore_asha(self.scheduler, state["asha"])
+        if self.scheduler is not None and self._optuna_study is not None:
+            replay_rungs(self.scheduler, self._optuna_study(), self.metric)
         self.recorder.keep_pending(state.get("pending", {}))
         summary = self.live.summary
         for outcome, _ in self.outcomes.values():
@@ -221,6 +213,8 @@ class TrackingCallback(Callback):
             error = f"node died: node {node[:8]} left the cluster ({error})"[:500]
         state, reason = progress.outcome(errored, self._length(trial.config), error,
                                          halted=self.halt() if self.halt else None)  # fmt: skip
+        if errored and self._note_failure is not None:
+            self._note_failure(trial.trial_id, reason)
         if errored and reason.startswith("oom") and self._oom_retry is not None:
             half = self._oom_retry(dict(trial.config))
             if half is not None:
@@ -261,8 +255,7 @@ class TrackingCallback(Callback):
             tid for tid, p in self.progress.items()
             if p.best_value is not None and self.outcomes.get(tid, (None,))[0] in (COMPLETED, PRUNED, STOPPED)
         ]  # fmt: skip
-        sign = -1 if self.mode == "max" else 1
-        return sorted(candidates, key=lambda tid: sign * self.progress[tid].best_value)
+        return sorted(candidates, key=lambda tid: rank_key(self.progress[tid].best_value, self.mode))
 
     def best_trial(self) -> str | None:
         ranked = self.ranked()

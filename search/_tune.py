@@ -16,6 +16,7 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from studies import STATES, StudySummary  # noqa: E402
 
+from ._asha_state import check_replay  # noqa: E402
 from ._callback import TrackingCallback  # noqa: E402
 from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
 from ._journal import journal_path  # noqa: E402
@@ -110,7 +111,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.max_t, live, searched=spec.space,
                                 halt=halt.reason, keep_checkpoints=spec.keep_checkpoints, scheduler=scheduler,
                                 spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []),
-                                oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config))  # fmt: skip
+                                oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config),
+                                optuna_study=lambda: searcher._ot_study, note_failure=searcher.note_failure)  # fmt: skip
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
     experiment = f"{storage_path.rstrip('/')}/{run_name}"
@@ -124,6 +126,8 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     # so per trial; the callback already holds everything we use.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if resume:
+        if scheduler is not None:
+            check_replay(spec.asha, searcher._ot_study, plan.metric, plan.mode)
         # Ray restores its trials (unfinished ones continue from their checkpoints) and then the searcher's
         # and the callback's saved state into the objects given here: the pickled ones in tuner.pkl hold
         # the previous process's handles.

@@ -6,16 +6,11 @@ import inspect
 import optuna
 from ray import tune
 from ray.tune.impl.tuner_internal import TunerInternal
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 
 def test_the_private_internals_hpsearch_relies_on_are_there():
     missing = []
-    asha = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1)
-    for attr in ("_brackets", "_trial_info", "_counter"):  # search/_callback.py asha_state, restore_asha
-        if not hasattr(asha, attr):
-            missing.append(f"ray.tune.schedulers.ASHAScheduler.{attr}")
     searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="m", mode="max")
     for attr in ("_ot_trials", "_ot_study", "_completed_trials"):  # search/_searcher.py save/restore
         if not hasattr(searcher, attr):
@@ -28,6 +23,7 @@ def test_the_private_internals_hpsearch_relies_on_are_there():
     if not hasattr(optuna.Study, "_get_trials"):  # search/_ranking.py: the view TPE reads trials through
         missing.append("optuna.Study._get_trials")
     assert not missing, (
-        "hpsearch relies on private internals that the installed versions lack: " + ", ".join(missing)
+        "hpsearch relies on private internals that the installed versions lack: "
+        + ", ".join(missing)
         + f" (ray {__import__('ray').__version__}, optuna {optuna.__version__}; tested with ray 2.60, optuna 5.0)"
     )
