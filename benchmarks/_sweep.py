@@ -30,8 +30,13 @@ def run_study(spec: dict, tmp: Path) -> tuple[float, str]:
     path = tmp / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     started = time.perf_counter()
-    run = subprocess.run([*hpsearch_command(), "run", str(path)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "HPSEARCH_HOME": str(tmp / "home")})  # fmt: skip
+    run = subprocess.run(
+        [*hpsearch_command(), "run", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HPSEARCH_HOME": str(tmp / "home")},
+    )
     wall = time.perf_counter() - started
     if run.returncode != 0:
         sys.exit(f"hpsearch run failed:\n{run.stdout}\n{run.stderr}")

@@ -26,14 +26,16 @@ BAD_STUDY = "name: x\ntrainable: digits-mlp\nspace: {lr: {type: float, low: 0.00
 
 def _hpsearch(home: Path, *args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "hpsearch"
-    return subprocess.run([str(exe), *args], env={**os.environ, "HPSEARCH_HOME": str(home)}, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [str(exe), *args], env={**os.environ, "HPSEARCH_HOME": str(home)}, capture_output=True, text=True, timeout=900
+    )
 
 
 def _timed(command: list[str], home: Path, expect: int) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(command, env={**os.environ, "HPSEARCH_HOME": str(home)}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        command, env={**os.environ, "HPSEARCH_HOME": str(home)}, capture_output=True, text=True, timeout=300
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != expect:
         raise SystemExit(f"{' '.join(command[1:])}: exit {proc.returncode}, expected {expect}\n{proc.stderr[-2000:]}")
@@ -65,14 +67,16 @@ def main() -> None:
             f"hpsearch stop {STUDY} (none running)": ([exe, "stop", STUDY], 2),
             "hpsearch trainables": ([exe, "trainables"], 0),
             "hpsearch run bad.yaml (unknown key)": ([exe, "run", str(bad)], 2),
-        }  # fmt: skip
+        }
         times: dict[str, list[float]] = {label: [] for label in commands}
         for _ in range(args.rounds):
             for label, (argv, expect) in commands.items():
                 times[label].append(_timed(argv, home, expect))
     floor = statistics.median(times['python -c "import mlflow"'])
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}, median of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}, median of {args.rounds} rounds"
+    )
     print("\n| command | median s | x import mlflow |\n|---|---:|---:|")
     for label, values in times.items():
         median = statistics.median(values)

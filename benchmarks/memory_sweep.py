@@ -51,8 +51,14 @@ def _psutil():
 
 def spec(trials: int, slots: int) -> dict:
     return {
-        "name": "memory-sweep", "trainable": "digits-autoencoder", "asha": None, "sampler": "random", "seed": 0,
-        "trials": trials, "max_concurrent": slots, "resources": {"cpus": 1, "gpus": 0},
+        "name": "memory-sweep",
+        "trainable": "digits-autoencoder",
+        "asha": None,
+        "sampler": "random",
+        "seed": 0,
+        "trials": trials,
+        "max_concurrent": slots,
+        "resources": {"cpus": 1, "gpus": 0},
         "fixed": {"epochs": 1, "lr": 1.0e-3},
         "space": {
             "kind": {"type": "categorical", "choices": ["conv", "mlp"]},  # architecture
@@ -60,7 +66,7 @@ def spec(trials: int, slots: int) -> dict:
             "batch_size": {"type": "int", "low": 16, "high": 256, "log": True},
             "limit": {"type": "int", "low": 100, "high": 1000},  # examples per split: a new data configuration
         },
-    }  # fmt: skip
+    }
 
 
 class Peaks:
@@ -99,8 +105,12 @@ def sweep(root: Path, trials: int, slots: int, marks: list[int], tmp: Path) -> d
     path = tmp / "memory-sweep.yaml"
     path.write_text(yaml.safe_dump(spec(trials, slots)))
     # PYTHONPATH first: the checkout's packages win over the editable install (the Ray workers inherit it).
-    env = {**os.environ, "HPSEARCH_HOME": str(tmp / "home"), "RAY_TMPDIR": str(tmp / "ray"),
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "HPSEARCH_HOME": str(tmp / "home"),
+        "RAY_TMPDIR": str(tmp / "ray"),
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, "-c", "import sys; from search.cli import main; sys.exit(main())", "run", str(path)]
     run = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks, done, tail = Peaks(run.pid), [0], []
@@ -149,8 +159,11 @@ def worker(root: Path, trials: int, marks: list[int]) -> None:
         config.update({k: rng.randint(space[k]["low"], space[k]["high"]) for k in ("latent", "batch_size", "limit")})
         trainable.train(config, MemoryReporter(metric="val_loss", mode="min"))
         if trial in marks:
-            print(f"trial {trial:>4}: RSS {process.memory_info().rss / MIB:.0f} MiB, Python heap "
-                  f"{tracemalloc.get_traced_memory()[0] / MIB:.1f} MiB", flush=True)  # fmt: skip
+            print(
+                f"trial {trial:>4}: RSS {process.memory_info().rss / MIB:.0f} MiB, Python heap "
+                f"{tracemalloc.get_traced_memory()[0] / MIB:.1f} MiB",
+                flush=True,
+            )
 
 
 def _row(peak: tuple[int, int, int]) -> str:

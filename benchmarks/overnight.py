@@ -65,15 +65,27 @@ def disk_arm(home: Path, tmp: Path, name: str, trials: int, keep: int, concurren
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.monotonic()
-    spec = study(tmp, name, trials=trials, keep_checkpoints=keep, max_concurrent=concurrency,
-                 resources={"cpus": 2 / concurrency}, fixed={"payload_kb": 256, "sleep": 0.02},
-                 asha={"max_t": 4, "grace_period": 1, "reduction_factor": 2})  # fmt: skip
+    spec = study(
+        tmp,
+        name,
+        trials=trials,
+        keep_checkpoints=keep,
+        max_concurrent=concurrency,
+        resources={"cpus": 2 / concurrency},
+        fixed={"payload_kb": 256, "sleep": 0.02},
+        asha={"max_t": 4, "grace_period": 1, "reduction_factor": 2},
+    )
     outcome = api.run(spec, out=io.StringIO())
     done.set()
     watcher.join()
     count, size = checkpoints(home, name)
-    return {"trials": sum(outcome.counts.values()), "final": count, "peak": max(peak[0], count),
-            "mb": size / 2**20, "s": time.monotonic() - started}  # fmt: skip
+    return {
+        "trials": sum(outcome.counts.values()),
+        "final": count,
+        "peak": max(peak[0], count),
+        "mb": size / 2**20,
+        "s": time.monotonic() - started,
+    }
 
 
 def _reader(home: str, name: str, stop, counts) -> None:
@@ -104,8 +116,15 @@ def sqlite_arm(home: Path, tmp: Path, trials: int) -> dict:
     started = time.monotonic()
     error = None
     try:
-        spec = study(tmp, "sqlite8", trials=trials, max_concurrent=8, resources={"cpus": 0.25},
-                     fixed={"payload_kb": 4, "sleep": 0.05}, asha={"max_t": 10, "grace_period": 10})  # fmt: skip
+        spec = study(
+            tmp,
+            "sqlite8",
+            trials=trials,
+            max_concurrent=8,
+            resources={"cpus": 0.25},
+            fixed={"payload_kb": 4, "sleep": 0.05},
+            asha={"max_t": 10, "grace_period": 10},
+        )
         outcome = api.run(spec, out=io.StringIO())
     except Exception as exc:  # noqa: BLE001 - a "database is locked" here is the failure being measured
         outcome, error = None, str(exc).splitlines()[0][:200]
@@ -113,8 +132,13 @@ def sqlite_arm(home: Path, tmp: Path, trials: int) -> dict:
     reader.join(timeout=30)
     rows = api.results("sqlite8") if outcome else []
     metrics = sum(int(r) for r in rows["epochs"].fillna(0)) if outcome else 0
-    return {"trials": len(rows), "epochs_logged": metrics, "s": time.monotonic() - started, "driver_error": error,
-            **dict(counts)}  # fmt: skip
+    return {
+        "trials": len(rows),
+        "epochs_logged": metrics,
+        "s": time.monotonic() - started,
+        "driver_error": error,
+        **dict(counts),
+    }
 
 
 def main() -> None:
@@ -129,17 +153,25 @@ def main() -> None:
         home = tmp / "home"
         os.environ["HPSEARCH_HOME"] = str(home)
         gc = disk_arm(home, tmp, "gc", args.trials, args.keep, args.concurrency)
-        print(f"disk, keep_checkpoints={args.keep}: {gc['trials']} trials, {gc['final']} checkpoints at the end "
-              f"(peak {gc['peak']}; K + concurrency = {args.keep + args.concurrency}), {gc['mb']:.1f} MB, "
-              f"{gc['s']:.0f}s", flush=True)  # fmt: skip
+        print(
+            f"disk, keep_checkpoints={args.keep}: {gc['trials']} trials, {gc['final']} checkpoints at the end "
+            f"(peak {gc['peak']}; K + concurrency = {args.keep + args.concurrency}), {gc['mb']:.1f} MB, "
+            f"{gc['s']:.0f}s",
+            flush=True,
+        )
         keep_all = disk_arm(home, tmp, "nogc", args.trials, args.trials, args.concurrency)
-        print(f"disk, no GC (keep_checkpoints={args.trials}): {keep_all['trials']} trials, {keep_all['final']} "
-              f"checkpoints, {keep_all['mb']:.1f} MB, {keep_all['s']:.0f}s", flush=True)  # fmt: skip
+        print(
+            f"disk, no GC (keep_checkpoints={args.trials}): {keep_all['trials']} trials, {keep_all['final']} "
+            f"checkpoints, {keep_all['mb']:.1f} MB, {keep_all['s']:.0f}s",
+            flush=True,
+        )
         print(f"disk ratio, no GC / GC: {keep_all['mb'] / max(gc['mb'], 1e-9):.1f}x the bytes", flush=True)
         sq = sqlite_arm(home, tmp, args.sqlite_trials)
-        print(f"sqlite, 8 concurrent trials: {sq['trials']} trials, {sq['epochs_logged']} epochs logged in "
-              f"{sq['s']:.0f}s; driver error: {sq['driver_error'] or 'none'}; reader: {sq['reads']} reads, "
-              f"{sq['locked']} 'database is locked', {sq['other']} other errors {sq['last_error']}")  # fmt: skip
+        print(
+            f"sqlite, 8 concurrent trials: {sq['trials']} trials, {sq['epochs_logged']} epochs logged in "
+            f"{sq['s']:.0f}s; driver error: {sq['driver_error'] or 'none'}; reader: {sq['reads']} reads, "
+            f"{sq['locked']} 'database is locked', {sq['other']} other errors {sq['last_error']}"
+        )
 
 
 if __name__ == "__main__":

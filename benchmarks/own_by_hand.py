@@ -15,7 +15,9 @@ from trainables import STOP_DIVERGED, STOP_EARLY, Setup, Split, Trainable
 
 def model(config):
     c = config["channels"]
-    return nn.Sequential(nn.Conv1d(1, c, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 3))
+    return nn.Sequential(
+        nn.Conv1d(1, c, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 3)
+    )
 
 
 def data(config):
@@ -25,8 +27,17 @@ def data(config):
     return {"train": (x[:1000], y[:1000]), "val": (x[1000:1250], y[1000:1250]), "test": (x[1250:], y[1250:])}
 
 
-DEFAULTS = {"channels": 16, "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "epochs": 6, "patience": 0,
-            "clip_grad_norm": 0.0, "optimizer": "adamw", "split_seed": 0}  # fmt: skip
+DEFAULTS = {
+    "channels": 16,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "epochs": 6,
+    "patience": 0,
+    "clip_grad_norm": 0.0,
+    "optimizer": "adamw",
+    "split_seed": 0,
+}
 
 
 def optimizer(params, config):
@@ -74,8 +85,13 @@ def train(config, reporter):
         saved = None
         if best is None or val["accuracy"] > best:
             best, best_epoch = val["accuracy"], epoch
-            saved = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
-                     "best_epoch": best_epoch}  # fmt: skip
+            saved = {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+            }
         stop = STOP_EARLY if config["patience"] and epoch - best_epoch >= config["patience"] else None
         reporter.report(epoch, metrics, checkpoint=saved, stop=stop)
         if stop:
@@ -105,11 +121,25 @@ def samples(config, split):
 def setup(config):
     config = {**DEFAULTS, **config}
     splits = data(config)
-    return Setup(model=lambda: model(config), train=Split(*splits["train"]), val=Split(*splits["val"]),
-                 loss=nn.functional.cross_entropy, optimizer=lambda params, lr: optimizer(params, {**config, "lr": lr}),
-                 n_classes=3)  # fmt: skip
+    return Setup(
+        model=lambda: model(config),
+        train=Split(*splits["train"]),
+        val=Split(*splits["val"]),
+        loss=nn.functional.cross_entropy,
+        optimizer=lambda params, lr: optimizer(params, {**config, "lr": lr}),
+        n_classes=3,
+    )
 
 
-trainable = Trainable(name="signals-by-hand", train=train, metric="val_accuracy", mode="max", defaults=DEFAULTS,
-                      hyperparameters={k: k for k in DEFAULTS}, evaluate=evaluate, export=export, samples=samples,
-                      setup=setup)  # fmt: skip
+trainable = Trainable(
+    name="signals-by-hand",
+    train=train,
+    metric="val_accuracy",
+    mode="max",
+    defaults=DEFAULTS,
+    hyperparameters={k: k for k in DEFAULTS},
+    evaluate=evaluate,
+    export=export,
+    samples=samples,
+    setup=setup,
+)

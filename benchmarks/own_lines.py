@@ -31,13 +31,24 @@ def code_lines(source: str) -> int:
     docstrings = set()
     for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):  # fmt: skip
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
     lines = set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                            tokenize.ENDMARKER):  # fmt: skip
+        if tok.type not in (
+            tokenize.COMMENT,
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             lines.update(range(tok.start[0], tok.end[0] + 1))
     return len(lines - docstrings)
 
@@ -54,8 +65,12 @@ def exercise(trainable) -> dict:
     tested = trainable.evaluate(config, best["model"], "test")
     served, example = trainable.export(config, best["model"])
     out = served(torch.as_tensor(example))
-    return {"epochs after resume": [r["epoch"] for r in resumed.results], "test_accuracy": round(tested["test_accuracy"], 3),
-            "served": tuple(out.shape), "check hook": trainable.setup is not None}  # fmt: skip
+    return {
+        "epochs after resume": [r["epoch"] for r in resumed.results],
+        "test_accuracy": round(tested["test_accuracy"], 3),
+        "served": tuple(out.shape),
+        "check hook": trainable.setup is not None,
+    }
 
 
 def main() -> None:
@@ -65,8 +80,10 @@ def main() -> None:
     by_hand_source = (HERE / "own_by_hand.py").read_text()
     import own_by_hand
 
-    rows = [("README example (from_model)", code_lines(factory_source), exercise(namespace["trainable"])),
-            ("plain train() by hand", code_lines(by_hand_source), exercise(own_by_hand.trainable))]  # fmt: skip
+    rows = [
+        ("README example (from_model)", code_lines(factory_source), exercise(namespace["trainable"])),
+        ("plain train() by hand", code_lines(by_hand_source), exercise(own_by_hand.trainable)),
+    ]
     for name, n, seen in rows:
         print(f"{name:30s} {n:4d} lines  {seen}")
     print(f"by hand / factory: {rows[1][1] / rows[0][1]:.1f}x the lines")

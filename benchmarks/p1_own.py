@@ -26,7 +26,9 @@ from trainables._loop import default_device
 
 def model(config):  # the README's example
     c = config["channels"]
-    return nn.Sequential(nn.Conv1d(1, c, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 3))
+    return nn.Sequential(
+        nn.Conv1d(1, c, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, 3)
+    )
 
 
 def signals(n: int):
@@ -41,8 +43,12 @@ def plain_loop(x, y, config, epochs: int, device) -> list[float]:
     torch.manual_seed(0)
     net = model(config).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=config["batch_size"],
-                                         shuffle=True, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=config["batch_size"],
+        shuffle=True,
+        pin_memory=device.type == "cuda",
+    )
     return [course_epoch(net, optimizer, loader, device)[0] for _ in range(epochs)]
 
 
@@ -56,10 +62,19 @@ def main() -> None:
     args = parser.parse_args()
     device = default_device()
     x, y = signals(args.examples + 2000)
-    train, val, test = (x[: args.examples], y[: args.examples]), (x[-2000:-1000], y[-2000:-1000]), (x[-1000:], y[-1000:])
+    train, val, test = (
+        (x[: args.examples], y[: args.examples]),
+        (x[-2000:-1000], y[-2000:-1000]),
+        (x[-1000:], y[-1000:]),
+    )
     trainable = from_model(model, lambda c: (train, val, test), name="p1-own")
-    config = {"channels": 16, "lr": 3e-3, "batch_size": args.batch_size, "epochs": args.epochs + 1,
-              "compile": args.compile}  # fmt: skip
+    config = {
+        "channels": 16,
+        "lr": 3e-3,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs + 1,
+        "compile": args.compile,
+    }
     ours, theirs = [], []
     for _ in range(args.rounds):
         reporter = MemoryReporter(seed=0)

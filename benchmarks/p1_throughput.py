@@ -59,9 +59,15 @@ def course_loop(x, y, batch: int, epochs: int, workers: int, device) -> list[flo
     torch.manual_seed(0)
     net = model({}).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(CourseDataset(x, y), batch_size=batch, shuffle=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=workers > 0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        CourseDataset(x, y),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
     return [course_epoch(net, optimizer, loader, device)[0] for _ in range(epochs)]
 
 
@@ -105,7 +111,9 @@ def main() -> None:
     parser.add_argument("--batch", default="256", help="batch sizes, comma-separated")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4, help="the course loop's DataLoader workers")
-    parser.add_argument("--compile", default="auto", help="hpsearch's compile modes, comma-separated: auto, graph, on, off")
+    parser.add_argument(
+        "--compile", default="auto", help="hpsearch's compile modes, comma-separated: auto, graph, on, off"
+    )
     args = parser.parse_args()
     batches, modes = [int(b) for b in args.batch.split(",")], args.compile.split(",")
     device = default_device()
@@ -117,15 +125,24 @@ def main() -> None:
     for batch in batches:
         course = course_loop(x[: args.n], y[: args.n], batch, args.epochs, args.workers, device)
         c = statistics.median(course[1:])
-        print(f"batch {batch}, course DataLoader loop: {', '.join(f'{r:,.0f}' for r in course)} images/s per epoch",
-              flush=True)  # fmt: skip
+        print(
+            f"batch {batch}, course DataLoader loop: {', '.join(f'{r:,.0f}' for r in course)} images/s per epoch",
+            flush=True,
+        )
         for mode in modes:
             ours, compile_s, how = hpsearch_loop(args.n, batch, args.epochs, mode)
             o = statistics.median(ours[1:])
-            print(f"batch {batch}, hpsearch loop (compile {mode}: {how}, {compile_s:.1f} s compiling, not in "
-                  f"these rates): {', '.join(f'{r:,.0f}' for r in ours)} images/s per epoch", flush=True)  # fmt: skip
-            lines.append((mode == "auto" and batch == batches[0],
-                          f"P1 (batch {batch}, compile {mode}): {o:,.0f} / {c:,.0f} images/s = {o / c:.2f}x"))  # fmt: skip
+            print(
+                f"batch {batch}, hpsearch loop (compile {mode}: {how}, {compile_s:.1f} s compiling, not in "
+                f"these rates): {', '.join(f'{r:,.0f}' for r in ours)} images/s per epoch",
+                flush=True,
+            )
+            lines.append(
+                (
+                    mode == "auto" and batch == batches[0],
+                    f"P1 (batch {batch}, compile {mode}): {o:,.0f} / {c:,.0f} images/s = {o / c:.2f}x",
+                )
+            )
     for _, line in sorted(lines, key=lambda item: item[0]):  # the default's line last
         print(f"{line} (target >= 4x)")
 

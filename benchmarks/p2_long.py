@@ -64,10 +64,19 @@ STOCK = textwrap.dedent("""
 
 
 def spec(log_dir: Path, trials: int, slots: int, seconds: float) -> dict:
-    return {"name": "p2long", "trainable": "benchmarks.burn:train", "metric": "loss", "mode": "min",
-            "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "resources": {"cpus": 1},
-            "sampler": "random", "fixed": {"burn_s": seconds / EPOCHS, "log_dir": str(log_dir)}, "trials": trials,
-            "max_concurrent": slots, "asha": {"max_t": EPOCHS, "grace_period": EPOCHS}}  # fmt: skip
+    return {
+        "name": "p2long",
+        "trainable": "benchmarks.burn:train",
+        "metric": "loss",
+        "mode": "min",
+        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+        "resources": {"cpus": 1},
+        "sampler": "random",
+        "fixed": {"burn_s": seconds / EPOCHS, "log_dir": str(log_dir)},
+        "trials": trials,
+        "max_concurrent": slots,
+        "asha": {"max_t": EPOCHS, "grace_period": EPOCHS},
+    }
 
 
 def timed(command: list[str], env: dict, log_dir: Path) -> tuple[float, float, list[float]]:
@@ -84,8 +93,11 @@ def timed(command: list[str], env: dict, log_dir: Path) -> tuple[float, float, l
 
 def line(name: str, wall: float, first: float, seconds: list[float], slots: int) -> float:
     bare = sum(seconds) / slots
-    print(f"{name:>5}: {len(seconds)} trials, bare {bare:.1f} s, wall {wall:.1f} s = {wall / bare:.2f}x; "
-          f"first trial started {first:.1f} s after the command", flush=True)  # fmt: skip
+    print(
+        f"{name:>5}: {len(seconds)} trials, bare {bare:.1f} s, wall {wall:.1f} s = {wall / bare:.2f}x; "
+        f"first trial started {first:.1f} s after the command",
+        flush=True,
+    )
     return wall / bare
 
 
@@ -105,10 +117,24 @@ def main() -> None:
         results["cold"] = timed([*hpsearch_command(), "run", str(path)], cold_env, tmp / "cold")
         # warm: a local head, started with Ray's own command, in a temp dir of its own
         ray_tmp = tempfile.mkdtemp(prefix="p2r", dir="/tmp")  # short: Ray's socket paths < 107 bytes
-        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                                 "--num-cpus", str(args.slots), "--include-dashboard=false", "--port", "0",
-                                 "--disable-usage-stats"], env={**os.environ, "RAY_TMPDIR": ray_tmp},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        head = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                str(args.slots),
+                "--include-dashboard=false",
+                "--port",
+                "0",
+                "--disable-usage-stats",
+            ],
+            env={**os.environ, "RAY_TMPDIR": ray_tmp},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             deadline = time.time() + 120
             while not (Path(ray_tmp) / "ray" / "ray_current_cluster").exists() and time.time() < deadline:
@@ -118,8 +144,11 @@ def main() -> None:
             for round_ in ("warmup", "warm"):
                 path = tmp / f"{round_}.yaml"
                 path.write_text(yaml.safe_dump(spec(tmp / round_, args.trials, args.slots, args.seconds)))
-                results[round_] = timed([*hpsearch_command(), "run", str(path)],
-                                        {**warm_env, "HPSEARCH_HOME": str(tmp / f"home-{round_}")}, tmp / round_)  # fmt: skip
+                results[round_] = timed(
+                    [*hpsearch_command(), "run", str(path)],
+                    {**warm_env, "HPSEARCH_HOME": str(tmp / f"home-{round_}")},
+                    tmp / round_,
+                )
         finally:
             os.killpg(head.pid, signal.SIGTERM)
             try:
@@ -128,14 +157,25 @@ def main() -> None:
                 os.killpg(head.pid, signal.SIGKILL)
         # stock: Ray Tune + OptunaSearch + ASHA + MLflowLoggerCallback, wired by hand
         script = tmp / "stock.py"
-        script.write_text(STOCK.format(root=str(ROOT), epochs=EPOCHS, burn_s=args.seconds / EPOCHS,
-                                       log_dir=str(tmp / "stock"), trials=args.trials, slots=args.slots,
-                                       storage=str(tmp / "stock-ray"), tracking=f"sqlite:///{tmp}/stock.db"))  # fmt: skip
+        script.write_text(
+            STOCK.format(
+                root=str(ROOT),
+                epochs=EPOCHS,
+                burn_s=args.seconds / EPOCHS,
+                log_dir=str(tmp / "stock"),
+                trials=args.trials,
+                slots=args.slots,
+                storage=str(tmp / "stock-ray"),
+                tracking=f"sqlite:///{tmp}/stock.db",
+            )
+        )
         results["stock"] = timed([sys.executable, str(script)], {"RAY_TMPDIR": str(tmp / "none")}, tmp / "stock")
         print(f"P2-long ({args.trials} trials of {args.seconds:g} s, {args.slots} slots), wall / bare compute:")
         ratios = {name: line(name, *results[name], args.slots) for name in ("cold", "warmup", "warm", "stock")}
-        print(f"P2-long: cold {ratios['cold']:.2f}x (target <= 1.25x), warm {ratios['warm']:.2f}x (target <= 1.10x), "
-              f"stock {ratios['stock']:.2f}x")  # fmt: skip
+        print(
+            f"P2-long: cold {ratios['cold']:.2f}x (target <= 1.25x), warm {ratios['warm']:.2f}x (target <= 1.10x), "
+            f"stock {ratios['stock']:.2f}x"
+        )
         print(f"P2-first: cold {results['cold'][1]:.1f} s, warm {results['warm'][1]:.1f} s (target warm <= 5 s)")
 
 

@@ -66,17 +66,36 @@ DIRECT = textwrap.dedent("""
 """)
 
 
-def gpu_spec(log_dir: Path, study: dict, compile_mode: str, cpu: bool, trials: int | None = None,
-             slots: int | None = None, name: str = "p2gpu") -> dict:  # fmt: skip
+def gpu_spec(
+    log_dir: Path,
+    study: dict,
+    compile_mode: str,
+    cpu: bool,
+    trials: int | None = None,
+    slots: int | None = None,
+    name: str = "p2gpu",
+) -> dict:
     """The hpsearch spec of the GPU study (one trial alone with trials=slots=1)."""
     trials, slots = trials or study["trials"], slots or study["slots"]
     share = {"cpus": 1} if cpu else {"cpus": 1, "gpus": 1 / study["slots"]}  # the sweep's share, alone or not
-    return {"name": name, "trainable": "benchmarks.synth:train", "metric": "val_accuracy", "mode": "max",
-            "space": {"lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}}, "sampler": "random",
-            "resources": share, "trials": trials, "max_concurrent": slots,
-            "fixed": {"log_dir": str(log_dir), "n_train": study["n"], "batch_size": study["batch"],
-                      "compile": compile_mode},
-            "asha": {"max_t": study["epochs"], "grace_period": study["epochs"]}}  # fmt: skip
+    return {
+        "name": name,
+        "trainable": "benchmarks.synth:train",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "space": {"lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}},
+        "sampler": "random",
+        "resources": share,
+        "trials": trials,
+        "max_concurrent": slots,
+        "fixed": {
+            "log_dir": str(log_dir),
+            "n_train": study["n"],
+            "batch_size": study["batch"],
+            "compile": compile_mode,
+        },
+        "asha": {"max_t": study["epochs"], "grace_period": study["epochs"]},
+    }
 
 
 def epoch_rows(log_dir: Path) -> list[list[dict]]:
@@ -102,12 +121,20 @@ def single_trial(tmp: Path, study: dict, compile_mode: str, cpu: bool, ways: lis
         wall, _ = run_study(gpu_spec(log_dir, study, compile_mode, cpu, trials=1, slots=1, name="p2single"), log_dir)
         (rows,) = epoch_rows(log_dir)
         rates["hpsearch"] = steady_rate([r["samples_per_s"] for r in rows])
-        print(f"one trial alone, `hpsearch run` of 1 trial: {per_epoch(rows)} "
-              f"images/s per epoch; steady {rates['hpsearch']:,.0f}/s (that run's wall {wall:.1f} s)", flush=True)  # fmt: skip
+        print(
+            f"one trial alone, `hpsearch run` of 1 trial: {per_epoch(rows)} "
+            f"images/s per epoch; steady {rates['hpsearch']:,.0f}/s (that run's wall {wall:.1f} s)",
+            flush=True,
+        )
     if "direct" in ways:
         per_worker = math.ceil(study["trials"] / study["slots"])
-        config = {"n_train": study["n"], "batch_size": study["batch"], "epochs": study["epochs"],
-                  "compile": compile_mode, "lr": 1e-3}  # fmt: skip
+        config = {
+            "n_train": study["n"],
+            "batch_size": study["batch"],
+            "epochs": study["epochs"],
+            "compile": compile_mode,
+            "lr": 1e-3,
+        }
         script = DIRECT.format(root=str(ROOT), cpu=cpu, per_worker=per_worker, config=config)
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
@@ -117,9 +144,12 @@ def single_trial(tmp: Path, study: dict, compile_mode: str, cpu: bool, ways: lis
         rates["direct"] = steady_rate([r["samples_per_s"] for r in rows])
         how = "one CUDA graph per step" if rows[0].get("step_graph") else "eager steps"
         compile_s = sum(r.get("compile_s") or 0.0 for r in rows)
-        print(f"one trial alone, the trainable called directly ({how}, {compile_s:.1f} s compiling): "
-              f"{per_epoch(rows)} images/s per epoch; steady "
-              f"{rates['direct']:,.0f}/s (process {time.perf_counter() - started:.1f} s)", flush=True)  # fmt: skip
+        print(
+            f"one trial alone, the trainable called directly ({how}, {compile_s:.1f} s compiling): "
+            f"{per_epoch(rows)} images/s per epoch; steady "
+            f"{rates['direct']:,.0f}/s (process {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     return rates
 
 
@@ -133,10 +163,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="GPU: epochs per trial (default 12)")
     parser.add_argument("--n", type=int, help="GPU: training images per epoch (default 20,000)")
     parser.add_argument("--batch", type=int, help="GPU: batch size (default 256)")
-    parser.add_argument("--compile", default="auto", choices=["auto", "graph", "on", "off"], help="GPU: the trials' compile")
-    parser.add_argument("--single", default="hpsearch,direct", help="GPU: how one trial alone is measured, "
-                        "comma-separated: hpsearch (a 1-trial run), direct (the trainable in a fresh process)")  # fmt: skip
-    parser.add_argument("--record", type=Path, help="GPU: write the sweep's wall and images here (JSON), for p3_sweep.py")
+    parser.add_argument(
+        "--compile", default="auto", choices=["auto", "graph", "on", "off"], help="GPU: the trials' compile"
+    )
+    parser.add_argument(
+        "--single",
+        default="hpsearch,direct",
+        help="GPU: how one trial alone is measured, "
+        "comma-separated: hpsearch (a 1-trial run), direct (the trainable in a fresh process)",
+    )
+    parser.add_argument(
+        "--record", type=Path, help="GPU: write the sweep's wall and images here (JSON), for p3_sweep.py"
+    )
     args = parser.parse_args()
     if args.gpu:
         gpu_main(args)
@@ -145,19 +183,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         epochs = 4
-        spec = {"name": "p2", "trainable": "benchmarks.burn:train", "metric": "loss", "mode": "min",
-                "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "resources": {"cpus": 1},
-                "sampler": "random", "fixed": {"burn_s": args.seconds / epochs, "log_dir": str(tmp)},
-                "trials": trials, "max_concurrent": slots, "asha": {"max_t": epochs, "grace_period": epochs}}  # fmt: skip
+        spec = {
+            "name": "p2",
+            "trainable": "benchmarks.burn:train",
+            "metric": "loss",
+            "mode": "min",
+            "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+            "resources": {"cpus": 1},
+            "sampler": "random",
+            "fixed": {"burn_s": args.seconds / epochs, "log_dir": str(tmp)},
+            "trials": trials,
+            "max_concurrent": slots,
+            "asha": {"max_t": epochs, "grace_period": epochs},
+        }
         wall, stdout = run_study(spec, tmp)
         seconds = [float(p.read_text()) for p in tmp.glob("train_s_*")]
         bare = sum(seconds) / slots
-        print(f"{len(seconds)} trials, {sum(seconds):.1f} s of training in all ({min(seconds):.2f}..{max(seconds):.2f} s "
-              f"each), {slots} slots: bare compute {bare:.1f} s")  # fmt: skip
+        print(
+            f"{len(seconds)} trials, {sum(seconds):.1f} s of training in all ({min(seconds):.2f}..{max(seconds):.2f} s "
+            f"each), {slots} slots: bare compute {bare:.1f} s"
+        )
         inside = sweep_seconds(stdout)
         if inside:
-            print(f"of which the sweep itself (Ray start, trials, records): {inside} s; the rest is "
-                  f"start-up and the results table")  # fmt: skip
+            print(
+                f"of which the sweep itself (Ray start, trials, records): {inside} s; the rest is "
+                f"start-up and the results table"
+            )
         print(f"P2: wall {wall:.1f} s / bare {bare:.1f} s = {wall / bare:.2f}x (target on CPU <= 1.5x)")
 
 
@@ -174,8 +225,11 @@ def gpu_main(args) -> None:
         print(f"device: {torch.cuda.get_device_name()}", flush=True)
     else:
         print("CPU CHECK: the GPU mode's code on the CPU with a tiny study; the figures mean nothing", flush=True)
-    print(f"study: {study['trials']} trials x {study['epochs']} epochs x {study['n']:,} images, batch "
-          f"{study['batch']}, compile {args.compile}, {study['slots']} at a time", flush=True)  # fmt: skip
+    print(
+        f"study: {study['trials']} trials x {study['epochs']} epochs x {study['n']:,} images, batch "
+        f"{study['batch']}, compile {args.compile}, {study['slots']} at a time",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="p2g", dir="/tmp") as tmp:  # short: Ray's socket paths < 107 bytes
         tmp = Path(tmp)
         # A private Ray temp dir: hpsearch starts its own Ray (cold) rather than join one someone else started.
@@ -190,21 +244,38 @@ def gpu_main(args) -> None:
         trials = epoch_rows(log_dir)
         images = sum(len(rows) for rows in trials) * study["n"]
         seconds = [float(p.read_text()) for p in log_dir.glob("train_s_*")]
-        print(f"the packed sweep: {len(trials)} trials, {images:,} images trained, wall {wall:.1f} s (command to "
-              f"exit): {images / wall:,.0f} images/s", flush=True)  # fmt: skip
+        print(
+            f"the packed sweep: {len(trials)} trials, {images:,} images trained, wall {wall:.1f} s (command to "
+            f"exit): {images / wall:,.0f} images/s",
+            flush=True,
+        )
         inside = sweep_seconds(stdout)
         if inside:
             print(f"of which the sweep itself (Ray start, trials, records): {inside} s")
         bare = sum(seconds) / study["slots"]
-        print(f"(issue 4's P2 on these trials: wall / (Σ trial seconds {sum(seconds):.1f} / {study['slots']} slots) = "
-              f"{wall / bare:.2f}x; counts idle packed slots as work)")  # fmt: skip
+        print(
+            f"(issue 4's P2 on these trials: wall / (Σ trial seconds {sum(seconds):.1f} / {study['slots']} slots) = "
+            f"{wall / bare:.2f}x; counts idle packed slots as work)"
+        )
         if args.record:
-            args.record.write_text(json.dumps({**study, "compile": args.compile, "cpu_check": cpu, "wall": wall,
-                                               "images": images, "trials_done": len(trials)}))  # fmt: skip
+            args.record.write_text(
+                json.dumps(
+                    {
+                        **study,
+                        "compile": args.compile,
+                        "cpu_check": cpu,
+                        "wall": wall,
+                        "images": images,
+                        "trials_done": len(trials),
+                    }
+                )
+            )
         alone = images / best
         target = "target <= 1.15x" + ("; CPU CHECK, not a measurement" if cpu else "")
-        print(f"P2-GPU: wall {wall:.1f} s / ({images:,} images / {best:,.0f} images/s, the best single trial "
-              f"({best_way}) = {alone:.1f} s) = {wall / alone:.2f}x ({target})")  # fmt: skip
+        print(
+            f"P2-GPU: wall {wall:.1f} s / ({images:,} images / {best:,.0f} images/s, the best single trial "
+            f"({best_way}) = {alone:.1f} s) = {wall / alone:.2f}x ({target})"
+        )
 
 
 if __name__ == "__main__":

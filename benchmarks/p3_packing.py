@@ -50,12 +50,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             share = {"cpus": 1} if args.cpu else {"cpus": 1, "gpus": 1 / per_gpu}
-            spec = {"name": f"p3-{per_gpu}", "trainable": "benchmarks.synth:train", "metric": "val_accuracy",
-                    "mode": "max", "space": {"lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}},
-                    "sampler": "random", "trials": per_gpu, "max_concurrent": per_gpu, "resources": share,
-                    "fixed": {"log_dir": str(tmp), "n_train": args.n, "batch_size": args.batch,
-                              "compile": args.compile},
-                    "asha": {"max_t": args.epochs, "grace_period": args.epochs}}  # fmt: skip
+            spec = {
+                "name": f"p3-{per_gpu}",
+                "trainable": "benchmarks.synth:train",
+                "metric": "val_accuracy",
+                "mode": "max",
+                "space": {"lr": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True}},
+                "sampler": "random",
+                "trials": per_gpu,
+                "max_concurrent": per_gpu,
+                "resources": share,
+                "fixed": {"log_dir": str(tmp), "n_train": args.n, "batch_size": args.batch, "compile": args.compile},
+                "asha": {"max_t": args.epochs, "grace_period": args.epochs},
+            }
             run_study(spec, tmp)
             rates[per_gpu], trials = aggregate(tmp)
             print(f"{per_gpu} trial(s) per GPU: {trials} trials, {rates[per_gpu]:,.0f} images/s together")

@@ -90,11 +90,18 @@ def course_trial(config: dict, key: str, report) -> None:
     x, y = images(n + 2_000)  # made once per worker process (reuse_actors keeps it for the next trials)
     net = model({}).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["lr"])
-    loader = torch.utils.data.DataLoader(CourseDataset(x[:n], y[:n]), batch_size=batch, shuffle=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=workers > 0)  # fmt: skip
-    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset((x[n:].float() / 255 - MEAN) / STD, y[n:]),
-                                      batch_size=1024)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        CourseDataset(x[:n], y[:n]),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    val = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset((x[n:].float() / 255 - MEAN) / STD, y[n:]), batch_size=1024
+    )
     log = Path(config["log_dir"]) / f"stock_epochs_{key}.jsonl"
     for epoch in range(1, epochs + 1):
         rate, train_loss = course_epoch(net, optimizer, loader, device)
@@ -114,13 +121,28 @@ def stock_arm(tmp: Path, study: dict, share: float, budget: float | None, worker
     log_dir = tmp / f"stock-{share:g}"
     log_dir.mkdir()
     resources = {"cpu": 1} if cpu else {"cpu": 1, "gpu": share}
-    fixed = {"n_train": study["n"], "batch_size": study["batch"], "epochs": study["epochs"], "workers": workers,
-             "log_dir": str(log_dir)}  # fmt: skip
+    fixed = {
+        "n_train": study["n"],
+        "batch_size": study["batch"],
+        "epochs": study["epochs"],
+        "workers": workers,
+        "log_dir": str(log_dir),
+    }
     script = log_dir / "stock.py"
-    script.write_text(STOCK.format(root=str(ROOT), num_cpus=slots if cpu else None, resources=resources,
-                                   fixed=fixed, epochs=study["epochs"], trials=study["trials"], slots=slots,
-                                   budget=budget, storage=str(log_dir / "ray"),
-                                   tracking=f"sqlite:///{log_dir}/mlflow.db"))  # fmt: skip
+    script.write_text(
+        STOCK.format(
+            root=str(ROOT),
+            num_cpus=slots if cpu else None,
+            resources=resources,
+            fixed=fixed,
+            epochs=study["epochs"],
+            trials=study["trials"],
+            slots=slots,
+            budget=budget,
+            storage=str(log_dir / "ray"),
+            tracking=f"sqlite:///{log_dir}/mlflow.db",
+        )
+    )
     started = time.perf_counter()
     run = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, env=_env(tmp))
     wall = time.perf_counter() - started
@@ -128,8 +150,12 @@ def stock_arm(tmp: Path, study: dict, share: float, budget: float | None, worker
         sys.exit(f"the stock arm at {share:g} GPU failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     rows = [[json.loads(line) for line in f.read_text().splitlines()] for f in log_dir.glob("stock_epochs_*.jsonl")]
     done = sum(len(r) == study["epochs"] for r in rows)
-    return {"wall": wall, "images": sum(len(r) for r in rows) * study["n"], "done": done,
-            "partial": done < study["trials"]}  # fmt: skip
+    return {
+        "wall": wall,
+        "images": sum(len(r) for r in rows) * study["n"],
+        "done": done,
+        "partial": done < study["trials"],
+    }
 
 
 def hpsearch_arm(tmp: Path, study: dict, compile_mode: str, cpu: bool, recorded: Path | None) -> dict:
@@ -137,7 +163,9 @@ def hpsearch_arm(tmp: Path, study: dict, compile_mode: str, cpu: bool, recorded:
         record = json.loads(recorded.read_text())
         mismatch = [k for k in (*study, "compile") if record.get(k) != {**study, "compile": compile_mode}[k]]
         if record.get("cpu_check") != cpu or mismatch:
-            sys.exit(f"{recorded} is a different study ({', '.join(mismatch) or 'cpu_check'}): run without --hpsearch-from")
+            sys.exit(
+                f"{recorded} is a different study ({', '.join(mismatch) or 'cpu_check'}): run without --hpsearch-from"
+            )
         print(f"hpsearch arm: the P2-GPU sweep recorded in {recorded}", flush=True)
         return {"wall": record["wall"], "images": record["images"], "done": record["trials_done"], "partial": False}
     if recorded is not None:
@@ -147,8 +175,12 @@ def hpsearch_arm(tmp: Path, study: dict, compile_mode: str, cpu: bool, recorded:
     os.environ.update(_env(tmp))
     wall, _ = run_study(gpu_spec(log_dir, study, compile_mode, cpu, name="p3sweep"), log_dir)
     rows = epoch_rows(log_dir)
-    return {"wall": wall, "images": sum(len(r) for r in rows) * study["n"],
-            "done": sum(len(r) == study["epochs"] for r in rows), "partial": False}  # fmt: skip
+    return {
+        "wall": wall,
+        "images": sum(len(r) for r in rows) * study["n"],
+        "done": sum(len(r) == study["epochs"] for r in rows),
+        "partial": False,
+    }
 
 
 def _env(tmp: Path) -> dict:
@@ -163,8 +195,11 @@ def _env(tmp: Path) -> dict:
 def line(name: str, arm: dict, study: dict, budget: float | None) -> float:
     rate = arm["images"] / arm["wall"]
     cut = f" (PARTIAL: the {budget:g} s budget ended it)" if arm["partial"] else ""
-    print(f"{name}: {arm['done']}/{study['trials']} trials, {arm['images']:,} images trained, wall {arm['wall']:.1f} s: "
-          f"{rate:,.0f} images/s{cut}", flush=True)  # fmt: skip
+    print(
+        f"{name}: {arm['done']}/{study['trials']} trials, {arm['images']:,} images trained, wall {arm['wall']:.1f} s: "
+        f"{rate:,.0f} images/s{cut}",
+        flush=True,
+    )
     return rate
 
 
@@ -178,9 +213,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, help="hpsearch's trials per GPU, default 4")
     parser.add_argument("--compile", default="auto", choices=["auto", "graph", "on", "off"], help="hpsearch's compile")
     parser.add_argument("--packings", default="0.25,0.5,1", help="stock's GPU shares per trial, comma-separated")
-    parser.add_argument("--workers", type=int, help="stock's DataLoader workers per trial (default 4; 1 with --cpu-check)")
-    parser.add_argument("--budget", help="seconds each stock arm may run (Tune's time_budget_s): one value, or one "
-                        "per packing, comma-separated")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, help="stock's DataLoader workers per trial (default 4; 1 with --cpu-check)"
+    )
+    parser.add_argument(
+        "--budget",
+        help="seconds each stock arm may run (Tune's time_budget_s): one value, or one per packing, comma-separated",
+    )
     parser.add_argument("--hpsearch-from", type=Path, help="the P2-GPU sweep's record (p2_overhead.py --record)")
     args = parser.parse_args()
     base = CPU_CHECK if args.cpu_check else GPU_STUDY
@@ -195,8 +234,11 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("P3-sweep needs a CUDA GPU; use --cpu-check to run the same code on a CPU")
         print(f"device: {torch.cuda.get_device_name()}, {os.cpu_count()} CPUs", flush=True)
-    print(f"study: {study['trials']} trials x {study['epochs']} epochs x {study['n']:,} images, batch {study['batch']}; "
-          f"hpsearch {study['slots']} per GPU, compile {args.compile}; stock DataLoader workers {workers}", flush=True)  # fmt: skip
+    print(
+        f"study: {study['trials']} trials x {study['epochs']} epochs x {study['n']:,} images, batch {study['batch']}; "
+        f"hpsearch {study['slots']} per GPU, compile {args.compile}; stock DataLoader workers {workers}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="p3s", dir="/tmp") as tmp:  # short: Ray's socket paths < 107 bytes
         tmp = Path(tmp)
         arm = hpsearch_arm(tmp, study, args.compile, args.cpu_check, args.hpsearch_from)
@@ -214,12 +256,16 @@ def main() -> None:
         best, partial = stock[share]
         close = [f"{s:g}" for s, (rate, cut) in stock.items() if cut and s != share and rate > 0.75 * best]
         if close:
-            print(f"NOTE: the partial stock arm(s) at {', '.join(close)} GPU came within 25% of the best; start-up "
-                  f"weighs more in a cut sweep, so rerun them with a larger --budget before trusting the best")  # fmt: skip
+            print(
+                f"NOTE: the partial stock arm(s) at {', '.join(close)} GPU came within 25% of the best; start-up "
+                f"weighs more in a cut sweep, so rerun them with a larger --budget before trusting the best"
+            )
         note = "; stock's best is a PARTIAL sweep" if partial else ""
         note += "; CPU CHECK, not a measurement" if args.cpu_check else ""
-        print(f"P3-sweep: hpsearch {ours:,.0f} / stock's best {best:,.0f} images/s (at {share:g} GPU per trial) = "
-              f"{ours / best:.2f}x (target >= 5x{note})")  # fmt: skip
+        print(
+            f"P3-sweep: hpsearch {ours:,.0f} / stock's best {best:,.0f} images/s (at {share:g} GPU per trial) = "
+            f"{ours / best:.2f}x (target >= 5x{note})"
+        )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,18 @@ FIXED = {"train_subset": 150}
 
 def spec_dict(name: str, sampler: str, trials: int, grace: int) -> dict:
     return {
-        "name": name, "trainable": "digits-mlp", "metric": METRIC, "mode": MODE, "space": SPACE,
-        "fixed": FIXED, "trials": trials, "asha": {"max_t": MAX_T, "grace_period": grace, "reduction_factor": RF},
-        "resources": {"cpus": 1, "gpus": 0}, "max_concurrent": 1, "sampler": sampler,
-    }  # fmt: skip
+        "name": name,
+        "trainable": "digits-mlp",
+        "metric": METRIC,
+        "mode": MODE,
+        "space": SPACE,
+        "fixed": FIXED,
+        "trials": trials,
+        "asha": {"max_t": MAX_T, "grace_period": grace, "reduction_factor": RF},
+        "resources": {"cpus": 1, "gpus": 0},
+        "max_concurrent": 1,
+        "sampler": sampler,
+    }
 
 
 def run_hpsearch(seed: int, workdir: Path) -> list[float]:
@@ -106,7 +114,10 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
 
     if arm == "stock":
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
-        scheduler, trials = ASHAScheduler(time_attr="epoch", max_t=MAX_T, grace_period=GRACE, reduction_factor=RF), ASHA_TRIALS
+        scheduler, trials = (
+            ASHAScheduler(time_attr="epoch", max_t=MAX_T, grace_period=GRACE, reduction_factor=RF),
+            ASHA_TRIALS,
+        )
     else:
         sampler, scheduler, trials = optuna.samplers.RandomSampler(seed=seed), FIFOScheduler(), FIFO_TRIALS
     searcher = Seeded(space=to_distributions(spec), metric=METRIC, mode=MODE, sampler=sampler)
@@ -114,11 +125,19 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
     tuner = tune.Tuner(
         trial_fn,
         param_space={**FIXED, "epochs": MAX_T, "split_seed": 0},
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=trials, max_concurrent_trials=1, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"p4-{arm}-{seed}", storage_path=str(workdir / "ray"), callbacks=[Collect()],
-                                  verbose=0),
-    )  # fmt: skip
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=trials,
+            max_concurrent_trials=1,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"p4-{arm}-{seed}", storage_path=str(workdir / "ray"), callbacks=[Collect()], verbose=0
+        ),
+    )
     tuner.fit()
     return values
 
@@ -156,8 +175,12 @@ def read_baseline(path: Path) -> dict[int, dict]:
     for line in path.read_text().splitlines():
         if match := SEED_LINE.match(line):
             seed, fifo, stock, reach = match.groups()
-            rows[int(seed)] = {"seed": int(seed), "fifo_best": float(fifo), "stock_best": float(stock),
-                               "stock_reach": None if reach == "None" else int(reach)}  # fmt: skip
+            rows[int(seed)] = {
+                "seed": int(seed),
+                "fifo_best": float(fifo),
+                "stock_best": float(stock),
+                "stock_reach": None if reach == "None" else int(reach),
+            }
     return rows
 
 
@@ -166,11 +189,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--fifo-trials", type=int, default=FIFO_TRIALS,
-                        help=f"the budget, in FIFO trials of {MAX_T} epochs (default {FIFO_TRIALS})")  # fmt: skip
-    parser.add_argument("--baseline", metavar="LOG",
-                        help="take the FIFO and stock arms' figures per seed from an earlier run's output (they do "
-                             "not depend on hpsearch's code and repeat exactly) and run only hpsearch's arm")  # fmt: skip
+    parser.add_argument(
+        "--fifo-trials",
+        type=int,
+        default=FIFO_TRIALS,
+        help=f"the budget, in FIFO trials of {MAX_T} epochs (default {FIFO_TRIALS})",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="LOG",
+        help="take the FIFO and stock arms' figures per seed from an earlier run's output (they do "
+        "not depend on hpsearch's code and repeat exactly) and run only hpsearch's arm",
+    )
     args = parser.parse_args()
     baseline = read_baseline(Path(args.baseline)) if args.baseline else {}
     FIFO_TRIALS, BUDGET = args.fifo_trials, args.fifo_trials * MAX_T
@@ -196,9 +226,9 @@ def main() -> None:
                 fifo = run_tuner(seed, "fifo", workdir)  # 12 trials x 27 epochs, less if one diverged
                 target, _ = curve(fifo, None)
                 row = {"seed": seed, "fifo_best": target}
-            arms = [("hpsearch", lambda: run_hpsearch(seed, workdir))]
+            arms = [("hpsearch", lambda seed=seed: run_hpsearch(seed, workdir))]
             if not baseline:
-                arms.append(("stock", lambda: run_tuner(seed, "stock", workdir)))
+                arms.append(("stock", lambda seed=seed: run_tuner(seed, "stock", workdir)))
             for arm, run in arms:
                 values = run()
                 if len(values) < BUDGET:
@@ -207,8 +237,8 @@ def main() -> None:
                 row[f"{arm}_best"], row[f"{arm}_reach"] = best, reached
             rows.append(row)
             print(
-                f"seed {seed}: fifo best {row['fifo_best']:.4f} | hpsearch best {row['hpsearch_best']:.4f} reached fifo "
-                f"at {row['hpsearch_reach']} epochs | stock best {row['stock_best']:.4f} reached at "
+                f"seed {seed}: fifo best {row['fifo_best']:.4f} | hpsearch best {row['hpsearch_best']:.4f} "
+                f"reached fifo at {row['hpsearch_reach']} epochs | stock best {row['stock_best']:.4f} reached at "
                 f"{row['stock_reach']} epochs (of {BUDGET}) [{time.monotonic() - started:.0f}s]",
                 flush=True,
             )
@@ -222,16 +252,22 @@ def main() -> None:
 
     for arm in ("hpsearch", "stock"):
         hits = sum(r[f"{arm}_reach"] is not None for r in rows)
-        print(f"{arm}: reached FIFO's best in {hits}/{len(rows)} seeds; median compute saving {speedup(arm):.2f}x; "
-              f"final best vs FIFO {gap(arm):+.2f} points (mean)")  # fmt: skip
+        print(
+            f"{arm}: reached FIFO's best in {hits}/{len(rows)} seeds; median compute saving {speedup(arm):.2f}x; "
+            f"final best vs FIFO {gap(arm):+.2f} points (mean)"
+        )
     # rounded as the --baseline logs hold them
     diffs = [100 * (round(r["hpsearch_best"], 4) - round(r["stock_best"], 4)) for r in rows]
     low, high = paired_interval(diffs)
-    print(f"hpsearch - stock, final best, paired over {len(diffs)} seeds: mean {statistics.mean(diffs):+.2f} points, "
-          f"95% interval {low:+.2f}..{high:+.2f} (no worse than stock by more than {-low:.2f} points)")  # fmt: skip
-    print(f"P4: hpsearch needs {speedup('hpsearch'):.2f}x less compute than FIFO random to reach its best "
-          f"(stock: {speedup('stock'):.2f}x); final best {gap('hpsearch'):+.2f} points vs FIFO, "
-          f"{gap('hpsearch') - gap('stock'):+.2f} vs stock")  # fmt: skip
+    print(
+        f"hpsearch - stock, final best, paired over {len(diffs)} seeds: mean {statistics.mean(diffs):+.2f} points, "
+        f"95% interval {low:+.2f}..{high:+.2f} (no worse than stock by more than {-low:.2f} points)"
+    )
+    print(
+        f"P4: hpsearch needs {speedup('hpsearch'):.2f}x less compute than FIFO random to reach its best "
+        f"(stock: {speedup('stock'):.2f}x); final best {gap('hpsearch'):+.2f} points vs FIFO, "
+        f"{gap('hpsearch') - gap('stock'):+.2f} vs stock"
+    )
 
 
 if __name__ == "__main__":

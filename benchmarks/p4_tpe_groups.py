@@ -52,14 +52,20 @@ def main() -> None:
         good, rest = _split_trials(study, trials, n_below)
         complete = [t for t in good if t.state == TrialState.COMPLETE]
         left_out = sorted((first(t) for t in rest), reverse=True)[: len(good)]
-        print(f"first {n} trials: good group {len(good)} = {len(complete)} COMPLETE + {len(good) - len(complete)} "
-              f"PRUNED; its final values {sorted(round(t.value, 3) for t in complete)}; its epoch-1 values "
-              f"{sorted((round(first(t), 3) for t in good), reverse=True)}; the best epoch-1 values left out "
-              f"{[round(v, 3) for v in left_out]}", flush=True)  # fmt: skip
+        print(
+            f"first {n} trials: good group {len(good)} = {len(complete)} COMPLETE + {len(good) - len(complete)} "
+            f"PRUNED; its final values {sorted(round(t.value, 3) for t in complete)}; its epoch-1 values "
+            f"{sorted((round(first(t), 3) for t in good), reverse=True)}; the best epoch-1 values left out "
+            f"{[round(v, 3) for v in left_out]}",
+            flush=True,
+        )
         view = rank_by_best(trials, maximize=True)[:n_below]
         bests = sorted((round(max(t.intermediate_values.values(), default=math.nan), 3) for t in view), reverse=True)
-        print(f"    the ranked view's good group: best values {bests}, of which COMPLETE "
-              f"{sum(t.state == TrialState.COMPLETE for t in view)}", flush=True)  # fmt: skip
+        print(
+            f"    the ranked view's good group: best values {bests}, of which COMPLETE "
+            f"{sum(t.state == TrialState.COMPLETE for t in view)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,14 +53,29 @@ def measure(trials: int, tracking_uri: str | None = None, label: str = "P5") -> 
         from tracking import Store, StudyRecorder
 
         name = f"p5-{int(time.time())}"  # a server keeps earlier runs' experiments
-        spec = parse_spec({"name": name, "trainable": "digits-mlp", "space": SPACE, "trials": trials,
-                           "asha": {"max_t": EPOCHS, "grace_period": 1}}, name)  # fmt: skip
+        spec = parse_spec(
+            {
+                "name": name,
+                "trainable": "digits-mlp",
+                "space": SPACE,
+                "trials": trials,
+                "asha": {"max_t": EPOCHS, "grace_period": 1},
+            },
+            name,
+        )
         store = Store(tracking_uri)
         recorder = StudyRecorder(store, name, {})
         recorder.start({"trials": trials}, f"name: {name}\n", name)
-        searcher = StudySearch(space=to_distributions(spec), metric="val_accuracy", mode="max",
-                               sampler=make_sampler(spec), study_name="p5", storage=optuna_storage(store.home / "optuna" / "p5.journal"),
-                               max_t=EPOCHS, study_seed=0)  # fmt: skip
+        searcher = StudySearch(
+            space=to_distributions(spec),
+            metric="val_accuracy",
+            mode="max",
+            sampler=make_sampler(spec),
+            study_name="p5",
+            storage=optuna_storage(store.home / "optuna" / "p5.journal"),
+            max_t=EPOCHS,
+            study_seed=0,
+        )
         rng = random.Random(0)
         parts = {"suggest": [], "optuna reports + tell": [], "mlflow": [], "total": []}
         started = time.monotonic()
@@ -78,8 +93,9 @@ def measure(trials: int, tracking_uri: str | None = None, label: str = "P5") -> 
                 a = time.perf_counter()
                 searcher.on_trial_result(tid, result)
                 b = time.perf_counter()
-                recorder.trial_result(tid, epoch, {"val_accuracy": result["val_accuracy"],
-                                                   "train_loss": result["train_loss"]})  # fmt: skip
+                recorder.trial_result(
+                    tid, epoch, {"val_accuracy": result["val_accuracy"], "train_loss": result["train_loss"]}
+                )
                 c = time.perf_counter()
                 optuna_s, mlflow_s = optuna_s + b - a, mlflow_s + c - b
             a = time.perf_counter()
@@ -88,21 +104,32 @@ def measure(trials: int, tracking_uri: str | None = None, label: str = "P5") -> 
             recorder.trial_ended(tid, "completed", {"hpsearch.epochs": EPOCHS, "best_value": result["val_accuracy"]})
             c = time.perf_counter()
             optuna_s, mlflow_s = optuna_s + b - a, mlflow_s + c - b
-            for key, value in (("suggest", t1 - t0), ("optuna reports + tell", optuna_s), ("mlflow", mlflow_s),
-                               ("total", time.perf_counter() - t0)):  # fmt: skip
+            for key, value in (
+                ("suggest", t1 - t0),
+                ("optuna reports + tell", optuna_s),
+                ("mlflow", mlflow_s),
+                ("total", time.perf_counter() - t0),
+            ):
                 parts[key].append(value)
             if (i + 1) % 100 == 0:
-                print(f"trial {i + 1}: {1000 * statistics.median(parts['total'][-10:]):.1f} ms per trial "
-                      f"(median of the last 10) [{time.monotonic() - started:.0f}s]", flush=True)  # fmt: skip
+                print(
+                    f"trial {i + 1}: {1000 * statistics.median(parts['total'][-10:]):.1f} ms per trial "
+                    f"(median of the last 10) [{time.monotonic() - started:.0f}s]",
+                    flush=True,
+                )
         recorder.finish()
         last = slice(max(0, trials - 100), trials)
         for key, values in parts.items():
-            print(f"{key}: first 100 median {1000 * statistics.median(values[:100]):.1f} ms, "
-                  f"last 100 median {1000 * statistics.median(values[last]):.1f} ms, "
-                  f"last 100 90th percentile {1000 * statistics.quantiles(values[last], n=10)[-1]:.1f} ms")
+            print(
+                f"{key}: first 100 median {1000 * statistics.median(values[:100]):.1f} ms, "
+                f"last 100 median {1000 * statistics.median(values[last]):.1f} ms, "
+                f"last 100 90th percentile {1000 * statistics.quantiles(values[last], n=10)[-1]:.1f} ms"
+            )
         total = statistics.median(parts["total"][last])
-        print(f"{label} ({store.tracking_uri.split('@')[-1]}): control plane at trials {max(1, trials - 99)}..{trials}: "
-              f"{1000 * total:.1f} ms = {100 * total / 5:.2f}% of a 5 s trial (target <= 2%, 100 ms)")  # fmt: skip
+        print(
+            f"{label} ({store.tracking_uri.split('@')[-1]}): control plane at trials {max(1, trials - 99)}..{trials}: "
+            f"{1000 * total:.1f} ms = {100 * total / 5:.2f}% of a 5 s trial (target <= 2%, 100 ms)"
+        )
         return parts
 
 

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from p5_control_plane import measure  # noqa: E402
+
 from tests.services import mlflow_server, postgres  # noqa: E402
 
 
@@ -33,8 +34,10 @@ def main() -> None:
     with postgres("p6") as pg, tempfile.TemporaryDirectory() as artifacts, mlflow_server(pg.uri, artifacts) as server:
         served = statistics.median(measure(args.trials, server.uri, "P6 server")["total"][last])
     embedded = statistics.median(measure(args.trials, None, "P6 sqlite")["total"][last])
-    print(f"P6: server on PostgreSQL {1000 * served:.1f} ms ({100 * served / 5:.2f}% of a 5 s trial), sqlite "
-          f"{1000 * embedded:.1f} ms ({100 * embedded / 5:.2f}%): the server costs {served / embedded:.2f}x")
+    print(
+        f"P6: server on PostgreSQL {1000 * served:.1f} ms ({100 * served / 5:.2f}% of a 5 s trial), sqlite "
+        f"{1000 * embedded:.1f} ms ({100 * embedded / 5:.2f}%): the server costs {served / embedded:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -40,25 +40,45 @@ def write_study(store, trials: int, seed: int = 0) -> None:
     from tracking import tags as T
 
     rng = random.Random(seed)
-    provenance = {"hpsearch.split_seed": "0", "hpsearch.python": "3.11", "hpsearch.git_commit": "0" * 40,
-                  **{f"hpsearch.version.{p}": "1.0" for p in ("hpsearch", "torch", "ray", "optuna", "mlflow")}}  # fmt: skip
+    provenance = {
+        "hpsearch.split_seed": "0",
+        "hpsearch.python": "3.11",
+        "hpsearch.git_commit": "0" * 40,
+        **{f"hpsearch.version.{p}": "1.0" for p in ("hpsearch", "torch", "ray", "optuna", "mlflow")},
+    }
     recorder = StudyRecorder(store, STUDY, provenance)
-    recorder.start({"trials": trials, "metric": "val_accuracy", "mode": "max", "max_concurrent": 4},
-                   f"name: {STUDY}\ntrainable: digits-cnn\ntrials: {trials}\n", f"{STUDY}-run")  # fmt: skip
-    recorder.set_parent_tags({T.METRIC: "val_accuracy", T.MODE: "max", T.OPTUNA_STUDY: f"{STUDY}-run",
-                              T.RAY_EXPERIMENT: f"/tmp/ray/{STUDY}-run", T.SPEC_DIGEST: "0" * 64})  # fmt: skip
+    recorder.start(
+        {"trials": trials, "metric": "val_accuracy", "mode": "max", "max_concurrent": 4},
+        f"name: {STUDY}\ntrainable: digits-cnn\ntrials: {trials}\n",
+        f"{STUDY}-run",
+    )
+    recorder.set_parent_tags(
+        {
+            T.METRIC: "val_accuracy",
+            T.MODE: "max",
+            T.OPTUNA_STUDY: f"{STUDY}-run",
+            T.RAY_EXPERIMENT: f"/tmp/ray/{STUDY}-run",
+            T.SPEC_DIGEST: "0" * 64,
+        }
+    )
     best, best_trial = -1.0, None
     for i in range(trials):
         trial = f"{i:05d}"
-        params = {"lr": 10 ** rng.uniform(-4, -1), "batch_size": rng.choice([32, 64, 128]),
-                  "optimizer": rng.choice(["adam", "sgd"]), "dropout": rng.uniform(0, 0.5), "channels1": 16}  # fmt: skip
+        params = {
+            "lr": 10 ** rng.uniform(-4, -1),
+            "batch_size": rng.choice([32, 64, 128]),
+            "optimizer": rng.choice(["adam", "sgd"]),
+            "dropout": rng.uniform(0, 0.5),
+            "channels1": 16,
+        }
         recorder.trial_started(trial, params, trial_dir=f"/tmp/ray/{STUDY}-run/trial_{trial}")
         failed = rng.random() < 0.05
         epochs = 1 if failed else rng.choice([1, 2, 4, EPOCHS])
         values = [min(0.99, 0.5 + 0.4 * rng.random() * epoch / EPOCHS) for epoch in range(1, epochs + 1)]
         for epoch, value in enumerate(values, 1):
-            recorder.trial_result(trial, epoch, {"val_accuracy": value, "train_loss": 1.0 / epoch,
-                                                 "time_total_s": 0.5 * epoch})  # fmt: skip
+            recorder.trial_result(
+                trial, epoch, {"val_accuracy": value, "train_loss": 1.0 / epoch, "time_total_s": 0.5 * epoch}
+            )
         if failed:
             recorder.trial_ended(trial, "failed", {T.EPOCHS: 0, T.BEST_VALUE: None}, reason="error: RuntimeError")
             continue
@@ -97,8 +117,14 @@ def measure(name: str, store, trials: int, env: dict[str, str]) -> dict:
         frame = studies.results(STUDY, tracking_uri=None if store.embedded else store.tracking_uri)
         queries.append(time.perf_counter() - start)
     assert len(frame) == len(json.loads(listed)) == trials, (len(frame), trials)
-    return {"store": name, "writing_s": writing, "results_s": statistics.median(times), "all_s": times,
-            "query_s": statistics.median(queries), "rows": len(frame)}  # fmt: skip
+    return {
+        "store": name,
+        "writing_s": writing,
+        "results_s": statistics.median(times),
+        "all_s": times,
+        "query_s": statistics.median(queries),
+        "rows": len(frame),
+    }
 
 
 def main() -> None:
@@ -123,13 +149,17 @@ def main() -> None:
             with postgres() as pg, mlflow_server(pg.uri, tmp / "artifacts") as server:
                 rows.append(measure("MLflow server on PostgreSQL", Store(server.uri), args.trials, env))
 
-    print(f"\n{args.trials} trials; `hpsearch results {STUDY}` as a subprocess, start to exit, median of {REPEATS};"
-          f" query: the same read in-process (imports done)")  # fmt: skip
+    print(
+        f"\n{args.trials} trials; `hpsearch results {STUDY}` as a subprocess, start to exit, median of {REPEATS};"
+        f" query: the same read in-process (imports done)"
+    )
     print(f"{'store':<30} {'writing s':>10} {'results s':>10} {'query s':>8} {'rows':>6}  (each results run, s)")
     for row in rows:
         each = ", ".join(f"{s:.2f}" for s in row["all_s"])
-        print(f"{row['store']:<30} {row['writing_s']:>10.1f} {row['results_s']:>10.2f} {row['query_s']:>8.2f}"
-              f" {row['rows']:>6}  ({each})")  # fmt: skip
+        print(
+            f"{row['store']:<30} {row['writing_s']:>10.1f} {row['results_s']:>10.2f} {row['query_s']:>8.2f}"
+            f" {row['rows']:>6}  ({each})"
+        )
     each, label = ", ".join(f"{s:.2f}" for s in imports), 'python -c "import mlflow"'
     print(f"{label:<30} {'-':>10} {statistics.median(imports):>10.2f} {'-':>8} {'-':>6}  ({each})")
 

@@ -54,8 +54,10 @@ def main() -> None:
             mode = sqlite3.connect(recorder.store.db_path).execute("PRAGMA journal_mode").fetchone()[0]
             assert mode == ("wal" if arm == "wal" else "delete"), (arm, mode)
         for arm, values in times.items():
-            print(f"{arm}: median {1000 * statistics.median(values):.1f} ms per trial, "
-                  f"mean {1000 * statistics.mean(values):.1f} ms ({len(values)} trials)")  # fmt: skip
+            print(
+                f"{arm}: median {1000 * statistics.median(values):.1f} ms per trial, "
+                f"mean {1000 * statistics.mean(values):.1f} ms ({len(values)} trials)"
+            )
         ratio = statistics.median(times["journal"]) / statistics.median(times["wal"])
         print(f"journal / wal: {ratio:.2f}x the time per trial")
 

@@ -63,8 +63,17 @@ class _Timed(Reporter):
         self.compile_s += metrics.get("compile_s", 0.0)
         self.seconds_file.write_text(str(time.perf_counter() - self.started - self.compile_s))
         with open(self.epochs_file, "a") as f:
-            f.write(json.dumps({"t": time.time(), "images": self.n_train, "samples_per_s": metrics["samples_per_s"],
-                                "epoch": metrics["epoch"]}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "t": time.time(),
+                        "images": self.n_train,
+                        "samples_per_s": metrics["samples_per_s"],
+                        "epoch": metrics["epoch"],
+                    }
+                )
+                + "\n"
+            )
         self.inner._emit(metrics, checkpoint)
 
 

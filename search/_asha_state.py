@@ -61,6 +61,12 @@ def replay_rungs(scheduler, study: optuna.Study, metric: str) -> int:
 def check_replay(asha, study: optuna.Study, metric: str, mode: str) -> None:
     """Before Ray resumes: replay into a scratch ASHA (spec `asha`), so that a Ray which cannot take the replay
     is refused here. Inside Ray's resume an exception does not stop the sweep: Ray restarts it from scratch."""
-    scratch = ASHAScheduler(time_attr=EPOCH, metric=metric, mode=mode, max_t=asha.max_t,
-                            grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)  # fmt: skip
+    scratch = ASHAScheduler(
+        time_attr=EPOCH,
+        metric=metric,
+        mode=mode,
+        max_t=asha.max_t,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
     replay_rungs(scratch, study, metric)

@@ -39,14 +39,22 @@ def check(study: str, **overrides) -> tuple[list[Check], dict]:
         raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
     searched = {name: middle(p) for name, p in spec.space.items()}
     inputs = trial_inputs(spec, trainable, study, tracking_uri=None)
-    config = {**trainable.defaults, **spec.fixed, **searched, "epochs": spec.max_t, "split_seed": spec.split_seed,
-              **inputs}  # fmt: skip
+    config = {
+        **trainable.defaults,
+        **spec.fixed,
+        **searched,
+        "epochs": spec.max_t,
+        "split_seed": spec.split_seed,
+        **inputs,
+    }
     setup = trainable.setup(config)
     model = setup.model()
     checks = [data_sanity(setup, model)]
     if checks[0].status == FAIL:  # training on a broken data set tells nothing (and may crash)
-        return checks + [Check(name, FAIL, ["not run: fix the data first"]) for name in
-                         ("shapes", "overfit one batch", "lr range", "estimate")], config  # fmt: skip
+        return checks + [
+            Check(name, FAIL, ["not run: fix the data first"])
+            for name in ("shapes", "overfit one batch", "lr range", "estimate")
+        ], config
     checks.append(layer_shapes(model, setup.train.x[:8]))
     checks.append(overfit_one_batch(setup, float(config.get("lr", 1e-3))))
     lr_param = spec.space.get("lr")
@@ -76,20 +84,27 @@ def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
     epoch_s = step_s * math.ceil(n_train / batch)
     trial_s = epoch_s * spec.max_t
     slots = max(1, spec.max_concurrent)
-    lines = [f"about {epoch_s:.2f} s per epoch ({n_train} examples, batch {batch}), {trial_s:.1f} s per trial at "
-             f"{spec.max_t} epochs, on this machine, {slots} at a time"]  # fmt: skip
+    lines = [
+        f"about {epoch_s:.2f} s per epoch ({n_train} examples, batch {batch}), {trial_s:.1f} s per trial at "
+        f"{spec.max_t} epochs, on this machine, {slots} at a time"
+    ]
     if spec.asha is None:
-        lines.append(f"{spec.trials} trials: at most {spec.trials * trial_s / slots / 60:.1f} min "
-                     f"(training only; add start-up)")  # fmt: skip
+        lines.append(
+            f"{spec.trials} trials: at most {spec.trials * trial_s / slots / 60:.1f} min (training only; add start-up)"
+        )
         return Check("estimate", PASS, lines)
     asha = asha_epochs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
     if spec.hours:
         budget = spec.hours * 3600 * slots
-        lines.append(f"{spec.hours:g} h buy about {budget / trial_s:.0f} trials at full fidelity, or about "
-                     f"{budget / (epoch_s * asha):.0f} with ASHA ({asha:.1f} epochs per trial on average)")  # fmt: skip
+        lines.append(
+            f"{spec.hours:g} h buy about {budget / trial_s:.0f} trials at full fidelity, or about "
+            f"{budget / (epoch_s * asha):.0f} with ASHA ({asha:.1f} epochs per trial on average)"
+        )
     full, with_asha = spec.trials * trial_s / slots, spec.trials * asha * epoch_s / slots
-    lines.append(f"{spec.trials} trials: about {full / 60:.1f} min at full fidelity, {with_asha / 60:.1f} min "
-                 f"with ASHA (training only; add start-up)")  # fmt: skip
+    lines.append(
+        f"{spec.trials} trials: about {full / 60:.1f} min at full fidelity, {with_asha / 60:.1f} min "
+        f"with ASHA (training only; add start-up)"
+    )
     return Check("estimate", PASS, lines)
 
 

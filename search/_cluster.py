@@ -13,8 +13,19 @@ from studies import UserError
 
 # Never shipped with the project: environments, caches, checkpoints and data (gitignore syntax, relative to
 # the project folder; Ray also honours the project's own .gitignore).
-EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pt", "*.pth", "*.ckpt", "*.safetensors", "hpsearch-runs",
-            "mlruns", "*.journal"]  # fmt: skip
+EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.safetensors",
+    "hpsearch-runs",
+    "mlruns",
+    "*.journal",
+]
 PROBE_S = 120.0  # how long each node has to start a worker and answer the storage and data check
 
 
@@ -77,8 +88,10 @@ def check_cluster(plan) -> str:
             f"the cluster at {where} has that; it has: {have}"
         )
     total = ray.cluster_resources()
-    line = (f"ray: joined the cluster at {where}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, "
-            f"{total.get('GPU', 0):g} GPU")  # fmt: skip
+    line = (
+        f"ray: joined the cluster at {where}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, "
+        f"{total.get('GPU', 0):g} GPU"
+    )
     marker = plan.state_root / "control" / f".probe-{uuid.uuid4().hex}"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(socket.gethostname())
@@ -88,10 +101,11 @@ def check_cluster(plan) -> str:
     try:
         probe = ray.remote(num_cpus=0)(_probe)
         refs = {
-            n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(paths)
+            n["NodeID"]: probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(paths)
             for n in nodes
-        }  # fmt: skip
+        }
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_S)
         answers = {node: ray.get(ref) for node, ref in refs.items() if ref in ready}
     finally:
@@ -104,8 +118,10 @@ def check_cluster(plan) -> str:
                 "storage must be a path that every node mounts at the same place (NFS, a shared volume)"
             )
         if "data_root" in paths and not answer["seen"]["data_root"]:
-            raise UserError(f"data_root: {paths['data_root']} cannot be read on {name}: put the data set there "
-                            "(the same path on every node) or on shared storage")  # fmt: skip
+            raise UserError(
+                f"data_root: {paths['data_root']} cannot be read on {name}: put the data set there "
+                "(the same path on every node) or on shared storage"
+            )
     silent = len(refs) - len(answers)
     if silent:
         line += f" ({silent} node(s) did not answer the storage check within {PROBE_S:.0f} s)"

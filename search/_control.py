@@ -62,8 +62,14 @@ class Halt(Stopper):
     searcher, checkpoint) and the searcher stops suggesting; the sweep then ends by itself. Tune's own
     stop_all would end the experiment without telling anyone about the trials it cut."""
 
-    def __init__(self, path: Path, hours: float | None, spent_s: float = 0.0, home: Path | None = None,
-                 lock: StudyLock | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        hours: float | None,
+        spent_s: float = 0.0,
+        home: Path | None = None,
+        lock: StudyLock | None = None,
+    ):
         self.path = path
         self.lock = lock  # a lock another machine took over (our heartbeat stalled) ends this sweep
         self.home = home  # whose free disk is watched; below HPSEARCH_STOP_FREE_MB the sweep stops

@@ -9,12 +9,11 @@ import os
 import platform
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
-
 
 import studies
 import tracking
@@ -24,13 +23,14 @@ from tracking import tags as T
 from trainables import Trainable, get_trainable, release_caches
 
 from . import _ray_start
-from ._finish import Finished, finish, record_sweep, recorded_sweep
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
-from ._locations import Locations, resolve
+from ._finish import Finished, finish, record_sweep, recorded_sweep
 from ._inputs import trial_inputs
 from ._journal import journal_path, run_journal
+from ._locations import Locations, resolve
 from ._space import grid_size
 from ._warm import warm_points
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -75,8 +75,17 @@ class Outcome:
         return 0 if self.best_trial else 1
 
 
-def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: str | None = None,
-         warm_count: int = 5, resume: bool = False, fresh: bool = False, **overrides: Any) -> Plan:  # fmt: skip
+def plan(
+    study: str,
+    tracking_uri=None,
+    address=None,
+    storage=None,
+    warm_start: str | None = None,
+    warm_count: int = 5,
+    resume: bool = False,
+    fresh: bool = False,
+    **overrides: Any,
+) -> Plan:
     """Load and check a study (a built-in name or a YAML path) and the flags. Raises UserError; writes nothing."""
     if resume and fresh:
         raise UserError("--resume and --fresh: give one (continue the unfinished run, or start a new one)")
@@ -145,9 +154,22 @@ def plan(study: str, tracking_uri=None, address=None, storage=None, warm_start: 
         from ._cluster import project_env
 
         ship = project_env(trainable, [data_home(), state_root, *(Path(v) for v in inputs.values() if v)])
-    return Plan(spec, trainable, metric, mode, tracking_uri, address, storage, tuple(points), tuple(notes),
-                resume_run=unfinished if resume else None, replaces=unfinished if fresh else None,
-                inputs=inputs, locations=locations, ship=ship)  # fmt: skip
+    return Plan(
+        spec,
+        trainable,
+        metric,
+        mode,
+        tracking_uri,
+        address,
+        storage,
+        tuple(points),
+        tuple(notes),
+        resume_run=unfinished if resume else None,
+        replaces=unfinished if fresh else None,
+        inputs=inputs,
+        locations=locations,
+        ship=ship,
+    )
 
 
 def _unfinished_run(study: str, tracking_uri: str | None, state_root: Path, finishing: bool = False):
@@ -188,8 +210,10 @@ def _check_resumable(spec: StudySpec, run, tracking_uri: str | None, locations: 
     if T.SWEPT in tags:
         return  # the sweep ended: what is left (finishing) needs no state of Ray's
     if "://" not in experiment and not list(Path(experiment).glob("experiment_state-*.json")):
-        raise UserError(f"--resume: run {run.info.run_id} saved no experiment state under {experiment or '(none)'}; "
-                        "start over with --fresh")  # fmt: skip
+        raise UserError(
+            f"--resume: run {run.info.run_id} saved no experiment state under {experiment or '(none)'}; "
+            "start over with --fresh"
+        )
 
 
 def execute(plan: Plan, out=None) -> Outcome:
@@ -207,8 +231,12 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     started = time.monotonic()
     spec = plan.spec
     store = Store(plan.tracking_uri)
-    fixed = {**spec.fixed, **({"epochs": spec.asha.max_t} if spec.asha else {}), "split_seed": spec.split_seed,
-             **plan.inputs}  # fmt: skip
+    fixed = {
+        **spec.fixed,
+        **({"epochs": spec.asha.max_t} if spec.asha else {}),
+        "split_seed": spec.split_seed,
+        **plan.inputs,
+    }
     recorder = StudyRecorder(store, spec.name, _provenance(plan, fixed))
     release_caches()  # planning read the data set (data_info): the driver holds none of it through the sweep
     _ray_start.ready()
@@ -237,10 +265,16 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
         # The parent run's id makes the Ray experiment and the Optuna study unique to this invocation.
         run_name, spent_s = f"{run_name}-{recorder.parent_id[:8]}", 0.0
         storage = plan.locations.experiments(data_home())
-        recorder.set_parent_tags({T.METRIC: plan.metric, T.MODE: plan.mode, T.OPTUNA_STUDY: run_name,
-                                  T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}",
-                                  T.OPTUNA_JOURNAL: str(journal_path(plan.state_root, spec.name)),
-                                  T.SPEC_DIGEST: studies.spec_digest(spec)})  # fmt: skip
+        recorder.set_parent_tags(
+            {
+                T.METRIC: plan.metric,
+                T.MODE: plan.mode,
+                T.OPTUNA_STUDY: run_name,
+                T.RAY_EXPERIMENT: f"{storage.rstrip('/')}/{run_name}",
+                T.OPTUNA_JOURNAL: str(journal_path(plan.state_root, spec.name)),
+                T.SPEC_DIGEST: studies.spec_digest(spec),
+            }
+        )
         print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
     print(f"tracking: {store.tracking_uri}", file=out, flush=True)
     if cluster:
@@ -254,8 +288,18 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
         if not swept:
             from ._tune import run_tune
 
-            callback = run_tune(plan, recorder, fixed, run_name, storage, store, out,
-                                resume=plan.resume_run is not None, spent_s=spent_s, lock=lock)  # fmt: skip
+            callback = run_tune(
+                plan,
+                recorder,
+                fixed,
+                run_name,
+                storage,
+                store,
+                out,
+                resume=plan.resume_run is not None,
+                spent_s=spent_s,
+                lock=lock,
+            )
             if callback.error is not None:
                 raise callback.error  # a hook's error, raised once Tune had saved its state (search/_callback.py)
         with _interruptible():
@@ -267,9 +311,18 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
             done = {} if plan.resume_run is None else plan.resume_run.data.tags
             finished = Finished() if best is None else finish(plan, store, recorder, best, done, out)
         status = "FINISHED"
-        return Outcome(spec.name, recorder.parent_id, None if best is None else best.trial_id,
-                       None if best is None else best.value, plan.metric, counts, finished.test_metrics,
-                       finished.model_uri, time.monotonic() - started, finished.left)  # fmt: skip
+        return Outcome(
+            spec.name,
+            recorder.parent_id,
+            None if best is None else best.trial_id,
+            None if best is None else best.value,
+            plan.metric,
+            counts,
+            finished.test_metrics,
+            finished.model_uri,
+            time.monotonic() - started,
+            finished.left,
+        )
     except Interrupted as exc:
         status = "KILLED"
         _signal, spent = exc.args
@@ -286,8 +339,12 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
         ) from None
     except Exception as exc:
         error = exc
-        print(f"study {spec.name}: stopped by an error (below); its trials are kept: continue with `hpsearch run "
-              f"{spec.name} --resume` once it is fixed", file=out, flush=True)  # fmt: skip
+        print(
+            f"study {spec.name}: stopped by an error (below); its trials are kept: continue with `hpsearch run "
+            f"{spec.name} --resume` once it is fixed",
+            file=out,
+            flush=True,
+        )
         raise
     finally:
         _end_run(recorder, status, error, out)
@@ -339,14 +396,24 @@ def _abandon(run, store, study: str, out) -> None:
 
 def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
     return {
-        "trainable": spec.trainable, "metric": plan.metric, "mode": plan.mode, "trials": spec.trials,
-        "hours": spec.hours, "max_t": spec.max_t, "asha": spec.asha is not None,
+        "trainable": spec.trainable,
+        "metric": plan.metric,
+        "mode": plan.mode,
+        "trials": spec.trials,
+        "hours": spec.hours,
+        "max_t": spec.max_t,
+        "asha": spec.asha is not None,
         "grace_period": spec.asha.grace_period if spec.asha else None,
-        "reduction_factor": spec.asha.reduction_factor if spec.asha else None, "cpus_per_trial": spec.resources.cpus,
-        "gpus_per_trial": spec.resources.gpus, "max_concurrent": spec.max_concurrent, "sampler": spec.sampler,
-        "seed": spec.seed, "split_seed": spec.split_seed, "max_failures": spec.max_failures,
+        "reduction_factor": spec.asha.reduction_factor if spec.asha else None,
+        "cpus_per_trial": spec.resources.cpus,
+        "gpus_per_trial": spec.resources.gpus,
+        "max_concurrent": spec.max_concurrent,
+        "sampler": spec.sampler,
+        "seed": spec.seed,
+        "split_seed": spec.split_seed,
+        "max_failures": spec.max_failures,
         "keep_checkpoints": spec.keep_checkpoints,
-    }  # fmt: skip
+    }
 
 
 def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
@@ -367,7 +434,6 @@ def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
     return tags
 
 
-
 def _git_commit(function) -> str | None:
     """The commit of the git repository holding the trainable's code (with `-dirty` if it has uncommitted
     changes), or None where the code is not in a git repository."""
@@ -376,11 +442,17 @@ def _git_commit(function) -> str | None:
 
     try:
         folder = Path(inspect.getsourcefile(function) or "").resolve().parent
-        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, TypeError, subprocess.SubprocessError):
         return None

@@ -46,13 +46,19 @@ def record_sweep(recorder, callback) -> tuple[Best | None, dict[str, int]]:
         recorder.set_parent_tags(tags)
         return None, counts
     progress, checkpoint = callback.progress[best_id], callback.checkpoints.get(best_id)
-    best = Best(best_id, progress.best_value, progress.best_epoch, callback.configs[best_id],
-                None if checkpoint is None else str(checkpoint.path))  # fmt: skip
+    best = Best(
+        best_id,
+        progress.best_value,
+        progress.best_epoch,
+        callback.configs[best_id],
+        None if checkpoint is None else str(checkpoint.path),
+    )
     tags[T.BEST_TRIAL] = best_id
     if best.checkpoint is not None:
         tags[T.BEST_CHECKPOINT] = best.checkpoint
-    tracking.log_values(recorder.store, recorder.parent_id, metrics={T.BEST_VALUE: best.value}, tags=tags,
-                        client=recorder.client)  # fmt: skip
+    tracking.log_values(
+        recorder.store, recorder.parent_id, metrics={T.BEST_VALUE: best.value}, tags=tags, client=recorder.client
+    )
     return best, counts
 
 
@@ -64,8 +70,13 @@ def recorded_sweep(store, run) -> tuple[Best | None, dict[str, int]]:
     if best_id is None:
         return None, counts
     row = next((r for r in tracking.trial_rows(store, run) if r["trial_id"] == best_id), {})  # {}: its run deleted
-    return Best(best_id, run.data.metrics[T.BEST_VALUE], row.get("best_epoch"), row.get("params", {}),
-                tags.get(T.BEST_CHECKPOINT)), counts  # fmt: skip
+    return Best(
+        best_id,
+        run.data.metrics[T.BEST_VALUE],
+        row.get("best_epoch"),
+        row.get("params", {}),
+        tags.get(T.BEST_CHECKPOINT),
+    ), counts
 
 
 def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Finished:
@@ -94,8 +105,10 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
             record(step, f"failed: {_line(exc)}")
         return result
     if state is None:
-        reason = (f"trial {best.trial_id}'s checkpoint has no state_dict under \"model\" (it has {saved}): no test "
-                  "evaluation or servable model; report checkpoint={\"model\": model.state_dict(), ...}")  # fmt: skip
+        reason = (
+            f'trial {best.trial_id}\'s checkpoint has no state_dict under "model" (it has {saved}): no test '
+            'evaluation or servable model; report checkpoint={"model": model.state_dict(), ...}'
+        )
         print(reason, file=out)
         recorder.set_parent_tags({NO_MODEL_TAG: reason})
         for step in left:
@@ -104,8 +117,15 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
     digest = tracking.state_digest(state)
     if "checkpoint" in left:
         try:
-            payload = {"model": state, "config": best.config, "metric": plan.metric, "mode": plan.mode,
-                       "value": best.value, "trial_id": best.trial_id, "epoch": best.epoch}  # fmt: skip
+            payload = {
+                "model": state,
+                "config": best.config,
+                "metric": plan.metric,
+                "mode": plan.mode,
+                "value": best.value,
+                "trial_id": best.trial_id,
+                "epoch": best.epoch,
+            }
             tracking.log_best_checkpoint(store, recorder.parent_id, payload)
             recorder.set_parent_tags({T.CHECKPOINT_DIGEST: digest})
             record("checkpoint", "done")
@@ -120,8 +140,11 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
         result.test_metrics = _test(plan, store, recorder, best, state, digest, record, out)
     if result.left:
         named = ", ".join(text for step, text in T.FINISH_STEPS.items() if step in result.left)
-        print(f"finishing incomplete: {named}; the sweep's results are recorded: complete it with `hpsearch run "
-              f"{plan.spec.name} --resume`", file=out)  # fmt: skip
+        print(
+            f"finishing incomplete: {named}; the sweep's results are recorded: complete it with `hpsearch run "
+            f"{plan.spec.name} --resume`",
+            file=out,
+        )
     return result
 
 
@@ -156,9 +179,11 @@ def _export(plan, store, recorder, best: Best, state, record, out) -> str | None
         model, example = plan.trainable.export(best.config, state)
         model_uri = tracking.log_servable_model(store, recorder.parent_id, model, example)
     except Exception as exc:  # noqa: BLE001 - the checkpoint is logged; only the servable model is missing
-        why = (f"exporting the best model failed ({_line(exc)}); the best checkpoint is logged. Make the model "
-               "traceable by torch.export (no data-dependent Python control flow), or give the trainable an export "
-               "hook that returns one that is")  # fmt: skip
+        why = (
+            f"exporting the best model failed ({_line(exc)}); the best checkpoint is logged. Make the model "
+            "traceable by torch.export (no data-dependent Python control flow), or give the trainable an export "
+            "hook that returns one that is"
+        )
         print(f"no servable model: {why}", file=out)
         recorder.set_parent_tags({NO_MODEL_TAG: why})
         record("export", f"failed: {_line(exc)}")
@@ -195,4 +220,3 @@ def _said(out, what: str, exc: BaseException) -> None:
     """The traceback on stderr (often a hook of the user's that raised), then one line on the run's output."""
     traceback.print_exception(exc, file=sys.stderr)
     print(f"finishing: {what} failed: {_line(exc)}", file=out)
-

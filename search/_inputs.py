@@ -17,8 +17,9 @@ from tracking import tags as T
 from trainables import Trainable
 
 
-def trial_inputs(spec: StudySpec, trainable: Trainable, source: str, tracking_uri: str | None,
-                 shared: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def trial_inputs(
+    spec: StudySpec, trainable: Trainable, source: str, tracking_uri: str | None, shared: Path | None = None
+) -> dict[str, Any]:
     """The config values the engine sets for every trial: data_root/download (for trainables that read data
     from disk) and encoder_checkpoint (from `encoder_from`). Checks the data set is there. Raises UserError.
     `shared`: the folder every node sees (the study state's, on the shared storage when there is one), where

@@ -102,7 +102,9 @@ def connect(url: str, origin: str = "the recorded job server"):
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError as exc:  # pragma: no cover - ray[default] missing
-        raise UserError(f"submit needs Ray's job client (ray[default]; pip install 'hpsearch[cluster]'): {exc}") from None
+        raise UserError(
+            f"submit needs Ray's job client (ray[default]; pip install 'hpsearch[cluster]'): {exc}"
+        ) from None
     try:
         return JobSubmissionClient(url, headers=_headers())
     except Exception as exc:  # noqa: BLE001 - a connection, version or authentication failure, said in one line
@@ -113,8 +115,10 @@ def _server_error(url: str, origin: str, exc: Exception) -> UserError:
     text = str(exc)
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)[:300]
     if "401" in text or "403" in text or "uthenticat" in text:
-        return UserError(f"job server {url} ({origin}) refused us: {first}. The cluster uses token authentication: "
-                         "give this machine the head's token (its ~/.ray/auth_token, or RAY_AUTH_TOKEN)")  # fmt: skip
+        return UserError(
+            f"job server {url} ({origin}) refused us: {first}. The cluster uses token authentication: "
+            "give this machine the head's token (its ~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+        )
     return UserError(f"job server {url} ({origin}): {first}")
 
 
@@ -144,8 +148,12 @@ def read_record(root: Path, study: str) -> dict | None:
 def job_state(record: dict, logs: bool = True) -> dict:
     """The recorded job as the job server sees it now: state (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED, or
     `unknown` when the server does not answer), its message, and for a failed job its last output lines."""
-    state = {**{k: record.get(k) for k in ("job_id", "job_server", "submitted", "host")}, "state": "unknown",
-             "message": "", "error_lines": []}  # fmt: skip
+    state = {
+        **{k: record.get(k) for k in ("job_id", "job_server", "submitted", "host")},
+        "state": "unknown",
+        "message": "",
+        "error_lines": [],
+    }
     try:
         client = connect(record["job_server"])
         info = client.get_job_info(record["job_id"])
@@ -256,22 +264,33 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
         env_vars["HPSEARCH_HOME"] = str(data_home())
     runtime_env = {"env_vars": env_vars, **(ship or {})}
     # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS.
-    entrypoint = f"exec hpsearch run {shlex.join([argument, *flags])} --address \"$RAY_ADDRESS\""
+    entrypoint = f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
     job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            job_id = client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                                       metadata={"hpsearch_study": name}, entrypoint_num_cpus=0)  # fmt: skip
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env=runtime_env,
+                metadata={"hpsearch_study": name},
+                entrypoint_num_cpus=0,
+            )
             break
         except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
             # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise _server_error(url, origin, exc) from None
             time.sleep(2)
-    record = {"job_id": job_id, "job_server": url, "study": name, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "host": socket.gethostname(), "entrypoint": entrypoint,
-              "working_dir": (ship or {}).get("working_dir")}  # fmt: skip
+    record = {
+        "job_id": job_id,
+        "job_server": url,
+        "study": name,
+        "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "entrypoint": entrypoint,
+        "working_dir": (ship or {}).get("working_dir"),
+    }
     write_record(root, name, record)
     return {**record, "record": str(record_path(root, name))}
 
@@ -280,8 +299,10 @@ def logs(root: Path, study: str) -> tuple[dict, str]:
     """(the recorded job, its driver's output so far)."""
     record = read_record(root, study)
     if record is None:
-        raise UserError(f"study {study!r} has no submitted job recorded under {control_dir(root)} (see `hpsearch "
-                        f"submit`); give a TRIAL for a trial's output")  # fmt: skip
+        raise UserError(
+            f"study {study!r} has no submitted job recorded under {control_dir(root)} (see `hpsearch "
+            f"submit`); give a TRIAL for a trial's output"
+        )
     client = connect(record["job_server"])
     try:
         return record, client.get_job_logs(record["job_id"])

@@ -54,7 +54,7 @@ class Progress:
             return
         self._last_draw = now
         self._status_shown = True
-        self._write("\r\x1b[2K" + self.summary.line()[: 200])
+        self._write("\r\x1b[2K" + self.summary.line()[:200])
 
     def _write(self, text: str) -> None:
         self.out.write(text)

@@ -10,8 +10,9 @@ last value, which is wrong in storage.
 `RankedSampler` keeps the true states in storage (dashboards and Optuna's API stay correct) and shows the
 sampler another view of the same trials: every finished trial (COMPLETE or PRUNED) ranked by the best value
 it reached, wherever it stopped. P4 measured it beside a BOHB-style view that ranks every trial at one rung
-(the largest that 10 finished trials reached); BENCHMARKS.md has both. The view holds the ranks as the values of COMPLETE trials, which is all TPE reads of a
-single-objective study. Running trials stay as they are, for TPE's constant liar.
+(the largest that 10 finished trials reached); BENCHMARKS.md has both. The view holds the ranks as the
+values of COMPLETE trials, which is all TPE reads of a single-objective study. Running trials stay as they
+are, for TPE's constant liar.
 
 A trial that failed because of its configuration counts too, as worse than any trial that reported a value,
 so TPE learns to avoid its region (stock OptunaSearch gets the same lesson by telling a diverged trial
@@ -108,11 +109,21 @@ class RankedSampler(BaseSampler):
         counted = [t for t in everything if t.state in FINISHED or failed_by_config(t)]
         ranked = rank_by_best(counted, "max" if study.direction == StudyDirection.MAXIMIZE else "min")
         trials = [
-            FrozenTrial(number=t.number, state=TrialState.COMPLETE, value=float(rank), datetime_start=t.datetime_start,
-                        datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,
-                        user_attrs={}, system_attrs=t.system_attrs, intermediate_values={}, trial_id=t._trial_id)
+            FrozenTrial(
+                number=t.number,
+                state=TrialState.COMPLETE,
+                value=float(rank),
+                datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs={},
+                system_attrs=t.system_attrs,
+                intermediate_values={},
+                trial_id=t._trial_id,
+            )
             for rank, t in enumerate(ranked)
-        ]  # fmt: skip
+        ]
         trials += [t for t in everything if t.state == TrialState.RUNNING]
         trials.sort(key=lambda t: t.number)
         self._cached = (trial.number, _View(study, trials))

@@ -88,8 +88,9 @@ class _TrialOutput:
 _TRIAL_OUTPUT = _TrialOutput()
 
 
-def make_trial_function(trainable_ref: str, metric: str, mode: str, threads: int, cwd: str, experiment: str,
-                        trials_per_worker: int = 1):  # fmt: skip
+def make_trial_function(
+    trainable_ref: str, metric: str, mode: str, threads: int, cwd: str, experiment: str, trials_per_worker: int = 1
+):
     """The function Ray runs per trial. It resolves the trainable inside the worker, so a user's
     `pkg.module:function` is imported from the directory `hpsearch` was started in (on this machine) or
     from the project Ray shipped (on a cluster)."""

@@ -23,6 +23,7 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 # Ctrl-C and SIGTERM go through our handler (Signals), which asks Tune to stop by its SIGUSR1 handler.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
+
 class _NoTokenNotice(logging.Filter):
     """Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at every start and join: a
     notice about Ray's defaults, not about the sweep, so it stays out of the console."""

@@ -26,8 +26,9 @@ TOP = 5  # trials whose curves and diagnoses are shown
 SAMPLES = 16  # sample predictions in the grid
 
 
-def build_report(study: str, output: str | None = None, tracking_uri: str | None = None,
-                 run_id: str | None = None) -> tuple[Path, list[str]]:  # fmt: skip
+def build_report(
+    study: str, output: str | None = None, tracking_uri: str | None = None, run_id: str | None = None
+) -> tuple[Path, list[str]]:
     """Write the page; returns its path and the diagnosis lines of the top trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store, parent = studies.study_run(study, tracking_uri, run_id)
@@ -58,11 +59,18 @@ def build_report(study: str, output: str | None = None, tracking_uri: str | None
     )
     test = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
     if test:
-        header += "<p>Test split (read once, for the final best checkpoint): " + ", ".join(
-            f"{html.escape(k)} = {v:.4f}" for k, v in sorted(test.items())) + "</p>"  # fmt: skip
+        header += (
+            "<p>Test split (read once, for the final best checkpoint): "
+            + ", ".join(f"{html.escape(k)} = {v:.4f}" for k, v in sorted(test.items()))
+            + "</p>"
+        )
     sections.append(("Summary", header))
-    sections.append(("Diagnoses (from each trial's curves, in the course notes' terms)",
-                     "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>"))  # fmt: skip
+    sections.append(
+        (
+            "Diagnoses (from each trial's curves, in the course notes' terms)",
+            "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>",
+        )
+    )
     first = True
     for title, figure in figures:
         if figure is None:
@@ -110,19 +118,23 @@ def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.
         value = best_reached(trial, mode)
         if value is None:
             continue
-        view.add_trial(optuna.trial.create_trial(
-            params=trial.params, distributions=trial.distributions, value=value,
-            intermediate_values=trial.intermediate_values, user_attrs={"state": trial.state.name},
-        ))  # fmt: skip
+        view.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                value=value,
+                intermediate_values=trial.intermediate_values,
+                user_attrs={"state": trial.state.name},
+            )
+        )
     vis = optuna.visualization
     out = []
     for title, draw, study_obj in (
         ("Optimisation history (every trial, at the best value it reached)", vis.plot_optimization_history, view),
         ("Parallel coordinates (every trial)", vis.plot_parallel_coordinate, view),
         ("Parameter importances", vis.plot_param_importances, view),
-        ("Intermediate values (each trial's metric per epoch; ASHA's cuts show)", vis.plot_intermediate_values,
-         source),
-    ):  # fmt: skip
+        ("Intermediate values (each trial's metric per epoch; ASHA's cuts show)", vis.plot_intermediate_values, source),
+    ):
         try:
             out.append((title, draw(study_obj)))
         except (ValueError, RuntimeError, ZeroDivisionError):
@@ -179,10 +191,23 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
     classes = int(max(y.max(), predicted.max()) + 1)
     matrix = np.zeros((classes, classes), dtype=int)
     np.add.at(matrix, (y, predicted), 1)
-    confusion = go.Figure(go.Heatmap(z=matrix, x=list(range(classes)), y=list(range(classes)), colorscale="Blues",
-                                     text=matrix, texttemplate="%{text}"))  # fmt: skip
-    confusion.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=500,
-                            title=f"validation accuracy {float((predicted == y).mean()):.4f} ({len(y)} examples)")  # fmt: skip
+    confusion = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(range(classes)),
+            y=list(range(classes)),
+            colorscale="Blues",
+            text=matrix,
+            texttemplate="%{text}",
+        )
+    )
+    confusion.update_layout(
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        height=500,
+        title=f"validation accuracy {float((predicted == y).mean()):.4f} ({len(y)} examples)",
+    )
     figures = [("Best model: confusion matrix (validation split)", confusion)]
     if shape is not None:
         # Misclassified examples first: they are the ones worth looking at.
@@ -192,13 +217,18 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
     return figures
 
 
-def _image_grid(images: np.ndarray, shape: tuple[int, ...], titles: list[str] | None = None, cols: int = 8) -> go.Figure:
+def _image_grid(
+    images: np.ndarray, shape: tuple[int, ...], titles: list[str] | None = None, cols: int = 8
+) -> go.Figure:
     grid = make_subplots(rows=(len(images) + cols - 1) // cols, cols=cols, subplot_titles=titles)
     for k, image in enumerate(images):
         image = image.reshape(shape)
         if len(shape) == 3:  # (3, H, W): colour, drawn as it is (uint8) or stretched to 0..255 (floats)
-            rgb = image if image.dtype == np.uint8 else \
-                ((image - image.min()) / max(float(image.max() - image.min()), 1e-12) * 255).astype(np.uint8)  # fmt: skip
+            rgb = (
+                image
+                if image.dtype == np.uint8
+                else ((image - image.min()) / max(float(image.max() - image.min()), 1e-12) * 255).astype(np.uint8)
+            )
             trace = go.Image(z=rgb.transpose(1, 2, 0))
         else:
             trace = go.Heatmap(z=image, colorscale="gray_r", showscale=False)

@@ -78,8 +78,9 @@ def _retraining():
     return hpsearch_reseed
 
 
-def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=None, run_id=None, out=None,
-                       address=None):  # fmt: skip
+def retrain_candidates(
+    study: str, candidates: int, reseeds: int, tracking_uri=None, run_id=None, out=None, address=None
+):
     """Returns (store, parent run, candidates best first by mean, the chosen one)."""
     out = out or sys.stderr
     if candidates < 1 or reseeds < 1:
@@ -144,8 +145,14 @@ def retrain_candidates(study: str, candidates: int, reseeds: int, tracking_uri=N
             if model is not None and (better(value, was, mode) or (value == was and s < was_s)):
                 held[candidate.trial_id] = (value, s)
                 candidate.best_value, candidate.best_run = value, child
-                candidate.best = {"model": model, "config": config, "metric": metric, "mode": mode, "value": value,
-                                  "trial_id": candidate.trial_id}  # fmt: skip
+                candidate.best = {
+                    "model": model,
+                    "config": config,
+                    "metric": metric,
+                    "mode": mode,
+                    "value": value,
+                    "trial_id": candidate.trial_id,
+                }
             print(f"  {candidate.trial_id} seed {seed}: {metric} {value:.4f} ({seconds:.0f}s)", file=out, flush=True)
     finally:
         if ours:
@@ -165,8 +172,9 @@ def _record(store, parent, study: str, trial_id: str, config: dict, results: lis
     name = f"{trial_id}-seed{config['seed']}"
     run_id = recorder.trial_started(name, config, kind=RESEED, tags={RESEED_OF: trial_id})
     for i, result in enumerate(results):
-        metrics = {k: v for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}  # fmt: skip
+        metrics = {
+            k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+        }
         recorder.trial_result(name, int(result.get("epoch", i + 1)), metrics)
     recorder.trial_ended(name, "completed", {T.BEST_VALUE: value})
     return run_id
@@ -187,6 +195,7 @@ def log_chosen(store, study: str, parent, chosen: Candidate) -> tuple[str, dict[
     model, example = trainable.export(config, state)
     model_uri = tracking.log_servable_model(store, run_id, model, example)
     tests = tracking.cached_test_metrics(store, study, digest) or trainable.evaluate(config, state, "test")
-    tracking.log_values(store, run_id, metrics=tests,
-                        tags={T.TEST_DIGEST: digest, T.CHECKPOINT_DIGEST: digest, T.MODEL_URI: model_uri})
+    tracking.log_values(
+        store, run_id, metrics=tests, tags={T.TEST_DIGEST: digest, T.CHECKPOINT_DIGEST: digest, T.MODEL_URI: model_uri}
+    )
     return model_uri, tests, run_id

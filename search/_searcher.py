@@ -23,7 +23,6 @@ from ._ranking import REASON, RankedSampler, late_reason
 from ._space import grid, is_conditional
 from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
-
 RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
 RAY_VERSION = "hpsearch_ray_version"  # an Optuna study user attribute: the Ray that started the sweep
 
@@ -66,9 +65,11 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
     if name == "cmaes":
         # CMA-ES handles float/int parameters; categorical ones fall back to seeded random sampling.
         return optuna.samplers.CmaEsSampler(
-            seed=seed, consider_pruned_trials=True, warn_independent_sampling=False,
+            seed=seed,
+            consider_pruned_trials=True,
+            warn_independent_sampling=False,
             independent_sampler=optuna.samplers.RandomSampler(seed=seed),
-        )  # fmt: skip
+        )
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}")
@@ -88,8 +89,12 @@ class StudySearch(OptunaSearch):
 
     # ---- saved with Ray's experiment snapshots; plain ids, not the pickled study and its storage ----
     def save(self, checkpoint_path: str) -> None:
-        state = {"trials": {tid: t._trial_id for tid, t in self._ot_trials.items()},
-                 "completed": set(self._completed_trials), "progress": self._progress, "reported": self._reported}  # fmt: skip
+        state = {
+            "trials": {tid: t._trial_id for tid, t in self._ot_trials.items()},
+            "completed": set(self._completed_trials),
+            "progress": self._progress,
+            "reported": self._reported,
+        }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 

@@ -36,8 +36,9 @@ def stop_file(root: Path, study: str) -> Path:
 def request_stop(root: Path, study: str) -> Path:
     path = stop_file(root, study)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')} by pid {os.getpid()} "
-                    f"on {socket.gethostname()}\n")  # fmt: skip
+    path.write_text(
+        f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')} by pid {os.getpid()} on {socket.gethostname()}\n"
+    )
     return path
 
 

@@ -54,23 +54,41 @@ def show(study: str, tracking_uri: str | None = None, run_id: str | None = None)
 def job_state(study: str) -> dict | None:
     """The state of the study's latest submitted job (job_id, job_server, submitted, state: PENDING, RUNNING,
     SUCCEEDED, FAILED, STOPPED or unknown, message, error_lines), or None when none is recorded."""
-    from ._jobs import job_state as state, read_record
+    from ._jobs import job_state as state
+    from ._jobs import read_record
 
     studies.check_name(study)
     record = read_record(resolve().state_root(tracking.data_home()), study)
     return None if record is None else state(record)
 
 
-def plan(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
-         warm_start: str | None = None, warm_count: int = 5, resume: bool = False, fresh: bool = False,
-         **overrides: Any) -> Plan:  # fmt: skip
+def plan(
+    study: str,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    warm_start: str | None = None,
+    warm_count: int = 5,
+    resume: bool = False,
+    fresh: bool = False,
+    **overrides: Any,
+) -> Plan:
     """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search._engine.plan."""
     studies.sweep_study(study, **overrides)  # a malformed study: refused before the engine's imports
     tracking.Store(_uri(tracking_uri)).check()
     from ._engine import plan as plan_sweep
 
-    return plan_sweep(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
-                      warm_count=warm_count, resume=resume, fresh=fresh, **overrides)  # fmt: skip
+    return plan_sweep(
+        study,
+        tracking_uri=tracking_uri,
+        address=address,
+        storage=storage,
+        warm_start=warm_start,
+        warm_count=warm_count,
+        resume=resume,
+        fresh=fresh,
+        **overrides,
+    )
 
 
 def execute(plan: Plan, out=None) -> Outcome:
@@ -80,17 +98,35 @@ def execute(plan: Plan, out=None) -> Outcome:
     return run_sweep(plan, out=out)
 
 
-def submit(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
-           job_server: str | None = None, warm_start: str | None = None, warm_count: int = 5, resume: bool = False,
-           fresh: bool = False, **overrides: Any) -> dict[str, Any]:  # fmt: skip
+def submit(
+    study: str,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    job_server: str | None = None,
+    warm_start: str | None = None,
+    warm_count: int = 5,
+    resume: bool = False,
+    fresh: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
     """`hpsearch submit`: check the sweep as `run` would (writing nothing), then send its driver to the cluster
     as a Ray Job and return at once. Returns the submission's record (job_id, job_server, study, ...)."""
     from pathlib import Path
 
     from ._jobs import submit as send
 
-    checked = plan(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
-                   warm_count=warm_count, resume=resume, fresh=fresh, **overrides)  # fmt: skip
+    checked = plan(
+        study,
+        tracking_uri=tracking_uri,
+        address=address,
+        storage=storage,
+        warm_start=warm_start,
+        warm_count=warm_count,
+        resume=resume,
+        fresh=fresh,
+        **overrides,
+    )
     flags: list[str] = []
     for name, value in overrides.items():
         if value is None:
@@ -105,22 +141,47 @@ def submit(study: str, tracking_uri: str | None = None, address: str | None = No
     return send(checked, study, flags, job_server)
 
 
-def run(study: str, tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
-        warm_start: str | None = None, warm_count: int = 5, resume: bool = False, fresh: bool = False, out=None,
-        **overrides: Any) -> Outcome:  # fmt: skip
+def run(
+    study: str,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    warm_start: str | None = None,
+    warm_count: int = 5,
+    resume: bool = False,
+    fresh: bool = False,
+    out=None,
+    **overrides: Any,
+) -> Outcome:
     """`hpsearch run`: overrides are trials, hours, max_concurrent, gpus_per_trial, seed, data_root. `resume` continues
     the study's unfinished run; `fresh` starts a new one in its place."""
     return execute(
-        plan(study, tracking_uri=tracking_uri, address=address, storage=storage, warm_start=warm_start,
-             warm_count=warm_count, resume=resume, fresh=fresh, **overrides),
+        plan(
+            study,
+            tracking_uri=tracking_uri,
+            address=address,
+            storage=storage,
+            warm_start=warm_start,
+            warm_count=warm_count,
+            resume=resume,
+            fresh=fresh,
+            **overrides,
+        ),
         out=out,
-    )  # fmt: skip
+    )
 
 
 def promote(
-    study: str, alias: str = "champion", name: str | None = None, tracking_uri: str | None = None,
-    run_id: str | None = None, candidates: int | None = None, reseeds: int = 2, out=None, address: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    study: str,
+    alias: str = "champion",
+    name: str | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    candidates: int | None = None,
+    reseeds: int = 2,
+    out=None,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`,
     first retrain the best K configurations with `reseeds` other seeds and promote the best mean."""
     name = name or studies.check_name(study)
@@ -147,10 +208,15 @@ def promote(
     else:
         from ._reseed import log_chosen, retrain_candidates
 
-        store, parent, ranked, chosen = retrain_candidates(study, candidates, reseeds, tracking_uri, parent.info.run_id,
-                                                           out, address=resolve(address=address).address)  # fmt: skip
+        store, parent, ranked, chosen = retrain_candidates(
+            study, candidates, reseeds, tracking_uri, parent.info.run_id, out, address=resolve(address=address).address
+        )
         model_uri, test_metrics, source = log_chosen(store, study, parent, chosen)
-        trial_id, params, val_value = chosen.trial_id, (chosen.best or {}).get("config", chosen.params), chosen.best_value
+        trial_id, params, val_value = (
+            chosen.trial_id,
+            (chosen.best or {}).get("config", chosen.params),
+            chosen.best_value,
+        )
         digest = store.client.get_run(source).data.tags.get(T.CHECKPOINT_DIGEST, "")
         extra = {"val_mean": repr(chosen.mean), "val_std": repr(chosen.std), "seeds": str(len(chosen.values))}
     lineage = {
@@ -161,31 +227,41 @@ def promote(
         "metric": ptags.get(T.METRIC, ""),
         "val_value": str(val_value),
         "checkpoint_sha256": digest,
-        **{k.removeprefix("hpsearch."): v for k, v in ptags.items()
-           if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"},
+        **{
+            k.removeprefix("hpsearch."): v
+            for k, v in ptags.items()
+            if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"
+        },
         "split_seed": ptags.get("hpsearch.split_seed", ""),
         **{k: repr(v) for k, v in test_metrics.items()},
         **extra,
-    }  # fmt: skip
+    }
     description = (
         f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}"
         + (f" (mean {chosen.mean:.4f} +- {chosen.std:.4f} over {len(chosen.values)} seeds)" if extra else "")
-        + "; " + studies.headline(test_metrics)
+        + "; "
+        + studies.headline(test_metrics)
     )
     info = tracking.register_model(store, model_uri, name, alias, lineage, description)
-    result = {**info, "source": model_uri, "run_id": parent.info.run_id, "trial_id": trial_id,
-              "test_metrics": test_metrics}  # fmt: skip
+    result = {
+        **info,
+        "source": model_uri,
+        "run_id": parent.info.run_id,
+        "trial_id": trial_id,
+        "test_metrics": test_metrics,
+    }
     if extra:
         result["candidates"] = [
             {"trial_id": c.trial_id, "mean": c.mean, "std": c.std, "values": c.values, "chosen": c is chosen}
             for c in ranked
-        ]  # fmt: skip
+        ]
         result["single_best"] = ptags.get(T.BEST_TRIAL)
     return result
 
 
-def report(study: str, output: str | None = None, tracking_uri: str | None = None,
-           run_id: str | None = None) -> tuple[str, list[str]]:  # fmt: skip
+def report(
+    study: str, output: str | None = None, tracking_uri: str | None = None, run_id: str | None = None
+) -> tuple[str, list[str]]:
     """`hpsearch report`: write the study's HTML report (and log it to the parent run); returns its path and
     the top trials' diagnoses."""
     import os
@@ -207,8 +283,10 @@ def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None
     store = tracking.Store(_uri(tracking_uri))
     known = {r["name"] for r in tracking.registered_models(store)}
     if name not in known:
-        raise UserError(f"no registered model {name!r} in {store.tracking_uri}" +
-                        (f"; registered: {', '.join(sorted(known))}" if known else ""))  # fmt: skip
+        raise UserError(
+            f"no registered model {name!r} in {store.tracking_uri}"
+            + (f"; registered: {', '.join(sorted(known))}" if known else "")
+        )
     info = tracking.rollback(store, name, alias)
     if info is None:
         raise UserError(f"model {name!r} has no @{alias} and @{tracking.previous_alias(alias)} pair to swap")
@@ -241,8 +319,9 @@ def stop(study: str, storage: str | None = None) -> str:
     return str(request_stop(root, study))
 
 
-def logs(study: str, trial: str | None = None, tracking_uri: str | None = None,
-         run_id: str | None = None) -> list[tuple[str, str]]:  # fmt: skip
+def logs(
+    study: str, trial: str | None = None, tracking_uri: str | None = None, run_id: str | None = None
+) -> list[tuple[str, str]]:
     """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file; without a
     trial, the output of the study's submitted job's driver (`hpsearch submit`)."""
     from pathlib import Path
@@ -265,13 +344,16 @@ def logs(study: str, trial: str | None = None, tracking_uri: str | None = None,
     paths += [Path(trial_dir) / name for name in ("output.log", "error.txt")] if trial_dir else []
     out = [(str(p), p.read_text(errors="replace")) for p in paths if p.is_file()]
     if not out:
-        raise UserError(f"trial {trial}: no output of it on this machine (looked in "
-                        f"{', '.join(str(p.parent) for p in paths) or '(no folder recorded)'})")  # fmt: skip
+        raise UserError(
+            f"trial {trial}: no output of it on this machine (looked in "
+            f"{', '.join(str(p.parent) for p in paths) or '(no folder recorded)'})"
+        )
     return out
 
 
-def ui_command(study: str | None = None, tracking_uri: str | None = None, host: str = "127.0.0.1",
-               port: int = 5000) -> tuple[list[str], str]:  # fmt: skip
+def ui_command(
+    study: str | None = None, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000
+) -> tuple[list[str], str]:
     """`hpsearch ui`: the `mlflow ui` command for the study's store, and the URL to open."""
     import sys
 
@@ -289,8 +371,20 @@ def ui_command(study: str | None = None, tracking_uri: str | None = None, host: 
         if exp is None:
             raise UserError(f"no records for study {study!r} in {store.tracking_uri}")
         url += f"#/experiments/{exp}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
-               "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store.tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     return command, url
 
 
@@ -311,7 +405,13 @@ def trainables_table() -> list[dict[str, Any]]:
     from trainables import list_trainables
 
     return [
-        {"name": t.name, "metric": t.metric, "mode": t.mode, "description": t.description,
-         "hyperparameters": dict(t.hyperparameters), "defaults": dict(t.defaults)}  # fmt: skip
+        {
+            "name": t.name,
+            "metric": t.metric,
+            "mode": t.mode,
+            "description": t.description,
+            "hyperparameters": dict(t.hyperparameters),
+            "defaults": dict(t.defaults),
+        }
         for t in list_trainables()
     ]

@@ -16,8 +16,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: HPSEARCH_TRACKING_URI, the config file, else "
-                   "sqlite in $HPSEARCH_HOME or ./hpsearch-runs)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: HPSEARCH_TRACKING_URI, the config file, else "
+        "sqlite in $HPSEARCH_HOME or ./hpsearch-runs)",
+    )
 
 
 def _reads_a_run(p: argparse.ArgumentParser) -> None:
@@ -44,12 +47,20 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding the data set (torchvision layouts; overrides the spec)")
     p.add_argument("--warm-start", metavar="OTHER_STUDY", help="first try the best configurations of another study")
     p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
-    p.add_argument("--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)"
+    )
     p.add_argument("--fresh", action="store_true", help="start a new run even though the last one is unfinished")
-    p.add_argument("--address", help="a Ray cluster to join, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the "
-                   "config file, else a local Ray)")
-    p.add_argument("--storage", help="shared storage for Ray's experiments and the study's state, a path every node "
-                   "mounts (default: HPSEARCH_STORAGE, the config file, else $HPSEARCH_HOME/ray)")
+    p.add_argument(
+        "--address",
+        help="a Ray cluster to join, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the "
+        "config file, else a local Ray)",
+    )
+    p.add_argument(
+        "--storage",
+        help="shared storage for Ray's experiments and the study's state, a path every node "
+        "mounts (default: HPSEARCH_STORAGE, the config file, else $HPSEARCH_HOME/ray)",
+    )
     _common(p)
 
 
@@ -62,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="send a study's sweep to the Ray cluster as a Ray Job, and return at once")
     _run_flags(p)
-    p.add_argument("--job-server", help="the head's job server, http://HOST:PORT (default: RAY_API_SERVER_ADDRESS, "
-                   "else port 8265 on the Ray address's host, else http://127.0.0.1:8265)")
+    p.add_argument(
+        "--job-server",
+        help="the head's job server, http://HOST:PORT (default: RAY_API_SERVER_ADDRESS, "
+        "else port 8265 on the Ray address's host, else http://127.0.0.1:8265)",
+    )
 
     p = sub.add_parser("results", help="one row per trial, best first")
     p.add_argument("study")
@@ -82,23 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell or machine")
     p.add_argument("study")
-    p.add_argument("--storage", help="the shared storage the sweep runs on (default: HPSEARCH_STORAGE, the config "
-                   "file, else the data directory)")  # fmt: skip
+    p.add_argument(
+        "--storage",
+        help="the shared storage the sweep runs on (default: HPSEARCH_STORAGE, the config "
+        "file, else the data directory)",
+    )
 
-    p = sub.add_parser("logs", help="a trial's output and traceback; without TRIAL, the submitted job's driver's output")
+    p = sub.add_parser(
+        "logs", help="a trial's output and traceback; without TRIAL, the submitted job's driver's output"
+    )
     p.add_argument("study")
-    p.add_argument("trial", nargs="?", help="a trial id, as in `hpsearch results` (default: the output of the "
-                   "study's job's driver, after `hpsearch submit`)")
+    p.add_argument(
+        "trial",
+        nargs="?",
+        help="a trial id, as in `hpsearch results` (default: the output of the "
+        "study's job's driver, after `hpsearch submit`)",
+    )
     _reads_a_run(p)
 
     p = sub.add_parser("promote", help="register the study's best model and set an alias")
     p.add_argument("study")
     p.add_argument("--alias", default="champion")
     p.add_argument("--name", help="registered model name (default: the study name)")
-    p.add_argument("--candidates", type=int, metavar="K", help="retrain the best K configurations and promote the best mean")
+    p.add_argument(
+        "--candidates", type=int, metavar="K", help="retrain the best K configurations and promote the best mean"
+    )
     p.add_argument("--reseeds", type=int, default=2, metavar="S", help="other training seeds per candidate (default 2)")
-    p.add_argument("--address", help="the Ray cluster the retrainings run on (default: HPSEARCH_ADDRESS, the config "
-                   "file, else a local Ray)")
+    p.add_argument(
+        "--address",
+        help="the Ray cluster the retrainings run on (default: HPSEARCH_ADDRESS, the config file, else a local Ray)",
+    )
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
 
@@ -203,8 +230,14 @@ def _exit_now(code: int) -> None:
 
 def _overrides(args) -> dict:
     """The flags of `run` and `submit` that override a study's fields."""
-    return dict(trials=args.trials, hours=args.hours, max_concurrent=args.max_concurrent,
-                gpus_per_trial=args.gpus_per_trial, seed=args.seed, data_root=args.data_root)  # fmt: skip
+    return dict(
+        trials=args.trials,
+        hours=args.hours,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        seed=args.seed,
+        data_root=args.data_root,
+    )
 
 
 def _check_study(args) -> int:
@@ -218,14 +251,25 @@ def _check_study(args) -> int:
 def _run(args) -> int:
     from . import api
 
-    plan = api.plan(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
-                    warm_start=args.warm_start, warm_count=args.warm_count, resume=args.resume, fresh=args.fresh,
-                    **_overrides(args))  # fmt: skip
+    plan = api.plan(
+        args.study,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        storage=args.storage,
+        warm_start=args.warm_start,
+        warm_count=args.warm_count,
+        resume=args.resume,
+        fresh=args.fresh,
+        **_overrides(args),
+    )
     from . import _ray_start
 
     if _ray_start.joined:  # `hpsearch run` found a cluster running on this machine (`ray start --head`)
-        print(f"ray: joined the local cluster at {_ray_start.joined} (from {_ray_start.current_cluster_file()}); "
-              "no Ray of its own started", flush=True)  # fmt: skip
+        print(
+            f"ray: joined the local cluster at {_ray_start.joined} (from {_ray_start.current_cluster_file()}); "
+            "no Ray of its own started",
+            flush=True,
+        )
     outcome = api.execute(plan)
     counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
     print(f"\nstudy {outcome.study} finished in {outcome.seconds:.0f}s: {counts}")
@@ -246,9 +290,18 @@ def _run(args) -> int:
 def _submit(args) -> int:
     from . import api
 
-    info = api.submit(args.study, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
-                      job_server=args.job_server, warm_start=args.warm_start, warm_count=args.warm_count,
-                      resume=args.resume, fresh=args.fresh, **_overrides(args))  # fmt: skip
+    info = api.submit(
+        args.study,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        storage=args.storage,
+        job_server=args.job_server,
+        warm_start=args.warm_start,
+        warm_count=args.warm_count,
+        resume=args.resume,
+        fresh=args.fresh,
+        **_overrides(args),
+    )
     study = info["study"]
     print(f"submitted study {study} as Ray job {info['job_id']} to {info['job_server']}")
     print(f"  follow it:  hpsearch show {study}    (its state and progress)")
@@ -258,17 +311,24 @@ def _submit(args) -> int:
 
 
 def _results(args) -> int:
-    from . import api
-
     from studies import UserError, flat_results
+
+    from . import api
 
     if args.format == "parquet" and not args.output:
         raise UserError("--format parquet: give --output FILE (parquet is binary)")
     if args.top is not None and args.top < 1:
         raise UserError(f"--top: must be >= 1 (got {args.top})")
     _check_output(args.output)
-    frame = api.results(args.study, top=args.top, tracking_uri=args.tracking_uri, run_id=args.run_id,
-                        state=args.state, where=args.where, sort=args.sort)  # fmt: skip
+    frame = api.results(
+        args.study,
+        top=args.top,
+        tracking_uri=args.tracking_uri,
+        run_id=args.run_id,
+        state=args.state,
+        where=args.where,
+        sort=args.sort,
+    )
     if args.output:
         Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)  # as `report` does
     if args.format == "parquet":
@@ -318,8 +378,10 @@ def _show(args) -> int:
         return 0
     job = status.get("job")
     if job is not None:
-        print(f"job {job['job_id']} (submitted {job['submitted']} to {job['job_server']}): {job['state']}"
-              + (f": {job['message']}" if job["message"] and job["state"] in ("FAILED", "unknown") else ""))
+        print(
+            f"job {job['job_id']} (submitted {job['submitted']} to {job['job_server']}): {job['state']}"
+            + (f": {job['message']}" if job["message"] and job["state"] in ("FAILED", "unknown") else "")
+        )
         for line in job["error_lines"]:
             print(f"  | {line}")
         if job["state"] == "FAILED":
@@ -327,7 +389,8 @@ def _show(args) -> int:
     if summary is None:
         print(f"study {args.study}: no run recorded yet (the job's driver records one when it starts)")
         return 0
-    print(f"study {summary.study}: run {status['run_id']} ({status['run_name']}), {status['status']}, started {status['started']}")
+    run = f"run {status['run_id']} ({status['run_name']})"
+    print(f"study {summary.study}: {run}, {status['status']}, started {status['started']}")
     print(f"trials: {summary.counts_text()}")
     print(summary.best_text())
     print(summary.budget_text())
@@ -343,8 +406,10 @@ def _stop(args) -> int:
 
     path = api.stop(args.study, storage=args.storage)
     if path.startswith("Ray job"):  # submitted, and its driver had not started the sweep yet
-        print(f"asked study {args.study} to stop: {path}; a run it started is left for `hpsearch submit "
-              f"{args.study} --resume`")  # fmt: skip
+        print(
+            f"asked study {args.study} to stop: {path}; a run it started is left for `hpsearch submit "
+            f"{args.study} --resume`"
+        )
         return 0
     print(f"asked study {args.study} to stop ({path}); running trials end as `stopped` and the study is finalised")
     return 0
@@ -362,18 +427,29 @@ def _logs(args) -> int:
 def _promote(args) -> int:
     from . import api
 
-    info = api.promote(args.study, alias=args.alias, name=args.name, tracking_uri=args.tracking_uri,
-                       run_id=args.run_id, candidates=args.candidates, reseeds=args.reseeds,
-                       address=args.address)  # fmt: skip
+    info = api.promote(
+        args.study,
+        alias=args.alias,
+        name=args.name,
+        tracking_uri=args.tracking_uri,
+        run_id=args.run_id,
+        candidates=args.candidates,
+        reseeds=args.reseeds,
+        address=args.address,
+    )
     if args.format == "json":
         print(json.dumps(info, indent=2))
     else:
         for c in info.get("candidates", []):
             single = " (the single best)" if c["trial_id"] == info["single_best"] else ""
-            print(f"{'*' if c['chosen'] else ' '} trial {c['trial_id']}{single}: mean {c['mean']:.4f} +- "
-                  f"{c['std']:.4f} over {len(c['values'])} seeds")  # fmt: skip
+            print(
+                f"{'*' if c['chosen'] else ' '} trial {c['trial_id']}{single}: mean {c['mean']:.4f} +- "
+                f"{c['std']:.4f} over {len(c['values'])} seeds"
+            )
         test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(info["test_metrics"].items())) or "no test metrics"
-        print(f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})")
+        print(
+            f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})"
+        )
         if info.get("previous_version"):
             print(f"version {info['previous_version']} keeps an alias: undo with `hpsearch rollback {info['name']}`")
         print(f"load it with: mlflow.pyfunc.load_model('{info['model_uri']}')")
@@ -411,8 +487,10 @@ def _rollback(args) -> int:
     from . import api
 
     info = api.rollback(args.model, alias=args.alias, tracking_uri=args.tracking_uri)
-    print(f"{info['name']}@{info['alias']} is version {info['version']} again (version {info['previous_version']} "
-          f"is now @{previous_alias(info['alias'])})")  # fmt: skip
+    print(
+        f"{info['name']}@{info['alias']} is version {info['version']} again (version {info['previous_version']} "
+        f"is now @{previous_alias(info['alias'])})"
+    )
     return 0
 
 
@@ -439,8 +517,9 @@ def _ui(args) -> int:
 
     command, url = api.ui_command(args.study, tracking_uri=args.tracking_uri, host=args.host, port=args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: anyone who can reach it can read and change this store",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: serving on {args.host}: anyone who can reach it can read and change this store", file=sys.stderr
+        )
     print(f"MLflow UI at {url} (Ctrl-C to stop)", flush=True)
     # `mlflow ui` runs its server as a child process: give both a process group of their own, and end the
     # group on Ctrl-C or SIGTERM, so no server is left behind.
@@ -503,7 +582,9 @@ def _table(frame) -> str:
     shown = frame[["rank", "trial_id", "state", "metric", "epochs"]].rename(columns={"metric": metric})
     shown = shown.assign(epochs=shown["epochs"].astype("Int64"))  # running trials have none yet: not 8.0000
     # Only what varies between trials: fixed params (epochs, split_seed, ...) would drown the searched ones.
-    constant = {k for k in frame["params"].iloc[0] if all(p.get(k) == frame["params"].iloc[0][k] for p in frame["params"])}
+    constant = {
+        k for k in frame["params"].iloc[0] if all(p.get(k) == frame["params"].iloc[0][k] for p in frame["params"])
+    }
     if len(frame) == 1:
         constant = set()
     params = frame["params"].apply(
@@ -512,7 +593,22 @@ def _table(frame) -> str:
     return shown.assign(params=params).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-_COMMANDS = {"run": _run, "submit": _submit, "results": _results, "show": _show, "stop": _stop, "logs": _logs, "promote": _promote, "check": _check, "report": _report, "rollback": _rollback, "models": _models, "ui": _ui, "studies": _studies, "trainables": _trainables}
+_COMMANDS = {
+    "run": _run,
+    "submit": _submit,
+    "results": _results,
+    "show": _show,
+    "stop": _stop,
+    "logs": _logs,
+    "promote": _promote,
+    "check": _check,
+    "report": _report,
+    "rollback": _rollback,
+    "models": _models,
+    "ui": _ui,
+    "studies": _studies,
+    "trainables": _trainables,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,7 @@ A study is plain data: loading one imports pydantic and yaml, not MLflow. The qu
 """
 
 from ._catalog import builtin_studies, load_study, sweep_study
+from ._diagnose import Diagnosis, diagnose
 from ._spec import (
     NAME_PATTERN,
     SAMPLERS,
@@ -22,7 +23,6 @@ from ._spec import (
     spec_text,
     with_overrides,
 )
-from ._diagnose import Diagnosis, diagnose
 from ._summary import STATES, StudySummary, headline, short_value
 from .errors import UserError
 

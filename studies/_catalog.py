@@ -38,6 +38,8 @@ def sweep_study(ref: str, **overrides: Any) -> StudySpec:
     raised after the run's records were written). One configuration is a one-choice categorical."""
     spec = with_overrides(load_study(ref), **overrides)
     if not spec.space:
-        raise UserError(f"{ref}: space: empty; a study searches at least one hyperparameter (to train one "
-                        "configuration, give a parameter one choice: {type: categorical, choices: [VALUE]})")
+        raise UserError(
+            f"{ref}: space: empty; a study searches at least one hyperparameter (to train one "
+            "configuration, give a parameter one choice: {type: categorical, choices: [VALUE]})"
+        )
     return spec

@@ -14,8 +14,19 @@ from ._spec import check_name
 from ._summary import STATES, StudySummary
 from .errors import UserError
 
-COLUMNS = ["rank", "trial_id", "state", "metric", "epochs", "best_epoch", "reason", "seconds", "params", "run_id",
-           "trial_dir"]  # fmt: skip
+COLUMNS = [
+    "rank",
+    "trial_id",
+    "state",
+    "metric",
+    "epochs",
+    "best_epoch",
+    "reason",
+    "seconds",
+    "params",
+    "run_id",
+    "trial_dir",
+]
 
 
 def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = None):
@@ -34,9 +45,14 @@ def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = 
 
 
 def results(
-    study: str, top: int | None = None, tracking_uri: str | None = None, run_id: str | None = None,
-    state: str | None = None, where: str | None = None, sort: str | None = None,
-) -> pd.DataFrame:  # fmt: skip
+    study: str,
+    top: int | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    state: str | None = None,
+    where: str | None = None,
+    sort: str | None = None,
+) -> pd.DataFrame:
     """One row per trial, best first (failed and unmeasured trials last).
 
     `state` keeps one state; `where` is a pandas query over the columns and the params (`lr < 0.01`);
@@ -64,7 +80,9 @@ def results(
         try:
             kept = _flat(frame).query(where, engine="python").index
         except Exception as exc:  # pandas raises many kinds for a bad expression; all are the user's
-            raise UserError(f"--where: cannot apply {where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise UserError(
+                f"--where: cannot apply {where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         frame = frame.loc[kept]
     if sort is not None:
         descending = sort.startswith("-") or sort.endswith(":desc")
@@ -75,8 +93,9 @@ def results(
         if not frame.empty:
             order = flat.sort_values(key, ascending=not descending, na_position="last", kind="stable")
             frame = frame.loc[order.index]
-    frame.attrs.update(metric=parent.data.tags.get(T.METRIC) or parent.data.params.get("metric"), mode=mode,
-                       run_id=parent.info.run_id)  # fmt: skip
+    frame.attrs.update(
+        metric=parent.data.tags.get(T.METRIC) or parent.data.params.get("metric"), mode=mode, run_id=parent.info.run_id
+    )
     return frame.head(top) if top else frame
 
 
@@ -119,16 +138,20 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
         mean_trial_s=float(done["seconds"].mean()) if not done.empty else None,
         disk_bytes=_disk_bytes(parent.data.tags.get(T.RAY_EXPERIMENT), info.artifact_uri),
     )
-    status = {"run_id": info.run_id, "status": info.status, "run_name": info.run_name,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000))}  # fmt: skip
+    status = {
+        "run_id": info.run_id,
+        "status": info.status,
+        "run_name": info.run_name,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000)),
+    }
     status["resume"] = T.resume_note(study, info.status, parent.data.tags)  # what `run --resume` would complete
     return result, status
 
 
 def _disk_bytes(*locations: str | None) -> int | None:
     """Bytes under the local folders among `locations` (paths or file: URIs); None when none is local."""
-    from urllib.parse import urlparse
     from pathlib import Path
+    from urllib.parse import urlparse
 
     total, local = 0, False
     for location in locations:

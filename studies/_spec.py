@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -33,13 +33,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 class _Param(_Strict):
     # Sample this parameter only when every named earlier parameter has one of the given values
     # (e.g. momentum only with optimizer: sgd); elsewhere the trial does not have it at all.
-    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    when: dict[str, Scalar | list[Scalar]] | None = None
 
     def condition(self) -> dict[str, list]:
         return {k: v if isinstance(v, list) else [v] for k, v in (self.when or {}).items()}
@@ -110,7 +110,7 @@ def _check_bounds(low, high, log) -> None:
         raise ValueError(f"log: true needs low > 0 (got low={low})")
 
 
-Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
 class Asha(_Strict):
@@ -149,7 +149,9 @@ class StudySpec(_Strict):
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "qmc"] = "tpe"
     # Seeds are numpy's: 0 to 2**32 - 1.
     seed: int = Field(0, ge=0, lt=2**32)  # seeds the sampler and every trial: same seed, same sweep (max_concurrent 1)
-    split_seed: int = Field(0, ge=0, lt=2**32)  # seeds the data splits alone: sweeps with other seeds share a test split
+    split_seed: int = Field(
+        0, ge=0, lt=2**32
+    )  # seeds the data splits alone: sweeps with other seeds share a test split
     # Where image trainables read their data set (torchvision layouts); default $HPSEARCH_HOME/data
     data_root: str | None = None
     download: bool = False  # fetch a missing data set into data_root (needs a network)

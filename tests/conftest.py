@@ -37,9 +37,13 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     """Run `hpsearch` as a user would, in a subprocess."""
     exe = Path(sys.executable).parent / "hpsearch"
     return subprocess.run(
-        [str(exe), *map(str, args)], cwd=cwd, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [str(exe), *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_study(path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ def train(config, reporter):
     restored = reporter.restore()
     if restored is not None:
         best, start = restored["loss"], restored["epoch"] + 1
-    print(f"quad trial {'resuming at epoch %d' % start if restored else 'starting'} with x={config['x']}")
+    print(f"quad trial {f'resuming at epoch {start}' if restored else 'starting'} with x={config['x']}")
     for epoch in range(start, config["epochs"] + 1):
         time.sleep(config.get("sleep", 0.0))
         loss = (config["x"] - 0.3) ** 2 + penalty + config.get("n", 0) * 0.01 + 1.0 / epoch

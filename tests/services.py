@@ -109,9 +109,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 __all__ = [
     "ServiceUnavailable",
@@ -303,8 +303,11 @@ class Postgres:
     def _client(self, exe: str, *args: str) -> None:
         result = subprocess.run(
             [str(self.bindir / exe), "-h", self.host, "-p", str(self.port), "-U", self.user, *args],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+        )
         if result.returncode:
             raise RuntimeError(f"{exe} {' '.join(args)} failed: {result.stderr.strip()}")
 
@@ -326,7 +329,9 @@ def postgres(dbname: str = "hpsearch_test", start_timeout: float = 60) -> Iterat
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            raise ServiceUnavailable("running as root and there is no `postgres` system user to run PostgreSQL as")
+            raise ServiceUnavailable(
+                "running as root and there is no `postgres` system user to run PostgreSQL as"
+            ) from None
         if not shutil.which("runuser"):
             raise ServiceUnavailable("running as root and `runuser` is missing (needed to run PostgreSQL as postgres)")
         run_as = "postgres"
@@ -340,10 +345,24 @@ def postgres(dbname: str = "hpsearch_test", start_timeout: float = 60) -> Iterat
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         run = dict(cwd=root, capture_output=True, text=True)
         result = subprocess.run(
-            _as_server_user([str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust",
-                             "-E", "UTF8", "--locale=C", "--no-sync"], run_as),
-            timeout=120, **run,
-        )  # fmt: skip
+            _as_server_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(root / "data"),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                run_as,
+            ),
+            timeout=120,
+            **run,
+        )
         if result.returncode:
             raise RuntimeError(f"initdb failed ({result.returncode}): {result.stderr.strip()}")
         conf = root / "data" / "postgresql.conf"
@@ -361,10 +380,23 @@ def postgres(dbname: str = "hpsearch_test", start_timeout: float = 60) -> Iterat
             }
             conf.write_text(base_conf + "\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
             result = subprocess.run(
-                _as_server_user([str(bindir / "pg_ctl"), "start", "-D", str(root / "data"), "-l",
-                                 str(root / "postgres.log"), "-w", "-t", str(int(start_timeout))], run_as),
-                timeout=start_timeout + 30, **run,
-            )  # fmt: skip
+                _as_server_user(
+                    [
+                        str(bindir / "pg_ctl"),
+                        "start",
+                        "-D",
+                        str(root / "data"),
+                        "-l",
+                        str(root / "postgres.log"),
+                        "-w",
+                        "-t",
+                        str(int(start_timeout)),
+                    ],
+                    run_as,
+                ),
+                timeout=start_timeout + 30,
+                **run,
+            )
             if result.returncode == 0:
                 break
             if "could not bind" not in _tail(root / "postgres.log") or attempt == 2:
@@ -388,10 +420,13 @@ def _stop_postgres(bindir: Path, root: Path, run_as: str | None, pid: int | None
             pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(
-            _as_server_user([str(bindir / "pg_ctl"), "stop", "-D", str(root / "data"), "-m", "fast", "-w", "-t", "30"],
-                            run_as),
-            cwd=root, capture_output=True, timeout=40,
-        )  # fmt: skip
+            _as_server_user(
+                [str(bindir / "pg_ctl"), "stop", "-D", str(root / "data"), "-m", "fast", "-w", "-t", "30"], run_as
+            ),
+            cwd=root,
+            capture_output=True,
+            timeout=40,
+        )
     if pid is not None and _alive(pid):  # our own postmaster, by its pid only
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)  # immediate shutdown; the postmaster then ends its children
@@ -417,9 +452,17 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 class MlflowServer:
     """`python -m mlflow server` as a subprocess in its own process group; stop() and start() keep the port."""
 
-    def __init__(self, backend_uri: str, artifacts_dir: str | os.PathLike, port: int | None = None,
-                 host: str = "127.0.0.1", start_timeout: float = 90, python: str = sys.executable,
-                 env: dict[str, str] | None = None, jobs: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts_dir: str | os.PathLike,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 90,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        jobs: bool = False,
+    ):
         self.backend_uri = backend_uri
         self.artifacts_dir = Path(artifacts_dir)
         self.host = host
@@ -447,12 +490,21 @@ class MlflowServer:
 
     def command(self) -> list[str]:
         return [
-            self.python, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_uri,
-            "--artifacts-destination", str(self.artifacts_dir),
-            "--host", self.host, "--port", str(self.port),
-            "--workers", "1",
-        ]  # fmt: skip
+            self.python,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
 
     def start(self) -> MlflowServer:
         """Start the server (on the same port and backend as before) and wait until GET /health answers."""
@@ -476,9 +528,13 @@ class MlflowServer:
                     time.sleep(0.2)
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         while not _http_ok(f"{self.uri}/health"):
             if self.proc.poll() is not None:
                 code = self.proc.returncode
@@ -573,10 +629,17 @@ class RayCluster:
     hide_on_workers: directories that worker nodes see as an empty private tmpfs (see can_unshare_mount()).
     """
 
-    def __init__(self, num_nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 300,
-                 hide_on_workers: tuple[str | os.PathLike, ...] = (), node_env: dict[str, str] | None = None,
-                 fast_failure_detection: bool = True, python: str = sys.executable,
-                 start_timeout: float = 120):  # fmt: skip
+    def __init__(
+        self,
+        num_nodes: int = 2,
+        cpus_per_node: int = 1,
+        object_store_mb: int = 300,
+        hide_on_workers: tuple[str | os.PathLike, ...] = (),
+        node_env: dict[str, str] | None = None,
+        fast_failure_detection: bool = True,
+        python: str = sys.executable,
+        start_timeout: float = 120,
+    ):
         if num_nodes < 1:
             raise ValueError("num_nodes must be at least 1 (the head)")
         self.cpus_per_node = cpus_per_node
@@ -611,9 +674,21 @@ class RayCluster:
         gcs_port, dash_port = _free_ports(2)
         self.address = f"127.0.0.1:{gcs_port}"
         self.dashboard_address = f"http://127.0.0.1:{dash_port}"
-        self._spawn(0, ["--head", "--port", str(gcs_port), "--include-dashboard=true",
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                        "--ray-client-server-port", str(free_port())])  # fmt: skip
+        self._spawn(
+            0,
+            [
+                "--head",
+                "--port",
+                str(gcs_port),
+                "--include-dashboard=true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dash_port),
+                "--ray-client-server-port",
+                str(free_port()),
+            ],
+        )
         self._wait_for_gcs(time.monotonic() + self.start_timeout)  # a worker started earlier waits ~40 s per retry
         for _ in range(1, self._num_nodes):
             self._spawn(len(self.nodes), ["--address", self.address])
@@ -636,8 +711,9 @@ class RayCluster:
 
     def _wait_for_dashboard(self, deadline: float) -> None:
         """Until the head's dashboard (the job server) answers, with the cluster's token."""
-        request = urllib.request.Request(f"{self.dashboard_address}/api/version",
-                                         headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.dashboard_address}/api/version", headers={"Authorization": f"Bearer {self.token}"}
+        )
         while True:
             try:
                 with urllib.request.urlopen(request, timeout=5) as response:
@@ -714,20 +790,28 @@ class RayCluster:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if (int(pid) in members or str(self.root) in cmdline
-                    or (port and re.search(rf"[:=]{port}\b", cmdline) and "ray" in cmdline)):  # fmt: skip
+            if (
+                int(pid) in members
+                or str(self.root) in cmdline
+                or (port and re.search(rf"[:=]{port}\b", cmdline) and "ray" in cmdline)
+            ):
                 left.append(f"{pid} {cmdline.strip()[:200]}")
         return left
 
     # -- queries (from short-lived driver subprocesses, never the calling process)
 
-    def driver(self, code: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+    def driver(
+        self, code: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Run `python -c code args...` as a driver of this cluster (its env carries the token)."""
         result = subprocess.run(
-            [self.python, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **self.env, **(env or {})}, cwd=self.root,
-        )  # fmt: skip
+            [self.python, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env, **(env or {})},
+            cwd=self.root,
+        )
         if check and result.returncode:
             raise RuntimeError(f"Ray driver failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
@@ -735,12 +819,13 @@ class RayCluster:
     def nodes_info(self, wait_for: list[str] | None = None, timeout: float = 0) -> list[dict]:
         """ray.nodes() (NodeID, Alive, Resources, Labels), from a driver subprocess; with wait_for (resource
         names), first waiting up to `timeout` s until nodes holding them are all alive."""
-        result = self.driver(_NODES_SCRIPT, self.address, json.dumps(wait_for or []), str(timeout),
-                             timeout=timeout + 120)  # fmt: skip
+        result = self.driver(
+            _NODES_SCRIPT, self.address, json.dumps(wait_for or []), str(timeout), timeout=timeout + 120
+        )
         line = [ln for ln in result.stdout.splitlines() if ln.startswith("NODES=")]
         if not line:
             raise RuntimeError(f"no node list from the driver:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-        return json.loads(line[-1][len("NODES="):])
+        return json.loads(line[-1][len("NODES=") :])
 
     def wait_for_nodes(self, timeout: float | None = None) -> None:
         """Wait until every node started and not killed is alive in ray.nodes(); record their node ids."""
@@ -796,30 +881,56 @@ class RayCluster:
         resources = {resource: 1000, ("hp_head" if head else "hp_worker"): 1000}
         node_manager, object_manager, agent_http, agent_grpc, runtime_env, metrics = _free_ports(6)
         cmd = [
-            *self.ray_cmd, "start", "--block", *args,
-            "--temp-dir", str(temp_dir),
-            "--num-cpus", str(self.cpus_per_node), "--num-gpus", "0",
-            "--resources", json.dumps(resources),
-            "--labels", f"hp_node={index},hp_role={'head' if head else 'worker'}",
-            "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
-            "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-            "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-            "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-            "--disable-usage-stats", "--log-style", "record", "--log-color", "false",
-        ]  # fmt: skip
+            *self.ray_cmd,
+            "start",
+            "--block",
+            *args,
+            "--temp-dir",
+            str(temp_dir),
+            "--num-cpus",
+            str(self.cpus_per_node),
+            "--num-gpus",
+            "0",
+            "--resources",
+            json.dumps(resources),
+            "--labels",
+            f"hp_node={index},hp_role={'head' if head else 'worker'}",
+            "--object-store-memory",
+            str(self.object_store_mb * 1024 * 1024),
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--dashboard-agent-listen-port",
+            str(agent_http),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--metrics-export-port",
+            str(metrics),
+            "--disable-usage-stats",
+            "--log-style",
+            "record",
+            "--log-color",
+            "false",
+        ]
         if hidden:
             for path in hidden:
                 Path(path).mkdir(parents=True, exist_ok=True)
             mounts = " && ".join(f"mount -t tmpfs -o size=1g hpsearch-hidden {_shquote(p)}" for p in hidden)
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   f'{mounts} && exec "$@"', "sh", *cmd]  # fmt: skip
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh", *cmd]
         log_file = self.root / f"node{index}.log"
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
                 env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.node_env},
                 start_new_session=True,
-            )  # fmt: skip
+            )
         node = RayNode(index, temp_dir, resource, proc, log_file, hidden)
         self.nodes.append(node)
         return node
@@ -842,10 +953,18 @@ def can_unshare_mount() -> bool:
             probe = tempfile.mkdtemp(prefix="hpu")
             try:
                 result = subprocess.run(
-                    ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     f"mount -t tmpfs hpsearch-probe {_shquote(probe)} && touch {_shquote(probe)}/x"],
-                    capture_output=True, timeout=30,
-                )  # fmt: skip
+                    [
+                        "unshare",
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "sh",
+                        "-c",
+                        f"mount -t tmpfs hpsearch-probe {_shquote(probe)} && touch {_shquote(probe)}/x",
+                    ],
+                    capture_output=True,
+                    timeout=30,
+                )
                 _UNSHARE_OK = result.returncode == 0 and not os.path.exists(os.path.join(probe, "x"))
             except (OSError, subprocess.TimeoutExpired):
                 _UNSHARE_OK = False

@@ -7,8 +7,8 @@ import random
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 import ray
+from optuna.distributions import FloatDistribution
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
@@ -45,8 +45,11 @@ def live_sweep(mode: str, trials: int = 24, seed: int = 0) -> tuple[ASHASchedule
             result = {"epoch": epoch, "score": value}
             if scheduler.on_trial_result(None, _Trial(tid), result) == TrialScheduler.STOP:
                 scheduler.on_trial_complete(None, _Trial(tid), result)  # Ray passes the stopping result on
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED if epoch < MAX_T else None,
-                           values=None if epoch < MAX_T else value)  # fmt: skip
+                study.tell(
+                    trial,
+                    state=optuna.trial.TrialState.PRUNED if epoch < MAX_T else None,
+                    values=None if epoch < MAX_T else value,
+                )
                 del running[tid]
             else:
                 running[tid] = (trial, q, epoch)
@@ -106,11 +109,19 @@ def test_the_check_before_a_resume_replays_into_a_scratch_asha_of_the_spec():
     from search._searcher import StudySearch
     from studies import parse_spec
 
-    spec = parse_spec({"name": "a", "trainable": "digits-mlp", "metric": "score", "mode": "max", "trials": 4,
-                       "asha": {"max_t": MAX_T, "grace_period": 1, "reduction_factor": 3},
-                       "space": {"q": {"type": "float", "low": 0.0, "high": 1.0}}}, "a")  # fmt: skip
-    searcher = StudySearch(space={"q": FloatDistribution(0, 1)}, metric="score", mode="max", max_t=MAX_T,
-                           study_seed=0)  # fmt: skip
+    spec = parse_spec(
+        {
+            "name": "a",
+            "trainable": "digits-mlp",
+            "metric": "score",
+            "mode": "max",
+            "trials": 4,
+            "asha": {"max_t": MAX_T, "grace_period": 1, "reduction_factor": 3},
+            "space": {"q": {"type": "float", "low": 0.0, "high": 1.0}},
+        },
+        "a",
+    )
+    searcher = StudySearch(space={"q": FloatDistribution(0, 1)}, metric="score", mode="max", max_t=MAX_T, study_seed=0)
     study = searcher._ot_study
     assert study.user_attrs[RAY_VERSION] == ray.__version__  # recorded when the sweep starts
     searcher.suggest("t0")

@@ -13,16 +13,25 @@ trials: 4
 """
 
 
-def study(tmp_path, name, trainable="digits-mlp", space="  hidden: {type: int, low: 16, high: 64}",
-          fixed="{}"):  # fmt: skip
-    return write_study(tmp_path / f"{name}.yaml", STUDY.format(name=name, trainable=trainable, space=space, fixed=fixed))
+def study(tmp_path, name, trainable="digits-mlp", space="  hidden: {type: int, low: 16, high: 64}", fixed="{}"):
+    return write_study(
+        tmp_path / f"{name}.yaml", STUDY.format(name=name, trainable=trainable, space=space, fixed=fixed)
+    )
 
 
 def test_check_passes_on_a_good_study(cli, tmp_path):
     code, out, err = cli("check", "digits-mlp")
     assert code == 0, out + err
-    for part in ("[  ok] data", "[  ok] shapes", "[  ok] overfit one batch", "[  ok] lr range", "[  ok] estimate",
-                 "head: 10 outputs for 10 classes", "suggested lr range", "preflight passed"):  # fmt: skip
+    for part in (
+        "[  ok] data",
+        "[  ok] shapes",
+        "[  ok] overfit one batch",
+        "[  ok] lr range",
+        "[  ok] estimate",
+        "head: 10 outputs for 10 classes",
+        "suggested lr range",
+        "preflight passed",
+    ):
         assert part in out, out
     assert "(Linear): (8, 10)" in out  # the shape after each layer
     assert "trials: about" in out and "with ASHA" in out

@@ -6,7 +6,6 @@ killed mid-sweep. Each test checks what MLflow and Optuna hold afterwards."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +23,18 @@ from tests.userproject import make_project
 
 EXE = str(Path(sys.executable).parent / "hpsearch")
 
+
 def study(name, **fields):
     return {
-        "name": name, "trainable": "userpkg.model:trainable", "metric": "loss", "mode": "min",
-        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "asha": "off",
-        "resources": {"cpus": 1}, **fields,
-    }  # fmt: skip
+        "name": name,
+        "trainable": "userpkg.model:trainable",
+        "metric": "loss",
+        "mode": "min",
+        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+        "asha": "off",
+        "resources": {"cpus": 1},
+        **fields,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,15 @@ def write(project: Path, spec: dict) -> str:
 
 
 def launch(project: Path, env: dict, *args) -> subprocess.Popen:
-    return subprocess.Popen([EXE, *args], cwd=project, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [EXE, *args],
+        cwd=project,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def children(client: MlflowClient, name: str) -> list:
@@ -85,26 +97,34 @@ def epochs_logged(client, run) -> list[int]:
 
 
 def optuna_trials(storage: Path, name: str, client: MlflowClient):
-    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
-                 if r.data.tags.get("hpsearch.kind") == "study"][:1]  # fmt: skip
+    (parent,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        if r.data.tags.get("hpsearch.kind") == "study"
+    ][:1]
     journal = parent.data.tags["hpsearch.optuna_journal"]
     assert Path(journal).is_relative_to(storage)  # the study's Optuna state is on the shared storage
     backend = optuna.storages.journal.JournalFileBackend(journal)
-    loaded = optuna.load_study(study_name=parent.data.tags["hpsearch.optuna_study"],
-                               storage=optuna.storages.JournalStorage(backend))  # fmt: skip
+    loaded = optuna.load_study(
+        study_name=parent.data.tags["hpsearch.optuna_study"], storage=optuna.storages.JournalStorage(backend)
+    )
     return parent, loaded.trials
 
 
 def test_sweep_on_two_nodes_survives_a_tracking_outage_and_is_read_and_promoted_from_another_machine(
     team, mlflow_pg, ray2
-):  # fmt: skip
+):
     project, env = team["a"]
     client = team["client"]
     name = write(project, study("cl-sweep", trials=4, max_concurrent=2, fixed={"epochs": 6, "sleep": 1.0}))
     proc = launch(project, env, "run", name)
     try:
-        wait_until(lambda: any(len(epochs_logged(client, r)) >= 1 for r in children(client, "cl-sweep")), 180,
-                   "a first epoch in MLflow", proc)  # fmt: skip
+        wait_until(
+            lambda: any(len(epochs_logged(client, r)) >= 1 for r in children(client, "cl-sweep")),
+            180,
+            "a first epoch in MLflow",
+            proc,
+        )
         mlflow_pg.stop()  # the tracking server goes away for 30 s while trials run on both nodes
         time.sleep(30)
         mlflow_pg.start()
@@ -135,16 +155,31 @@ def test_sweep_on_two_nodes_survives_a_tracking_outage_and_is_read_and_promoted_
     assert "userpkg running from" in logs.stdout and str(team["a"][0]) not in logs.stdout  # the shipped copy ran
     rows = run_cli("results", "cl-sweep", "--format", "json", cwd=other, env=env_b)
     assert rows.returncode == 0, rows.stderr
-    assert sorted(r["trial_id"] for r in json.loads(rows.stdout)) == sorted(r.data.tags["hpsearch.trial_id"] for r in trials)
+    assert sorted(r["trial_id"] for r in json.loads(rows.stdout)) == sorted(
+        r.data.tags["hpsearch.trial_id"] for r in trials
+    )
     report = run_cli("report", "cl-sweep", cwd=other, env=env_b)
     assert report.returncode == 0, report.stderr
     assert "Optuna plots (its journal" not in Path(report.stdout.split("report: ")[1].split(" (")[0]).read_text()
-    promoted = run_cli("promote", "cl-sweep", "--candidates", "2", "--reseeds", "1", "--format", "json",
-                       cwd=other, env=env_b, timeout=600)  # fmt: skip
+    promoted = run_cli(
+        "promote",
+        "cl-sweep",
+        "--candidates",
+        "2",
+        "--reseeds",
+        "1",
+        "--format",
+        "json",
+        cwd=other,
+        env=env_b,
+        timeout=600,
+    )
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
-    info = json.loads(promoted.stdout[promoted.stdout.index("{"):])
+    info = json.loads(promoted.stdout[promoted.stdout.index("{") :])
     assert client.get_model_version_by_alias("cl-sweep", "champion").version == str(info["version"])
-    reseeds = [r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("hpsearch.kind") == "reseed"]
+    reseeds = [
+        r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("hpsearch.kind") == "reseed"
+    ]
     assert len(reseeds) == 2 and {r.info.status for r in reseeds} == {"FINISHED"}
     assert not (Path(env_b["HPSEARCH_HOME"]) / "optuna").exists()  # B holds no study state of its own
 
@@ -156,9 +191,19 @@ def test_driver_killed_then_resumed_from_a_second_machine(team, ray2):
     name = write(project, spec)
     proc = launch(project, env, "run", name)
     try:
-        wait_until(lambda: any(r.info.status == "FINISHED" for r in children(client, "cl-resume"))
-                   and any(len(epochs_logged(client, r)) >= 3 for r in children(client, "cl-resume")
-                           if r.info.status == "RUNNING"), 240, "a finished trial and one midway", proc)  # fmt: skip
+        wait_until(
+            lambda: (
+                any(r.info.status == "FINISHED" for r in children(client, "cl-resume"))
+                and any(
+                    len(epochs_logged(client, r)) >= 3
+                    for r in children(client, "cl-resume")
+                    if r.info.status == "RUNNING"
+                )
+            ),
+            240,
+            "a finished trial and one midway",
+            proc,
+        )
         time.sleep(1)  # Ray snapshots its experiment state right after each checkpoint
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver's machine is gone
@@ -220,8 +265,9 @@ def test_a_worker_node_dies_mid_sweep(team, ray2):
     project, env = team["a"]
     client = team["client"]
     head = ray2.nodes[0].node_id
-    name = write(project, study("cl-nodeloss", trials=3, max_concurrent=2, max_failures=0,
-                                fixed={"epochs": 10, "sleep": 1.0}))  # fmt: skip
+    name = write(
+        project, study("cl-nodeloss", trials=3, max_concurrent=2, max_failures=0, fixed={"epochs": 10, "sleep": 1.0})
+    )
     proc = launch(project, env, "run", name)
     victim = {}
 

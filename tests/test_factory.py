@@ -4,7 +4,6 @@ The factory's rules in process (tiny tensors, 1-3 epochs), then a user project o
 checked, reported and promoted through the CLI as a user would, its promoted model served from raw inputs."""
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
@@ -26,8 +25,13 @@ def _signals(n: int = 300, seed: int = 0):
 
 
 def _conv1d(config):
-    return nn.Sequential(nn.Conv1d(1, config["channels"], 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
-                         nn.Flatten(), nn.Linear(config["channels"], 3))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv1d(1, config["channels"], 5, padding=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(config["channels"], 3),
+    )
 
 
 def _signal_data(config):
@@ -35,8 +39,9 @@ def _signal_data(config):
     return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
 
 
-SIGNALS = from_model(_conv1d, _signal_data, hyperparameters={"channels": "conv channels"}, defaults={"channels": 8},
-                     name="test-signals")  # fmt: skip
+SIGNALS = from_model(
+    _conv1d, _signal_data, hyperparameters={"channels": "conv channels"}, defaults={"channels": 8}, name="test-signals"
+)
 
 
 def test_tensors_train_on_the_loop_resume_from_a_checkpoint_and_export_raw_inputs():
@@ -48,8 +53,9 @@ def test_tensors_train_on_the_loop_resume_from_a_checkpoint_and_export_raw_input
     assert set(first) >= {"model", "optimizer", "rng", "progress"}
     resumed = MemoryReporter(seed=0, checkpoint=first)
     SIGNALS.train({"epochs": 3, "lr": 0.03, "batch_size": 16, "schedule": "cosine", "clip_grad_norm": 1.0}, resumed)
-    assert [r["epoch"] for r in resumed.results] == [first["progress"]["epoch"] + 1 + i
-                                                      for i in range(3 - first["progress"]["epoch"])]  # fmt: skip
+    assert [r["epoch"] for r in resumed.results] == [
+        first["progress"]["epoch"] + 1 + i for i in range(3 - first["progress"]["epoch"])
+    ]
     config, state = {**SIGNALS.defaults, "lr": 0.03}, reporter.checkpoints[-1]["model"]
     tested = SIGNALS.evaluate(config, state, "test")
     assert set(tested) >= {"test_accuracy", "test_loss", "test_accuracy_class_0"}
@@ -106,8 +112,13 @@ def _regression_data(config):
 
 
 def test_a_two_input_regression_is_minimised_preprocessed_and_served_from_one_raw_array():
-    trainable = from_model(_TwoInputs, _regression_data, task="regression", name="test-two-inputs",
-                           preprocess=lambda config, x: _Standardise(x[0].mean(0), x[0].std(0)))  # fmt: skip
+    trainable = from_model(
+        _TwoInputs,
+        _regression_data,
+        task="regression",
+        name="test-two-inputs",
+        preprocess=lambda config, x: _Standardise(x[0].mean(0), x[0].std(0)),
+    )
     assert (trainable.metric, trainable.mode) == ("val_mse", "min")
     reporter = MemoryReporter(metric="val_mse", mode="min")
     trainable.train({"epochs": 3, "lr": 0.03, "optimizer": "adam"}, reporter)
@@ -140,9 +151,12 @@ class _Images(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("materialise_mb", [1024, 0])
 def test_a_dataset_is_materialised_when_small_and_streamed_otherwise(materialise_mb):
-    trainable = from_model(lambda c: nn.Sequential(nn.Flatten(), nn.Linear(64, 2)),
-                           lambda c: (_Images(64), _Images(32), _Images(32)), materialise_mb=materialise_mb,
-                           name=f"test-images-{materialise_mb}")  # fmt: skip
+    trainable = from_model(
+        lambda c: nn.Sequential(nn.Flatten(), nn.Linear(64, 2)),
+        lambda c: (_Images(64), _Images(32), _Images(32)),
+        materialise_mb=materialise_mb,
+        name=f"test-images-{materialise_mb}",
+    )
     reporter = MemoryReporter()
     trainable.train({"epochs": 2, "lr": 0.05, "batch_size": 16, "flip": True}, reporter)
     assert reporter.results[-1]["val_accuracy"] == 1.0
@@ -170,7 +184,7 @@ def test_errors_a_user_can_cause_say_what_would_be_valid():
 
 # ---- a user project, outside the repository, through the CLI -------------------------------------------------
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch import nn
 from trainables import from_model
@@ -217,7 +231,7 @@ signals = from_model(model, data, hyperparameters={"channels": "conv channels"},
 regression = from_model(wave, wave_data, task="regression", hyperparameters={"hidden": "units"},
                         defaults={"hidden": 16})
 moody = from_model(Moody, wave_data, task="regression")
-'''
+"""
 
 STUDY = """\
 name: {name}
@@ -238,9 +252,12 @@ def project(tmp_path_factory):
     (root / "project" / "signals.yaml").write_text(STUDY.format(name="signals", trainable="signals:signals", trials=3))
     (root / "project" / "wave.yaml").write_text(STUDY.format(name="wave", trainable="signals:regression", trials=2))
     (root / "project" / "moody.yaml").write_text(STUDY.format(name="moody", trainable="signals:moody", trials=1))
-    (root / "project" / "odd.yaml").write_text(STUDY.format(name="odd", trainable="signals:odd", trials=2).replace(
-        "lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}", "x: {type: float, low: 0.0, high: 1.0}"
-    ) + "metric: loss\nmode: min\n")  # fmt: skip
+    (root / "project" / "odd.yaml").write_text(
+        STUDY.format(name="odd", trainable="signals:odd", trials=2).replace(
+            "lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}", "x: {type: float, low: 0.0, high: 1.0}"
+        )
+        + "metric: loss\nmode: min\n"
+    )
     env = {"HPSEARCH_HOME": str(root / "home")}
     return root / "project", env, f"sqlite:///{root / 'home' / 'mlflow.db'}"
 
@@ -261,8 +278,9 @@ def test_a_user_project_sweeps_checks_reports_and_promotes_a_model_that_serves_r
     assert "confusion matrix" in (folder / "signals.html").read_text()
     promoted = run_cli("promote", "signals", "--format", "json", cwd=folder, env=env)
     assert promoted.returncode == 0, promoted.stderr
-    reseeded = run_cli("promote", "signals", "--candidates", "2", "--reseeds", "1", "--format", "json",
-                       cwd=folder, env=env)  # fmt: skip
+    reseeded = run_cli(
+        "promote", "signals", "--candidates", "2", "--reseeds", "1", "--format", "json", cwd=folder, env=env
+    )
     assert reseeded.returncode == 0, reseeded.stdout + reseeded.stderr
     info = json.loads(reseeded.stdout)
     assert len(info["candidates"]) == 2 and all(len(c["values"]) == 2 for c in info["candidates"])
@@ -303,7 +321,7 @@ def test_an_odd_checkpoint_or_an_unexportable_model_still_finishes_the_sweep_and
     assert "torch.export" in promoted.stderr and "export hook" in promoted.stderr
 
 
-SLOW_MODULE = '''
+SLOW_MODULE = """
 import time
 
 import torch
@@ -329,7 +347,7 @@ def data(config):
 
 
 slow = from_model(Slow, data, defaults={"epochs": 8, "batch_size": 64})
-'''
+"""
 
 
 def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path):
@@ -345,13 +363,21 @@ def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path)
     import tracking
 
     (tmp_path / "slow.py").write_text(SLOW_MODULE)
-    (tmp_path / "slow.yaml").write_text(STUDY.format(name="slow", trainable="slow:slow", trials=3)
-                                        .replace("max_t: 2, grace_period: 2", "max_t: 8, grace_period: 8"))  # fmt: skip
+    (tmp_path / "slow.yaml").write_text(
+        STUDY.format(name="slow", trainable="slow:slow", trials=3).replace(
+            "max_t: 2, grace_period: 2", "max_t: 8, grace_period: 8"
+        )
+    )
     home = tmp_path / "home"
     env = {"HPSEARCH_HOME": str(home)}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "hpsearch"), "run", "slow.yaml"], cwd=tmp_path,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "hpsearch"), "run", "slow.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:  # until a trial has checkpointed its third epoch (the loop checkpoints each epoch that improves)
         deadline = time.monotonic() + 300
         while not list(home.glob("ray/slow-*/*/checkpoint_00000[2-7]")):
@@ -374,7 +400,7 @@ def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path)
     assert len({r["trial_id"] for r in rows}) == len(rows) >= 3
 
 
-IMAGE_MODULE = '''
+IMAGE_MODULE = """
 from pathlib import Path
 
 from torch import nn
@@ -385,7 +411,8 @@ ROOT = Path(__file__).parent / "images"
 
 
 def model(config):
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
 
 
 def data(config):
@@ -395,7 +422,7 @@ def data(config):
 
 read_once = from_model(model, data)
 streamed = from_model(model, data, materialise_mb=0, name="streamed")
-'''
+"""
 
 
 def test_an_imagefolder_of_pngs_read_once_or_streamed_sweeps_and_serves_uint8_images(tmp_path):

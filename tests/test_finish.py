@@ -13,7 +13,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 import tracking
 from search import api
@@ -47,8 +46,9 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     # The fault: a running trial's run is deleted from the tracking store (from the MLflow UI, say), so the
     # store refuses the engine's next write to it, inside Tune's callback; and refuses it again when the
     # failing run closes its open trials.
-    home, path, env, proc = start(tmp_path, trials=4, **with_faults(tmp_path, sleep=0.8),
-                                  asha={"max_t": 8, "grace_period": 8})  # fmt: skip
+    home, path, env, proc = start(
+        tmp_path, trials=4, **with_faults(tmp_path, sleep=0.8), asha={"max_t": 8, "grace_period": 8}
+    )
     try:
         wait_for_trials(home, 2)  # the first two have ended, the next two have just started
         store, parents, rows, _ = records(home)
@@ -62,7 +62,7 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     assert proc.returncode == 1, out
     assert "stopped by an error (below); its trials are kept: continue with `hpsearch run crashy --resume`" in out
     assert "(recording the run's end failed too: MlflowException" in out  # the second error is said, not raised
-    raised = out[out.rindex("Traceback"):]
+    raised = out[out.rindex("Traceback") :]
     assert "search/_callback.py" in raised, raised  # the error raised is the first one, from the callback
     assert f"The run {victim['run_id']} must be in the 'active' state" in raised
     _, parents, rows, _ = records(home)
@@ -71,7 +71,9 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     plain = run_cli("run", path, env=env)  # a failed run is not silently replaced
     assert plain.returncode == 2 and "FAILED" in plain.stderr and "--resume" in plain.stderr, plain.stderr
     shown = run_cli("show", "crashy", env=env)
-    assert "sweep stopped by an error, its trials kept; run `hpsearch run crashy --resume` to continue it" in shown.stdout
+    assert (
+        "sweep stopped by an error, its trials kept; run `hpsearch run crashy --resume` to continue it" in shown.stdout
+    )
 
     resumed = run_cli("run", path, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -85,17 +87,29 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     assert len(study.trials) == 4 and {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
     assert set(finish_tags(parents[0]).values()) == {"done"}
     assert "test_loss" in parents[0].data.metrics and parents[0].data.tags.get(T.MODEL_URI)
-    assert tracking.load_best_checkpoint(store, parents[0].info.run_id)["trial_id"] == parents[0].data.tags[T.BEST_TRIAL]
+    assert (
+        tracking.load_best_checkpoint(store, parents[0].info.run_id)["trial_id"] == parents[0].data.tags[T.BEST_TRIAL]
+    )
 
 
 def test_a_failed_test_evaluation_and_export_are_finished_by_resume_without_a_trial(tmp_path, monkeypatch, cli):
     home = tmp_path / "home"
     monkeypatch.setenv("HPSEARCH_HOME", str(home))
     path = tmp_path / "finicky.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "finicky", "metric": "loss", "mode": "min", "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
-        "trials": 3, "max_concurrent": 2, "asha": {"max_t": 3, "grace_period": 3},
-        **with_faults(tmp_path, "fail-test", "fail-export")}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "finicky",
+                "metric": "loss",
+                "mode": "min",
+                "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+                "trials": 3,
+                "max_concurrent": 2,
+                "asha": {"max_t": 3, "grace_period": 3},
+                **with_faults(tmp_path, "fail-test", "fail-export"),
+            }
+        )
+    )
     out = io.StringIO()
     outcome = api.run(str(path), out=out)
     assert outcome.best_trial is not None and outcome.exit_code == 0  # the search results stand
@@ -109,10 +123,14 @@ def test_a_failed_test_evaluation_and_export_are_finished_by_resume_without_a_tr
     assert steps["checkpoint"] == "done" and steps["test"].startswith("failed: RuntimeError: injected fault")
     assert steps["export"].startswith("failed:")
     code, text, _ = cli("show", "finicky")
-    assert code == 0 and "finishing incomplete: no test evaluation, no servable model; run `hpsearch run finicky " \
-                          "--resume`" in text, text  # fmt: skip
+    assert (
+        code == 0
+        and "finishing incomplete: no test evaluation, no servable model; run `hpsearch run finicky --resume`" in text
+    ), text
     trials = tracking.trial_rows(store, parent)
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(home / "optuna" / "finicky.journal")))
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "optuna" / "finicky.journal"))
+    )
     optuna_trials = len(optuna.load_study(study_name=parent.data.tags[T.OPTUNA_STUDY], storage=journal).trials)
 
     out = io.StringIO()
@@ -125,7 +143,8 @@ def test_a_failed_test_evaluation_and_export_are_finished_by_resume_without_a_tr
     assert parent.data.metrics["test_loss"] == pytest.approx(resumed.test_metrics["test_loss"])
     again = tracking.trial_rows(store, parent)  # no trial ran again
     assert sorted((r["trial_id"], r["run_id"], r["seconds"]) for r in again) == sorted(
-        (r["trial_id"], r["run_id"], r["seconds"]) for r in trials)
+        (r["trial_id"], r["run_id"], r["seconds"]) for r in trials
+    )
     assert len(optuna.load_study(study_name=parent.data.tags[T.OPTUNA_STUDY], storage=journal).trials) == optuna_trials
     code, text, _ = cli("show", "finicky")
     assert code == 0 and "finishing incomplete" not in text and "--resume" not in text
@@ -134,8 +153,9 @@ def test_a_failed_test_evaluation_and_export_are_finished_by_resume_without_a_tr
 
 
 def test_sigterm_while_the_best_model_is_tested_leaves_a_killed_run_that_resume_finishes(tmp_path):
-    home, path, env, proc = start(tmp_path, trials=2, **with_faults(tmp_path, "block-test"),
-                                  asha={"max_t": 3, "grace_period": 3})  # fmt: skip
+    home, path, env, proc = start(
+        tmp_path, trials=2, **with_faults(tmp_path, "block-test"), asha={"max_t": 3, "grace_period": 3}
+    )
     entered = tmp_path / "faults" / "in-test"
     try:
         deadline = time.monotonic() + 180
@@ -148,8 +168,10 @@ def test_sigterm_while_the_best_model_is_tested_leaves_a_killed_run_that_resume_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out
-    assert "interrupted while finishing; the sweep's results are recorded: complete it with `hpsearch run crashy " \
-           "--resume`" in out  # fmt: skip
+    assert (
+        "interrupted while finishing; the sweep's results are recorded: complete it with `hpsearch run crashy "
+        "--resume`" in out
+    )
     _, parents, _, _ = records(home)
     assert parents[0].info.status == "KILLED"
     assert finish_tags(parents[0]) == {"checkpoint": "done", "export": "done"}  # the test evaluation was cut short
@@ -169,8 +191,12 @@ def test_sigterm_while_the_best_model_is_tested_leaves_a_killed_run_that_resume_
 
 def test_after_sigkill_mid_trial_and_resume_every_epoch_is_recorded_once(tmp_path):
     # A checkpoint at epoch 1 only: a trial resumed from it reruns the epochs that MLflow already holds.
-    home, path, env, proc = start(tmp_path, trials=4, **with_faults(tmp_path, sleep=0.4, checkpoint_every=100),
-                                  asha={"max_t": 16, "grace_period": 16})  # fmt: skip
+    home, path, env, proc = start(
+        tmp_path,
+        trials=4,
+        **with_faults(tmp_path, sleep=0.4, checkpoint_every=100),
+        asha={"max_t": 16, "grace_period": 16},
+    )
     client = None
     try:
         deadline = time.monotonic() + 180
@@ -178,7 +204,9 @@ def test_after_sigkill_mid_trial_and_resume_every_epoch_is_recorded_once(tmp_pat
             if list((home / "ray").glob("crashy-*/hpsearch-logs/*.log")):
                 store, _, rows, _ = records(home)
                 client = store.client
-                if any(len(client.get_metric_history(r["run_id"], "loss")) >= 7 for r in rows if r["status"] == "RUNNING"):
+                if any(
+                    len(client.get_metric_history(r["run_id"], "loss")) >= 7 for r in rows if r["status"] == "RUNNING"
+                ):
                     break
             time.sleep(0.3)
         else:
@@ -187,7 +215,9 @@ def test_after_sigkill_mid_trial_and_resume_every_epoch_is_recorded_once(tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
     _, _, rows, _ = records(home)
-    held = {r["trial_id"]: len(client.get_metric_history(r["run_id"], "loss")) for r in rows if r["status"] == "RUNNING"}
+    held = {
+        r["trial_id"]: len(client.get_metric_history(r["run_id"], "loss")) for r in rows if r["status"] == "RUNNING"
+    }
 
     resumed = run_cli("run", path, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -9,8 +9,7 @@ import torch
 import yaml
 
 from search import api
-from trainables import MemoryReporter
-from trainables import _device
+from trainables import MemoryReporter, _device
 from trainables._loop import Prep, Split, fit
 
 pytestmark = [
@@ -29,24 +28,39 @@ def _images(n=512, seed=0):
 
 def _cnn(config):
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GroupNorm(1, 16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Dropout(0.1), torch.nn.Linear(16 * 8 * 8, 4),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.GroupNorm(1, 16),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(16 * 8 * 8, 4),
+    )
 
 
 def _plain_cnn(config):  # no dropout: the same weights give the same losses, recorded or not
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 4),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 8 * 8, 4),
+    )
 
 
 def _fit(config, key, model=_cnn, augment=True):
     x, y = _images()
     reporter = MemoryReporter(seed=3)
     prep = Prep(mean=(0.5,) * 3, std=(0.25,) * 3, flip=augment, crop=2 if augment else 0)
-    fit({"epochs": 3, "batch_size": 64, "lr": 3e-3, **config}, reporter, model,
-        Split(x[:448], y[:448], key=(key, "train")), Split(x[448:], y[448:], key=(key, "val")), prep=prep)  # fmt: skip
+    fit(
+        {"epochs": 3, "batch_size": 64, "lr": 3e-3, **config},
+        reporter,
+        model,
+        Split(x[:448], y[:448], key=(key, "train")),
+        Split(x[448:], y[448:], key=(key, "val")),
+        prep=prep,
+    )
     return reporter
 
 
@@ -67,8 +81,13 @@ def test_data_moves_to_the_gpu_once_as_uint8_and_trains_in_bf16():
 
 @pytest.mark.parametrize("optimizer, schedule", [("adam", "cosine"), ("nesterov", "step"), ("adamw", "warmup_cosine")])
 def test_the_whole_step_is_one_cuda_graph_replay_and_trains_as_eagerly(optimizer, schedule):
-    config = {"optimizer": optimizer, "schedule": schedule, "lr_step_epochs": 1, "clip_grad_norm": 1.0,
-              "weight_decay": 1e-4}  # fmt: skip
+    config = {
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "lr_step_epochs": 1,
+        "clip_grad_norm": 1.0,
+        "weight_decay": 1e-4,
+    }
     eager = _fit({**config, "compile": "off"}, "graph", model=_plain_cnn, augment=False)
     graph = _fit({**config, "compile": "graph"}, "graph", model=_plain_cnn, augment=False)
     assert "step_graph" not in eager.results[0] and graph.results[0]["step_graph"] == 1.0
@@ -112,10 +131,19 @@ def home(tmp_path, monkeypatch):
 
 
 def test_four_trials_share_one_gpu_and_an_out_of_memory_stays_in_its_trial(home):
-    spec = {"name": "packed", "trainable": "tests.faulty:train", "metric": "loss", "mode": "min",
-            "space": {"fault": {"type": "categorical", "choices": ["gpu_a", "gpu_b", "gpu_c", "real_oom"]}},
-            "sampler": "grid", "trials": 4, "max_concurrent": 4, "resources": {"cpus": 1, "gpus": 0.25},
-            "fixed": {"marker_dir": str(home)}, "asha": {"max_t": 3, "grace_period": 3}}  # fmt: skip
+    spec = {
+        "name": "packed",
+        "trainable": "tests.faulty:train",
+        "metric": "loss",
+        "mode": "min",
+        "space": {"fault": {"type": "categorical", "choices": ["gpu_a", "gpu_b", "gpu_c", "real_oom"]}},
+        "sampler": "grid",
+        "trials": 4,
+        "max_concurrent": 4,
+        "resources": {"cpus": 1, "gpus": 0.25},
+        "fixed": {"marker_dir": str(home)},
+        "asha": {"max_t": 3, "grace_period": 3},
+    }
     (home / "packed.yaml").write_text(yaml.safe_dump(spec))
     outcome = api.run(str(home / "packed.yaml"), out=io.StringIO())
     assert outcome.counts == {"completed": 3, "pruned": 0, "stopped": 0, "failed": 1}

@@ -39,9 +39,15 @@ def test_a_keyed_split_is_made_resident_once_per_worker_with_images_and_labels_a
 
     def run():
         reporter = MemoryReporter(seed=0, metric="val_accuracy", mode="max")
-        fit({"epochs": 2, "batch_size": 32, "compile": "off"}, reporter, lambda c: torch.nn.Sequential(
-            torch.nn.Flatten(), torch.nn.Linear(64, 2)), Split(x[:64], y[:64], key=("keyed", "train")),
-            Split(x[64:], y[64:], key=("keyed", "val")), torch.device("cpu"), prep=prep)  # fmt: skip
+        fit(
+            {"epochs": 2, "batch_size": 32, "compile": "off"},
+            reporter,
+            lambda c: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)),
+            Split(x[:64], y[:64], key=("keyed", "train")),
+            Split(x[64:], y[64:], key=("keyed", "val")),
+            torch.device("cpu"),
+            prep=prep,
+        )
         return [(r["train_loss"], r["val_loss"]) for r in reporter.results]
 
     first = run()
@@ -63,9 +69,14 @@ def test_colour_jitter_changes_images_within_range_and_only_when_training():
 
 @pytest.mark.parametrize(
     "name, cls, nesterov",
-    [("sgd", torch.optim.SGD, False), ("nesterov", torch.optim.SGD, True), ("adam", torch.optim.Adam, None),
-     ("adamw", torch.optim.AdamW, None), ("rmsprop", torch.optim.RMSprop, None)],
-)  # fmt: skip
+    [
+        ("sgd", torch.optim.SGD, False),
+        ("nesterov", torch.optim.SGD, True),
+        ("adam", torch.optim.Adam, None),
+        ("adamw", torch.optim.AdamW, None),
+        ("rmsprop", torch.optim.RMSprop, None),
+    ],
+)
 def test_each_optimizer_is_what_its_name_says(name, cls, nesterov):
     params = [torch.nn.Parameter(torch.zeros(2))]
     opt = make_optimizer(params, {"optimizer": name, "lr": 0.1, "weight_decay": 0.0, "momentum": 0.8})
@@ -178,8 +189,14 @@ def test_a_split_smaller_than_one_batch_trains_eagerly_on_its_partial_batch_even
     x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
     y = (x.float().mean(dim=(1, 2, 3)) > 127.5).long()
     reporter = MemoryReporter(seed=0, metric="val_accuracy", mode="max")
-    fit({"epochs": 2, "batch_size": 64, "compile": "on"}, reporter,
-        lambda c: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), Split(x[:30], y[:30]),
-        Split(x[30:], y[30:]), torch.device("cpu"), prep=Prep(mean=(0.5,), std=(0.3,)))  # fmt: skip
+    fit(
+        {"epochs": 2, "batch_size": 64, "compile": "on"},
+        reporter,
+        lambda c: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)),
+        Split(x[:30], y[:30]),
+        Split(x[30:], y[30:]),
+        torch.device("cpu"),
+        prep=Prep(mean=(0.5,), std=(0.3,)),
+    )
     assert [r["epoch"] for r in reporter.results] == [1, 2] and "compile_s" not in reporter.results[0]
     assert reporter.results[0]["samples_per_s"] > 0  # its 30 examples, in one partial batch

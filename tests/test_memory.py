@@ -10,8 +10,7 @@ import yaml
 from torch import nn
 
 from search import api
-from trainables import MemoryReporter, get_trainable, release_caches
-from trainables import _device, _reporter, _vision
+from trainables import MemoryReporter, _device, _reporter, _vision, get_trainable, release_caches
 from trainables._lru import DATA_CONFIGS_KEPT, LRU
 
 CPU = torch.device("cpu")
@@ -101,11 +100,19 @@ def test_a_worker_training_many_data_configurations_keeps_only_the_last_few():
 def test_the_driver_holds_no_data_set_after_planning(tmp_path, monkeypatch):
     monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
     path = tmp_path / "held.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "held", "trainable": "digits-autoencoder", "trials": 1, "asha": None, "max_concurrent": 1,
-        "space": {"latent": {"type": "int", "low": 4, "high": 8}},
-        "fixed": {"epochs": 1, "limit": 40, "batch_size": 8, "kind": "mlp"},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "held",
+                "trainable": "digits-autoencoder",
+                "trials": 1,
+                "asha": None,
+                "max_concurrent": 1,
+                "space": {"latent": {"type": "int", "low": 4, "high": 8}},
+                "fixed": {"epochs": 1, "limit": 40, "batch_size": 8, "kind": "mlp"},
+            }
+        )
+    )
     release_caches()
     planned = api.plan(str(path))
     (data_set,) = (v for _, v in _vision._DATA_SETS.items())  # planning read it (data_info: fingerprint)

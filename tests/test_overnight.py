@@ -44,8 +44,9 @@ def optuna_states(home: Path, study: str):
 def test_hours_budget_stops_running_trials_cleanly(tmp_path, monkeypatch):
     monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
     # Trials of 40 x 0.25 s = 10 s each, a budget of 6 s: the first two are cut short.
-    path = write(tmp_path, "budget", trials=6, hours=6 / 3600, fixed={"sleep": 0.25},
-                 asha={"max_t": 40, "grace_period": 40})  # fmt: skip
+    path = write(
+        tmp_path, "budget", trials=6, hours=6 / 3600, fixed={"sleep": 0.25}, asha={"max_t": 40, "grace_period": 40}
+    )
     outcome = api.run(path, out=io.StringIO())
     assert outcome.exit_code == 0 and outcome.best_trial is not None
     frame = api.results("budget")
@@ -60,8 +61,14 @@ def test_stop_from_another_shell_ends_the_sweep_cleanly(tmp_path):
     env = {"HPSEARCH_HOME": str(home)}
     path = write(tmp_path, "stoppable", trials=4, fixed={"sleep": 0.5}, asha={"max_t": 200, "grace_period": 200})
     exe = Path(sys.executable).parent / "hpsearch"
-    proc = subprocess.Popen([str(exe), "run", path], cwd=Path(__file__).parent.parent,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "run", path],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((home / "ray").glob("stoppable-*/hpsearch-logs/*.log")) and time.monotonic() < deadline:
@@ -147,8 +154,13 @@ def test_ui_serves_the_study_store_on_localhost_only(tmp_path, monkeypatch, cli)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).parent / "hpsearch"
-    proc = subprocess.Popen([str(exe), "ui", "viewed", "--port", str(port)], env={**os.environ},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "ui", "viewed", "--port", str(port)],
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=viewed"
         deadline, body = time.monotonic() + 90, None

@@ -11,7 +11,9 @@ from tests.conftest import write_study
 
 def test_the_test_split_is_read_once_for_the_final_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
-    study = write_study(tmp_path / "counted.yaml", f"""\
+    study = write_study(
+        tmp_path / "counted.yaml",
+        f"""\
         name: counted
         trainable: tests.counting:trainable
         space:
@@ -20,7 +22,8 @@ def test_the_test_split_is_read_once_for_the_final_best_checkpoint(tmp_path, mon
         trials: 4
         asha: {{max_t: 3, grace_period: 1, reduction_factor: 2}}
         max_concurrent: 2
-        """)  # fmt: skip
+        """,
+    )
     outcome = api.run(str(study), out=io.StringIO())
     assert outcome.test_metrics and outcome.best_trial
 
@@ -48,7 +51,9 @@ def test_promote_with_reseeds_retrains_the_candidates_and_records_the_evidence(t
     import tracking
 
     monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
-    study = write_study(tmp_path / "seeded.yaml", """\
+    study = write_study(
+        tmp_path / "seeded.yaml",
+        """\
         name: seeded
         trainable: digits-mlp
         space:
@@ -56,7 +61,8 @@ def test_promote_with_reseeds_retrains_the_candidates_and_records_the_evidence(t
         trials: 4
         asha: {max_t: 3, grace_period: 3}
         max_concurrent: 2
-        """)  # fmt: skip
+        """,
+    )
     api.run(str(study), out=io.StringIO())
     code, out, err = cli("promote", "seeded", "--candidates", "2", "--reseeds", "2", "--format", "json")
     assert code == 0, err
@@ -72,8 +78,7 @@ def test_promote_with_reseeds_retrains_the_candidates_and_records_the_evidence(t
     assert abs(float(version.tags["val_mean"]) - chosen["mean"]) < 1e-12 and "val_std" in version.tags
     assert "test_accuracy" in info["test_metrics"]
     parent = tracking.parent_runs(store, "seeded")[0]
-    retrained = store.client.search_runs(
-        [parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
+    retrained = store.client.search_runs([parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
     assert len(retrained) == 4 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in retrained)
     assert len(api.results("seeded")) == 4  # retrainings are not search trials
 
@@ -82,7 +87,9 @@ def _clocked_study(tmp_path, monkeypatch, sleep: float):
     """A finished sweep of tests.clocked (2 trials that ran to max_t, 1 CPU each); returns the fail file."""
     monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
     fail_file = tmp_path / "fail"
-    study = write_study(tmp_path / "clocked.yaml", f"""\
+    study = write_study(
+        tmp_path / "clocked.yaml",
+        f"""\
         name: clocked
         trainable: tests.clocked:train
         metric: loss
@@ -93,7 +100,8 @@ def _clocked_study(tmp_path, monkeypatch, sleep: float):
         trials: 2
         asha: {{max_t: 2, grace_period: 2}}
         max_concurrent: 2
-        """)  # fmt: skip
+        """,
+    )
     api.run(str(study), out=io.StringIO())
     return fail_file
 

@@ -77,7 +77,9 @@ def test_parent_runs_and_recorded_studies_every_run_once(store, monkeypatch):
 
     latest = tracking.parent_runs(store, "alpha", limit=1)
     assert [r.info.run_id for r in latest] == [parents["alpha"][-1]]
-    assert [r.info.run_id for r in tracking.parent_runs(store, "alpha", limit=PAGE + 1)] == parents["alpha"][:-PAGE - 2:-1]
+    assert [r.info.run_id for r in tracking.parent_runs(store, "alpha", limit=PAGE + 1)] == parents["alpha"][
+        : -PAGE - 2 : -1
+    ]
     first = parents["alpha"][0]
     assert [r.info.run_id for r in tracking.parent_runs(store, "alpha", run_id=first)] == [first]
     assert tracking.parent_runs(store, "gamma", run_id=first) == []  # another study's run
@@ -106,8 +108,12 @@ def test_registered_models_every_version_once(store, monkeypatch):
     for name, versions in made.items():
         client.create_registered_model(name)
         for v in range(versions):
-            client.create_model_version(name, f"runs:/{run.info.run_id}/model{v}", run_id=run.info.run_id,
-                                        tags={"study": "reg", "trial_id": f"{name}-{v}", "test_accuracy": "0.5"})  # fmt: skip
+            client.create_model_version(
+                name,
+                f"runs:/{run.info.run_id}/model{v}",
+                run_id=run.info.run_id,
+                tags={"study": "reg", "trial_id": f"{name}-{v}", "test_accuracy": "0.5"},
+            )
     client.set_registered_model_alias("m-a", "champion", "3")
     client.set_registered_model_alias("m-a", "previous", "2")
     client.set_registered_model_alias("m-a", "canary", "3")

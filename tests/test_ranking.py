@@ -31,8 +31,13 @@ def pruned(x: float, final: float, epochs: int):
 
 def complete(x: float, final: float, epochs: int = 27):
     values = curve(final, epochs)
-    return create_trial(state=TrialState.COMPLETE, value=max(values.values()), params={"x": x}, distributions=X,
-                        intermediate_values=values)  # fmt: skip
+    return create_trial(
+        state=TrialState.COMPLETE,
+        value=max(values.values()),
+        params={"x": x},
+        distributions=X,
+        intermediate_values=values,
+    )
 
 
 def seed19_study() -> list:
@@ -96,8 +101,14 @@ def test_a_sweep_with_tpe_uses_the_ranked_view_with_or_without_asha():
     from search._searcher import make_sampler
     from studies import parse_spec
 
-    base = {"name": "s", "trainable": "digits-mlp", "metric": "val_accuracy", "mode": "max", "trials": 4,
-            "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}  # fmt: skip
+    base = {
+        "name": "s",
+        "trainable": "digits-mlp",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "trials": 4,
+        "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+    }
     with_asha = make_sampler(parse_spec({**base, "asha": {"max_t": 9, "grace_period": 1, "reduction_factor": 3}}, "s"))
     assert isinstance(with_asha, RankedSampler)
     without = make_sampler(parse_spec({**base, "asha": "off", "fixed": {"epochs": 3}}, "s"))
@@ -106,8 +117,13 @@ def test_a_sweep_with_tpe_uses_the_ranked_view_with_or_without_asha():
 
 
 def failed(x: float, reason: str, values: dict[int, float] | None = None):
-    return create_trial(state=TrialState.FAIL, params={"x": x}, distributions=X, intermediate_values=values or {},
-                        user_attrs={REASON: reason})  # fmt: skip
+    return create_trial(
+        state=TrialState.FAIL,
+        params={"x": x},
+        distributions=X,
+        intermediate_values=values or {},
+        user_attrs={REASON: reason},
+    )
 
 
 def test_a_diverged_or_out_of_memory_trial_ranks_below_every_other_and_other_failures_stay_out():
@@ -135,13 +151,32 @@ def lr_searcher(ranked: bool = True, trials: int = 30, seed: int = 0):
     from search._space import to_distributions
     from studies import parse_spec
 
-    spec = parse_spec({"name": "d", "trainable": "digits-mlp", "metric": "score", "mode": "max", "trials": trials,
-                       "seed": seed, "asha": "off", "fixed": {"epochs": 1},
-                       "space": {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
-                                 "x": {"type": "float", "low": 0.0, "high": 1.0}}}, "d")  # fmt: skip
+    spec = parse_spec(
+        {
+            "name": "d",
+            "trainable": "digits-mlp",
+            "metric": "score",
+            "mode": "max",
+            "trials": trials,
+            "seed": seed,
+            "asha": "off",
+            "fixed": {"epochs": 1},
+            "space": {
+                "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+                "x": {"type": "float", "low": 0.0, "high": 1.0},
+            },
+        },
+        "d",
+    )
     sampler = make_sampler(spec)
-    return StudySearch(space=to_distributions(spec), metric="score", mode="max", max_t=1, study_seed=seed,
-                       sampler=sampler if ranked else sampler._sampler)  # the same TPE, on the real study
+    return StudySearch(
+        space=to_distributions(spec),
+        metric="score",
+        mode="max",
+        max_t=1,
+        study_seed=seed,
+        sampler=sampler if ranked else sampler._sampler,
+    )  # the same TPE, on the real study
 
 
 def diverging_picks(ranked: bool, trials: int = 30, seed: int = 0) -> tuple[list[bool], optuna.Study]:
@@ -154,7 +189,9 @@ def diverging_picks(ranked: bool, trials: int = 30, seed: int = 0) -> tuple[list
         lr, x = config["lr"], config["x"]
         diverged.append(lr > THRESHOLD)
         score = math.nan if lr > THRESHOLD else -((math.log10(lr) + 1.5) ** 2) - (x - 0.5) ** 2
-        searcher.on_trial_complete(f"t{i}", {EPOCH: 1, "score": score, STOP_KEY: STOP_DIVERGED if lr > THRESHOLD else None})
+        searcher.on_trial_complete(
+            f"t{i}", {EPOCH: 1, "score": score, STOP_KEY: STOP_DIVERGED if lr > THRESHOLD else None}
+        )
     return diverged, searcher._ot_study
 
 

@@ -38,8 +38,10 @@ def test_builtins_are_registered_by_name():
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(LookupError, match="unknown trainable 'nope'; known: cifar10-cnn, cifar10-resnet, "
-                       "digits-autoencoder, digits-cnn, ") as exc:  # fmt: skip
+    with pytest.raises(
+        LookupError,
+        match="unknown trainable 'nope'; known: cifar10-cnn, cifar10-resnet, digits-autoencoder, digits-cnn, ",
+    ) as exc:
         get_trainable("nope")
     assert all(f"{t.name}," in str(exc.value) or f"{t.name} " in str(exc.value) for t in list_trainables())
 

@@ -19,7 +19,9 @@ def reported(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
     mp.setenv("HPSEARCH_HOME", str(root / "home"))
-    study = write_study(root / "rep.yaml", """\
+    study = write_study(
+        root / "rep.yaml",
+        """\
         name: rep
         trainable: digits-mlp
         space:
@@ -28,7 +30,8 @@ def reported(tmp_path_factory):
         trials: 6
         asha: {max_t: 6, grace_period: 2, reduction_factor: 2}
         max_concurrent: 2
-        """)  # fmt: skip
+        """,
+    )
     api.run(str(study), out=io.StringIO())
     path, diagnoses = api.report("rep", output=str(root / "rep.html"))
     yield {"root": root, "path": root / "rep.html", "returned": path, "diagnoses": diagnoses}
@@ -39,8 +42,16 @@ def test_report_page_holds_the_plots_diagnoses_and_spec(reported):
     page = reported["path"].read_text()
     assert page.count('class="plotly-graph-div"') == FIGURES
     assert page.count("<script") >= FIGURES and 'src="http' not in page  # self-contained: no script fetched
-    for title in ("Optimisation history", "Parallel coordinates", "Parameter importances", "Intermediate values",
-                  "Learning curves", "confusion matrix", "sample predictions", "Study spec"):  # fmt: skip
+    for title in (
+        "Optimisation history",
+        "Parallel coordinates",
+        "Parameter importances",
+        "Intermediate values",
+        "Learning curves",
+        "confusion matrix",
+        "sample predictions",
+        "Study spec",
+    ):
         assert title in page
     assert reported["diagnoses"] and all("next:" in d for d in reported["diagnoses"])
     kinds = {"overfitting", "underfitting", "unstable", "healthy"}
@@ -60,9 +71,20 @@ def test_report_is_logged_to_the_parent_run(reported, monkeypatch):
 def test_report_renders_in_headless_chromium(reported, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no Chromium: install Debian's with `apt-get install chromium` to run the browser test")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1300,4000"]  # fmt: skip
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+        "--window-size=1300,4000",
+    ]
     url = reported["path"].as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
     # Plotly marks each figure it has drawn js-plotly-plot, and draws into SVGs of class main-svg.

@@ -39,9 +39,14 @@ def start(tmp_path: Path, **fields):
     env = {"HPSEARCH_HOME": str(home)}
     exe = Path(sys.executable).parent / "hpsearch"
     proc = subprocess.Popen(
-        [str(exe), "run", str(path)], cwd=REPO, env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [str(exe), "run", str(path)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     return home, path, env, proc
 
 
@@ -71,8 +76,10 @@ def records(home: Path):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(home / "optuna" / "crashy.journal"))
     )
-    studies = {p.info.run_id: optuna.load_study(study_name=p.data.tags[tracking.tags.OPTUNA_STUDY], storage=storage)
-               for p in parents}  # fmt: skip
+    studies = {
+        p.info.run_id: optuna.load_study(study_name=p.data.tags[tracking.tags.OPTUNA_STUDY], storage=storage)
+        for p in parents
+    }
     return store, parents, rows, studies
 
 
@@ -94,9 +101,17 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     for ghost in ("ghost001", "ghost002"):
         study.ask().set_user_attr("ray_trial_id", ghost)
     T = tracking.tags
-    store.client.create_run(parents[0].info.experiment_id, run_name="ghost002", tags={
-        "mlflow.parentRunId": parents[0].info.run_id, T.KIND: "trial", T.STUDY: "crashy", T.TRIAL_ID: "ghost002",
-        T.STATE: "running"})  # fmt: skip
+    store.client.create_run(
+        parents[0].info.experiment_id,
+        run_name="ghost002",
+        tags={
+            "mlflow.parentRunId": parents[0].info.run_id,
+            T.KIND: "trial",
+            T.STUDY: "crashy",
+            T.TRIAL_ID: "ghost002",
+            T.STATE: "running",
+        },
+    )
 
     plain = run_cli("run", path, env=env)  # an unfinished run is never silently replaced
     assert plain.returncode == 2 and "--resume" in plain.stderr and "--fresh" in plain.stderr, plain.stderr
@@ -125,7 +140,9 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     states = collections.Counter(t.state for t in study.trials)
     assert optuna.trial.TrialState.RUNNING not in states
     assert len(study.trials) == len(ids)  # Optuna and MLflow agree on how many trials there were
-    assert [r for r in frame if r["state"] == "failed"] == [r for r in frame if r["trial_id"] in {x["trial_id"] for x in lost}]
+    assert [r for r in frame if r["state"] == "failed"] == [
+        r for r in frame if r["trial_id"] in {x["trial_id"] for x in lost}
+    ]
     assert states[optuna.trial.TrialState.FAIL] == len(lost)
 
     # A trial that was mid-way at the kill continued from its checkpoint instead of starting over.
@@ -133,8 +150,10 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     continued = sum("resuming at epoch" in text for text in outputs)
     assert continued >= 1
     running_at_kill = sum(state == "running" for state in killed_at.values())
-    print(f"killed with {len(killed_at) - running_at_kill} trials ended and {running_at_kill} running; resumed: "
-          f"{continued} continued from a checkpoint, {len(lost)} lost, {len(ids)} trials in all, {dict(states)}")
+    print(
+        f"killed with {len(killed_at) - running_at_kill} trials ended and {running_at_kill} running; resumed: "
+        f"{continued} continued from a checkpoint, {len(lost)} lost, {len(ids)} trials in all, {dict(states)}"
+    )
 
     # The best checkpoint loads and reproduces its metric: quad's loss at (x, epoch) is (x - 0.3)^2 + 1/epoch.
     best = tracking.load_best_checkpoint(store, parents[0].info.run_id)

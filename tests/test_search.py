@@ -55,8 +55,10 @@ def test_each_sampler_runs_a_tiny_sweep(sampler, study, tmp_path):
 
 
 def test_grid_sampler_covers_the_grid_once(study, tmp_path):
-    space = {"x": {"type": "float", "low": -1.0, "high": 1.0, "grid_points": 3},
-             "n": {"type": "int", "low": 0, "high": 3, "values": [0, 3]}}  # fmt: skip
+    space = {
+        "x": {"type": "float", "low": -1.0, "high": 1.0, "grid_points": 3},
+        "n": {"type": "int", "low": 0, "high": 3, "values": [0, 3]},
+    }
     out = io.StringIO()
     api.run(study("s-grid", sampler="grid", space=space, trials=10), out=out)
     assert "the grid has 6 points, so 6 trials instead of 10" in out.getvalue()
@@ -107,13 +109,19 @@ def test_conditional_parameter_exists_only_where_it_applies(study, tmp_path):
 
 
 def test_warm_start_enqueues_the_best_configurations_fitted_to_the_new_space(study, tmp_path):
-    api.run(study("warm-src", trials=4, space={**BASE["space"], "n": {"type": "int", "low": 0, "high": 3}}),
-            out=io.StringIO())  # fmt: skip
+    api.run(
+        study("warm-src", trials=4, space={**BASE["space"], "n": {"type": "int", "low": 0, "high": 3}}),
+        out=io.StringIO(),
+    )
     best = [r for r in api.results("warm-src")["params"]][:2]
     # The new space: a narrower x (clipping), no n (dropped).
     out = io.StringIO()
-    api.run(study("warm-dst", space={"x": {"type": "float", "low": 0.0, "high": 0.2}}, trials=3),
-            warm_start="warm-src", warm_count=2, out=out)  # fmt: skip
+    api.run(
+        study("warm-dst", space={"x": {"type": "float", "low": 0.0, "high": 0.2}}, trials=3),
+        warm_start="warm-src",
+        warm_count=2,
+        out=out,
+    )
     text = out.getvalue()
     assert "warm start from warm-src: 2 configuration(s) enqueued" in text
     assert "warm start: dropped n: not in this study's space (configuration 1, 2)" in text
@@ -158,8 +166,16 @@ def test_progress_on_a_terminal_redraws_one_status_line_in_place():
 
 
 def test_summary_eta_uses_pace_and_hours():
-    summary = StudySummary("s", "loss", {"running": 2, "completed": 4, "pruned": 4, "failed": 0}, 100.0,
-                           trials=20, hours=None, concurrency=2, mean_trial_s=10.0)  # fmt: skip
+    summary = StudySummary(
+        "s",
+        "loss",
+        {"running": 2, "completed": 4, "pruned": 4, "failed": 0},
+        100.0,
+        trials=20,
+        hours=None,
+        concurrency=2,
+        mean_trial_s=10.0,
+    )
     assert summary.eta_s() == pytest.approx(10.0 * (12 - 2 / 2) / 2)  # 12 left, 2 of them half done
     summary.hours = 100 / 3600 + 5 / 3600  # 5 s left in the budget
     assert summary.eta_s() == pytest.approx(5.0)
@@ -182,9 +198,19 @@ def test_faulty_trials_do_not_end_the_sweep_and_carry_their_cause(study, tmp_pat
     worker process that dies, and a failure that a retry (max_failures: 1, from the last checkpoint) gets
     past: the sweep finishes, and MLflow, Optuna and `hpsearch logs` all say what happened to each trial."""
     space = {"fault": {"type": "categorical", "choices": ["none", "nan", "raise", "oom", "flaky", "die"]}}
-    outcome = api.run(study("faults", trainable="tests.faulty:train", space=space, sampler="grid", trials=6,
-                            fixed={"marker_dir": str(tmp_path)}, max_failures=1,
-                            asha={"max_t": 3, "grace_period": 3}), out=io.StringIO())  # fmt: skip
+    outcome = api.run(
+        study(
+            "faults",
+            trainable="tests.faulty:train",
+            space=space,
+            sampler="grid",
+            trials=6,
+            fixed={"marker_dir": str(tmp_path)},
+            max_failures=1,
+            asha={"max_t": 3, "grace_period": 3},
+        ),
+        out=io.StringIO(),
+    )
     assert outcome.exit_code == 0 and outcome.counts == {"completed": 2, "pruned": 0, "stopped": 0, "failed": 4}
     rows = {r["params"]["fault"]: r for r in api.results("faults").to_dict("records")}
     assert rows["none"]["state"] == "completed" and rows["none"]["epochs"] == 3
@@ -208,9 +234,19 @@ def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_p
     """CUDA out-of-memory at batch sizes above 16: each such trial fails with reason `oom`, and its
     configuration is queued again with half the batch size (while that stays in the searched range)."""
     space = {"batch_size": {"type": "int", "low": 8, "high": 64}}
-    api.run(study("oomhalf", trainable="tests.faulty:train", space=space, sampler="random", trials=8, max_concurrent=1,
-                  fixed={"marker_dir": str(tmp_path), "fault": "oom_if_big"}, asha={"max_t": 2, "grace_period": 2}),
-            out=io.StringIO())  # fmt: skip
+    api.run(
+        study(
+            "oomhalf",
+            trainable="tests.faulty:train",
+            space=space,
+            sampler="random",
+            trials=8,
+            max_concurrent=1,
+            fixed={"marker_dir": str(tmp_path), "fault": "oom_if_big"},
+            asha={"max_t": 2, "grace_period": 2},
+        ),
+        out=io.StringIO(),
+    )
     rows = api.results("oomhalf").to_dict("records")
     failed = [r for r in rows if r["state"] == "failed"]
     assert failed and all(r["reason"].startswith("oom: ") for r in failed)
@@ -229,7 +265,7 @@ def test_a_failed_trials_reason_is_its_exception_line_not_a_hint_after_it():
 
     cuda = (
         "ray::ImplicitFunc.train() (pid=1967)\ntorch.AcceleratorError: Caught AcceleratorError in DataLoader worker "
-        "process 0.\nOriginal Traceback (most recent call last):\n  File \"w.py\", line 358, in _worker_loop\n"
+        'process 0.\nOriginal Traceback (most recent call last):\n  File "w.py", line 358, in _worker_loop\n'
         "torch.AcceleratorError: CUDA error: initialization error\nSearch for `cudaErrorInitializationError' in "
         "https://docs.nvidia.com for more information.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
         "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"

@@ -76,7 +76,7 @@ def test_ray_task_placed_by_custom_resource_runs_on_the_worker_node(ray2):
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("WHERE="))
     import json
 
-    assert json.loads(line[len("WHERE="):]) == {"head": head.node_id, "worker": worker.node_id}
+    assert json.loads(line[len("WHERE=") :]) == {"head": head.node_id, "worker": worker.node_id}
 
 
 def test_ray_cluster_needs_its_own_token(ray2):

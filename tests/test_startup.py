@@ -29,8 +29,14 @@ sys.exit(code)
 
 def query(home: Path, *args) -> tuple[int, str, str, list[str]]:
     """One command in a fresh interpreter: (exit code, stdout, stderr without the marker, heavy modules imported)."""
-    proc = subprocess.run([sys.executable, "-c", QUERY, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "HPSEARCH_HOME": str(home)}, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", QUERY, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HPSEARCH_HOME": str(home)},
+        timeout=300,
+    )
     err, _, marker = proc.stderr.rpartition("\nIMPORTED ")
     assert marker, proc.stderr  # the command returned (no traceback before the marker)
     return proc.returncode, proc.stdout, err.strip(), json.loads(marker)
@@ -58,11 +64,21 @@ def snapshot(home: Path) -> tuple:
     return files, dump
 
 
-@pytest.mark.parametrize("args", [
-    ["results", "digits-mlp"], ["results", "digits-mlp", "--format", "json"], ["show", "digits-mlp"],
-    ["show", "digits-mlp", "--format", "json"], ["studies"], ["models"], ["logs", "digits-mlp", "{trial}"],
-    ["logs", "digits-mlp", "{trial}", "--run", "{run_id}"], ["promote", "digits-mlp", "--format", "json"],
-], ids=lambda a: " ".join(a))  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["results", "digits-mlp"],
+        ["results", "digits-mlp", "--format", "json"],
+        ["show", "digits-mlp"],
+        ["show", "digits-mlp", "--format", "json"],
+        ["studies"],
+        ["models"],
+        ["logs", "digits-mlp", "{trial}"],
+        ["logs", "digits-mlp", "{trial}", "--run", "{run_id}"],
+        ["promote", "digits-mlp", "--format", "json"],
+    ],
+    ids=lambda a: " ".join(a),
+)
 def test_query_commands_import_neither_torch_nor_ray(recorded, args):
     code, out, err, heavy = query(recorded["home"], *[a.format(**recorded) for a in args])
     assert code == 0, out + err
@@ -91,10 +107,17 @@ UNKNOWN_TRAINABLE = "name: x\ntrainable: nope\nspace: {lr: {type: float, low: 0.
 OK = "name: x\ntrainable: digits-mlp\nspace: {lr: {type: float, low: 0.001, high: 0.1}}\n"
 
 
-@pytest.mark.parametrize("text,expected", [
-    (BAD_YAML, "YAML syntax error"), (UNKNOWN_KEY, "budget: unknown field"), (BAD_SPACE, "space.lr: low"),
-    (NO_SPACE, "space: empty"), (b"name: x\xff\n", "not UTF-8"),
-], ids=["yaml", "unknown-key", "bad-space", "no-space", "not-utf8"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (BAD_YAML, "YAML syntax error"),
+        (UNKNOWN_KEY, "budget: unknown field"),
+        (BAD_SPACE, "space.lr: low"),
+        (NO_SPACE, "space: empty"),
+        (b"name: x\xff\n", "not UTF-8"),
+    ],
+    ids=["yaml", "unknown-key", "bad-space", "no-space", "not-utf8"],
+)
 def test_a_malformed_study_is_refused_before_torch_and_ray_load(tmp_path, text, expected):
     study = tmp_path / "study.yaml"
     study.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -108,9 +131,14 @@ def test_a_malformed_study_is_refused_before_torch_and_ray_load(tmp_path, text, 
 def test_the_hpsearch_process_reports_a_malformed_study_before_it_starts_ray(tmp_path):
     """As `hpsearch run` itself (main() with no argv), which starts Ray in the background for a valid study."""
     study = write_study(tmp_path / "study.yaml", UNKNOWN_KEY)
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "search.cli", "run", str(study)], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ, "HPSEARCH_HOME": str(tmp_path / "home")},
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "search.cli", "run", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HPSEARCH_HOME": str(tmp_path / "home")},
+        timeout=300,
+    )
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     message = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
     assert proc.returncode == 2 and len(message) == 1 and "budget: unknown field" in message[0], proc.stderr[-2000:]
@@ -125,24 +153,39 @@ def _refused(cli, home: Path, *args) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--trials", "0"], "--trials"), (["--max-concurrent", "0"], "--max-concurrent"), (["--seed", "-1"], "--seed"),
-    (["--seed", str(2**32)], "--seed"), (["--hours", "inf"], "--hours"), (["--hours", "-1"], "--hours"),
-    (["--gpus-per-trial", "-1"], "--gpus-per-trial"), (["--trials", "two"], "--trials"),
-    (["--tracking-uri", "foo://bar"], "not a URI MLflow can open"),
-    (["--tracking-uri", "sqlite:////proc/hpsearch/mlflow.db"], "cannot write there"),
-    (["--resume", "--fresh"], "--resume and --fresh"), (["--data-root", "somewhere"], "reads no data set"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)  # fmt: skip
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--trials", "0"], "--trials"),
+        (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**32)], "--seed"),
+        (["--hours", "inf"], "--hours"),
+        (["--hours", "-1"], "--hours"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+        (["--trials", "two"], "--trials"),
+        (["--tracking-uri", "foo://bar"], "not a URI MLflow can open"),
+        (["--tracking-uri", "sqlite:////proc/hpsearch/mlflow.db"], "cannot write there"),
+        (["--resume", "--fresh"], "--resume and --fresh"),
+        (["--data-root", "somewhere"], "reads no data set"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_bad_run_flags_are_refused_in_one_line(cli, home, tmp_path, args, expected):
     study = write_study(tmp_path / "ok.yaml", OK)
     assert expected in _refused(cli, home, "run", study, *args)
     assert not home.exists()
 
 
-@pytest.mark.parametrize("study,expected", [
-    ("missing.yaml", "no such study file"), ("adir", "a folder, not a study file"), ("nope", "unknown study 'nope'"),
-    ("unknown-trainable.yaml", "unknown trainable 'nope'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "study,expected",
+    [
+        ("missing.yaml", "no such study file"),
+        ("adir", "a folder, not a study file"),
+        ("nope", "unknown study 'nope'"),
+        ("unknown-trainable.yaml", "unknown trainable 'nope'"),
+    ],
+)
 def test_bad_study_arguments_are_refused_in_one_line(cli, home, tmp_path, monkeypatch, study, expected):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "adir").mkdir()
@@ -168,19 +211,27 @@ def test_a_tracking_uri_or_data_directory_that_cannot_be_created_is_refused(cli,
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("env,args,expected", [
-    ({"HPSEARCH_MIN_FREE_MB": "lots"}, ["run", "{study}"], "HPSEARCH_MIN_FREE_MB"),
-    ({"HPSEARCH_STOP_FREE_MB": "-5"}, ["run", "{study}"], "HPSEARCH_STOP_FREE_MB"),
-    ({"HPSEARCH_TRACKING_URI": "foo://bar"}, ["run", "{study}"], "foo://bar"),
-    ({"HPSEARCH_STORAGE": "{blocker}"}, ["run", "{study}"], "HPSEARCH_STORAGE"),
-    ({"HPSEARCH_STORAGE": "s3://bucket/x"}, ["stop", "x"], "s3:// storage is not supported"),
-    ({"HPSEARCH_CONFIG": "{tmp}"}, ["results", "x"], "HPSEARCH_CONFIG"),
-    ({"HPSEARCH_CONFIG": "{config}"}, ["results", "x"], "colour: not a setting"),
-    ({}, ["run", "{study}", "--storage", "{blocker}/state"], "--storage"),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else None)  # fmt: skip
+@pytest.mark.parametrize(
+    "env,args,expected",
+    [
+        ({"HPSEARCH_MIN_FREE_MB": "lots"}, ["run", "{study}"], "HPSEARCH_MIN_FREE_MB"),
+        ({"HPSEARCH_STOP_FREE_MB": "-5"}, ["run", "{study}"], "HPSEARCH_STOP_FREE_MB"),
+        ({"HPSEARCH_TRACKING_URI": "foo://bar"}, ["run", "{study}"], "foo://bar"),
+        ({"HPSEARCH_STORAGE": "{blocker}"}, ["run", "{study}"], "HPSEARCH_STORAGE"),
+        ({"HPSEARCH_STORAGE": "s3://bucket/x"}, ["stop", "x"], "s3:// storage is not supported"),
+        ({"HPSEARCH_CONFIG": "{tmp}"}, ["results", "x"], "HPSEARCH_CONFIG"),
+        ({"HPSEARCH_CONFIG": "{config}"}, ["results", "x"], "colour: not a setting"),
+        ({}, ["run", "{study}", "--storage", "{blocker}/state"], "--storage"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
 def test_bad_environment_and_config_are_refused_in_one_line(cli, home, tmp_path, monkeypatch, env, args, expected):
-    names = {"study": write_study(tmp_path / "ok.yaml", OK), "blocker": tmp_path / "a-file", "tmp": tmp_path,
-             "config": tmp_path / "config.yaml"}  # fmt: skip
+    names = {
+        "study": write_study(tmp_path / "ok.yaml", OK),
+        "blocker": tmp_path / "a-file",
+        "tmp": tmp_path,
+        "config": tmp_path / "config.yaml",
+    }
     names["blocker"].write_text("")
     names["config"].write_text(yaml.safe_dump({"colour": "blue"}))
     for key, value in env.items():
@@ -197,27 +248,45 @@ def test_bad_query_flags_are_refused_and_change_nothing(cli, recorded, monkeypat
     before = snapshot(home)
     for args, expected in [
         (["results", "digits-mlp", "--output", tmp_path / "adir"], "is a folder"),
-        (["results", "digits-mlp", "--format", "parquet", "--output", tmp_path / "a-file" / "r.parquet"], "not a folder"),
+        (
+            ["results", "digits-mlp", "--format", "parquet", "--output", tmp_path / "a-file" / "r.parquet"],
+            "not a folder",
+        ),
         (["results", "digits-mlp", "--format", "parquet"], "give --output"),
-        (["results", "digits-mlp", "--top", "0"], "--top"), (["results", "digits-mlp", "--state", "done"], "--state"),
-        (["results", "digits-mlp", "--where", "lr <"], "--where"), (["results", "digits-mlp", "--sort", "nope"], "--sort"),
-        (["results", "digits-mlp", "--run", "nope"], "--run"), (["show", "digits-mlp", "--run", "../x"], "--run"),
-        (["results", "digits-mlp", "--format", "xml"], "--format"), (["results", "no such"], "invalid study name"),
+        (["results", "digits-mlp", "--top", "0"], "--top"),
+        (["results", "digits-mlp", "--state", "done"], "--state"),
+        (["results", "digits-mlp", "--where", "lr <"], "--where"),
+        (["results", "digits-mlp", "--sort", "nope"], "--sort"),
+        (["results", "digits-mlp", "--run", "nope"], "--run"),
+        (["show", "digits-mlp", "--run", "../x"], "--run"),
+        (["results", "digits-mlp", "--format", "xml"], "--format"),
+        (["results", "no such"], "invalid study name"),
         (["report", "digits-mlp", "--output", tmp_path / "adir"], "is a folder"),
-        (["logs", "digits-mlp", "nope"], "no trial 'nope'"), (["promote", "digits-mlp", "--candidates", "0"], "--candidates"),
-        (["promote", "digits-mlp", "--alias", "latest"], "--alias"), (["promote", "digits-mlp", "--name", "a b"], "--name"),
-        (["rollback", "nope"], "no registered model"), (["ui", "--port", "70000"], "--port"),
+        (["logs", "digits-mlp", "nope"], "no trial 'nope'"),
+        (["promote", "digits-mlp", "--candidates", "0"], "--candidates"),
+        (["promote", "digits-mlp", "--alias", "latest"], "--alias"),
+        (["promote", "digits-mlp", "--name", "a b"], "--name"),
+        (["rollback", "nope"], "no registered model"),
+        (["ui", "--port", "70000"], "--port"),
         (["models", "--tracking-uri", "foo://bar"], "not a URI MLflow can open"),
-    ]:  # fmt: skip
+    ]:
         assert expected in _refused(cli, home, *args), args
     assert snapshot(home) == before
     assert not list(tmp_path.glob("adir/*")) and (tmp_path / "a-file").read_text() == ""
 
 
 # `logs` after `--fresh`: a sweep killed part-way (a crash), then replaced by a fresh run that closes its trials.
-QUAD = {"name": "quadfresh", "trainable": "tests.quad:train", "metric": "loss", "mode": "min",
-        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "fixed": {"sleep": 0.5}, "trials": 40,
-        "max_concurrent": 2, "asha": {"max_t": 6, "grace_period": 2}}  # fmt: skip
+QUAD = {
+    "name": "quadfresh",
+    "trainable": "tests.quad:train",
+    "metric": "loss",
+    "mode": "min",
+    "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+    "fixed": {"sleep": 0.5},
+    "trials": 40,
+    "max_concurrent": 2,
+    "asha": {"max_t": 6, "grace_period": 2},
+}
 
 
 def test_logs_of_a_trial_in_a_run_that_fresh_replaced(tmp_path, cli, monkeypatch):
@@ -226,9 +295,15 @@ def test_logs_of_a_trial_in_a_run_that_fresh_replaced(tmp_path, cli, monkeypatch
     home, study = tmp_path / "home", tmp_path / "quadfresh.yaml"
     study.write_text(yaml.safe_dump(QUAD))
     env = {"HPSEARCH_HOME": str(home)}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "hpsearch"), "run", str(study)], cwd=REPO,
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "hpsearch"), "run", str(study)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # until one trial has finished, as MLflow records it

@@ -24,11 +24,17 @@ from tests.services import _kill_group, free_port
 from tests.userproject import make_project
 
 
-
 def spec(name, **fields):
-    return {"name": name, "trainable": "userpkg.model:train", "metric": "loss", "mode": "min",
-            "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}}, "asha": "off", "resources": {"cpus": 1},
-            **fields}  # fmt: skip
+    return {
+        "name": name,
+        "trainable": "userpkg.model:train",
+        "metric": "loss",
+        "mode": "min",
+        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+        "asha": "off",
+        "resources": {"cpus": 1},
+        **fields,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +51,13 @@ def site(tmp_path_factory, mlflow_pg, ray2):
     elsewhere = root / "b"
     elsewhere.mkdir()
     env = {**ray2.env, "HPSEARCH_CONFIG": str(config), "RAY_API_SERVER_ADDRESS": ray2.dashboard_address}
-    return {"storage": storage, "client": MlflowClient(mlflow_pg.uri), "project": project,
-            "a": {**env, "HPSEARCH_HOME": str(root / "a" / "home")},
-            "b": (elsewhere, {**env, "HPSEARCH_HOME": str(root / "b" / "home")})}  # fmt: skip
+    return {
+        "storage": storage,
+        "client": MlflowClient(mlflow_pg.uri),
+        "project": project,
+        "a": {**env, "HPSEARCH_HOME": str(root / "a" / "home")},
+        "b": (elsewhere, {**env, "HPSEARCH_HOME": str(root / "b" / "home")}),
+    }
 
 
 def write(project: Path, body: dict) -> str:
@@ -116,25 +126,29 @@ def test_submit_refuses_what_a_user_can_get_wrong_before_sending_anything(tmp_pa
     env = {"HPSEARCH_HOME": str(home), "HPSEARCH_CONFIG": str(config), "RAY_API_SERVER_ADDRESS": ""}
     for name in ("HPSEARCH_ADDRESS", "HPSEARCH_TRACKING_URI", "HPSEARCH_STORAGE"):
         env[name] = ""
-    good = write_study(tmp_path / "q.yaml", """\
+    good = write_study(
+        tmp_path / "q.yaml",
+        """\
         name: subref
         trainable: tests.quad:train
         metric: loss
         mode: min
         trials: 2
         space: {x: {type: float, low: -1.0, high: 1.0}}
-    """)
+    """,
+    )
     bad = write_study(tmp_path / "bad.yaml", "name: subref\ntrainable: tests.quad:train\ntrials: -1\n")
     with contextlib.closing(__import__("socket").socket()) as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     cases = [
         (run_cli("submit", bad, cwd=REPO, env=env), "bad.yaml"),
-        (run_cli("submit", good, "--job-server", "http://192.0.2.1:8265", cwd=REPO, env=env),
-         "set a shared storage"),
-        (run_cli("submit", good, "--job-server", f"http://127.0.0.1:{dead}", cwd=REPO, env=env),
-         f"job server: nothing answers at http://127.0.0.1:{dead}"),
-    ]  # fmt: skip
+        (run_cli("submit", good, "--job-server", "http://192.0.2.1:8265", cwd=REPO, env=env), "set a shared storage"),
+        (
+            run_cli("submit", good, "--job-server", f"http://127.0.0.1:{dead}", cwd=REPO, env=env),
+            f"job server: nothing answers at http://127.0.0.1:{dead}",
+        ),
+    ]
     for result, words in cases:
         assert result.returncode == 2, result.stdout + result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
@@ -167,7 +181,7 @@ def test_submit_and_leave_then_show_logs_and_stop_from_another_machine(site, ray
     logs = run_cli("logs", "sub-stop", cwd=other, env=env_b)
     assert logs.returncode == 0, logs.stderr
     assert "study sub-stop: 3 trials of userpkg.model:train" in logs.stdout, logs.stdout
-    assert f"ray: joined the cluster at " in logs.stdout and "2 node(s)" in logs.stdout
+    assert "ray: joined the cluster at " in logs.stdout and "2 node(s)" in logs.stdout
 
     again = run_cli("submit", name, cwd=project, env=env)
     assert again.returncode == 2, again.stdout + again.stderr
@@ -180,7 +194,9 @@ def test_submit_and_leave_then_show_logs_and_stop_from_another_machine(site, ray
     study = parent(client, "sub-stop")
     assert study.info.status == "FINISHED"
     assert study.data.tags.get("hpsearch.best_trial")
-    assert "best_checkpoint.pt" in [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(study.info.run_id, "checkpoint")]
+    assert "best_checkpoint.pt" in [
+        a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(study.info.run_id, "checkpoint")
+    ]
     runs = trials(client, "sub-stop")
     assert all(r.info.status != "RUNNING" for r in runs)
     assert "stopped" in {r.data.tags.get("hpsearch.state") for r in runs}
@@ -193,9 +209,14 @@ def test_a_driver_killed_inside_its_job_shows_failed_and_submit_resume_continues
     other, env_b = site["b"]
     name = write(project, spec("sub-kill", trials=4, max_concurrent=2, fixed={"epochs": 8, "sleep": 0.7}))
     job_id = submitted_job(run_cli("submit", name, cwd=project, env=env))
-    wait_until(lambda: any(r.info.status == "FINISHED" for r in trials(client, "sub-kill"))
-               and any(epochs(client, r) >= 3 for r in trials(client, "sub-kill") if r.info.status == "RUNNING"),
-               240, "a finished trial and one midway")  # fmt: skip
+    wait_until(
+        lambda: (
+            any(r.info.status == "FINISHED" for r in trials(client, "sub-kill"))
+            and any(epochs(client, r) >= 3 for r in trials(client, "sub-kill") if r.info.status == "RUNNING")
+        ),
+        240,
+        "a finished trial and one midway",
+    )
     time.sleep(1)  # Ray snapshots its experiment state right after each checkpoint
     (lock,) = (site["storage"] / "control").glob("sub-kill.lock.*")
     holder = json.loads(lock.read_text())
@@ -242,23 +263,47 @@ def test_run_joins_a_ray_cluster_already_running_on_this_machine(tmp_path):
 
     private = Path(tempfile.mkdtemp(prefix="hpw", dir="/tmp"))  # short: Ray's socket paths
     token = secrets.token_hex(32)
-    ray_env = {"RAY_TMPDIR": str(private), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-               "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    ray_env = {
+        "RAY_TMPDIR": str(private),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     ray = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--port", str(free_port()), "--num-cpus", "2", "--include-dashboard=false",
-         "--disable-usage-stats"], env={**os.environ, **ray_env}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(free_port()),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env={**os.environ, **ray_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         address_file = private / "ray" / "ray_current_cluster"
         wait_until(lambda: address_file.is_file() and _raylets(str(private)), 120, "the head")
         heads = _raylets(str(private))
         config = tmp_path / "config.yaml"
         config.write_text("")
-        env = {**ray_env, "HPSEARCH_HOME": str(tmp_path / "home"), "HPSEARCH_CONFIG": str(config),
-               "HPSEARCH_ADDRESS": "", "RAY_ADDRESS": ""}  # fmt: skip
-        study = write_study(tmp_path / "warm.yaml", """\
+        env = {
+            **ray_env,
+            "HPSEARCH_HOME": str(tmp_path / "home"),
+            "HPSEARCH_CONFIG": str(config),
+            "HPSEARCH_ADDRESS": "",
+            "RAY_ADDRESS": "",
+        }
+        study = write_study(
+            tmp_path / "warm.yaml",
+            """\
             name: warm-join
             trainable: tests.quad:train
             metric: loss
@@ -268,10 +313,17 @@ def test_run_joins_a_ray_cluster_already_running_on_this_machine(tmp_path):
             asha: off
             fixed: {epochs: 3, sleep: 0.5}
             space: {x: {type: float, low: -1.0, high: 1.0}}
-        """)
+        """,
+        )
         exe = Path(sys.executable).parent / "hpsearch"
-        run = subprocess.Popen([str(exe), "run", str(study)], env={**os.environ, **env}, cwd=Path(__file__).parent.parent,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        run = subprocess.Popen(
+            [str(exe), "run", str(study)],
+            env={**os.environ, **env},
+            cwd=Path(__file__).parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         seen = set()
         while run.poll() is None:  # every raylet under the private temp dir while the run runs
             seen |= _raylets(str(private))
@@ -280,8 +332,13 @@ def test_run_joins_a_ray_cluster_already_running_on_this_machine(tmp_path):
         assert run.returncode == 0, out + err
         assert out.splitlines()[0].startswith(f"ray: joined the local cluster at {address_file.read_text().strip()}")
         assert seen == heads, (seen, heads)  # no raylet of its own
-        nodes = subprocess.run([sys.executable, "-c", "import ray; ray.init(address='auto'); print(len(ray.nodes()))"],
-                               env={**os.environ, **ray_env}, capture_output=True, text=True, timeout=120)  # fmt: skip
+        nodes = subprocess.run(
+            [sys.executable, "-c", "import ray; ray.init(address='auto'); print(len(ray.nodes()))"],
+            env={**os.environ, **ray_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert nodes.stdout.strip().splitlines()[-1] == "1", nodes.stdout + nodes.stderr
     finally:
         _kill_group(head, grace=5)

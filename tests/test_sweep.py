@@ -43,9 +43,14 @@ def swept(tmp_path_factory):
     promote_again = run_cli("promote", "tiny", "--format", "json", cwd=root, env=env)
     uri = f"sqlite:///{root / 'home' / 'mlflow.db'}"
     return {
-        "root": root, "run": run, "rows": json.loads(results.stdout), "promoted": json.loads(promote.stdout),
-        "promoted_again": json.loads(promote_again.stdout), "client": MlflowClient(uri, uri), "uri": uri,
-    }  # fmt: skip
+        "root": root,
+        "run": run,
+        "rows": json.loads(results.stdout),
+        "promoted": json.loads(promote.stdout),
+        "promoted_again": json.loads(promote_again.stdout),
+        "client": MlflowClient(uri, uri),
+        "uri": uri,
+    }
 
 
 def _runs(client):
@@ -65,7 +70,9 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(swept):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert {"lr", "batch_size", "channels1", "channels2", "epochs"} <= set(child.data.params)
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
-        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, int(child.data.tags["hpsearch.epochs"]) + 1))
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
+            range(1, int(child.data.tags["hpsearch.epochs"]) + 1)
+        )
         assert child.info.status == "FINISHED"
     for run in [parent, *children]:  # provenance on every run
         tags = run.data.tags
@@ -167,7 +174,9 @@ def train(config, reporter):
 
 def test_user_trainable_by_import_path_sweeps_from_its_own_directory(tmp_path):
     (tmp_path / "my_pairs.py").write_text(textwrap.dedent(USER_TRAINABLE))
-    study = write_study(tmp_path / "quad.yaml", """\
+    study = write_study(
+        tmp_path / "quad.yaml",
+        """\
         name: quad
         trainable: my_pairs:train
         metric: loss
@@ -175,11 +184,15 @@ def test_user_trainable_by_import_path_sweeps_from_its_own_directory(tmp_path):
         space: {x: {type: float, low: -1.0, high: 1.0}}
         trials: 3
         asha: {max_t: 3, grace_period: 3}
-        """)  # fmt: skip
+        """,
+    )
     res = run_cli("run", study, cwd=tmp_path, env={"HPSEARCH_HOME": str(tmp_path / "home")})
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = json.loads(run_cli("results", "quad", "--format", "json", cwd=tmp_path,
-                              env={"HPSEARCH_HOME": str(tmp_path / "home")}).stdout)  # fmt: skip
+    rows = json.loads(
+        run_cli(
+            "results", "quad", "--format", "json", cwd=tmp_path, env={"HPSEARCH_HOME": str(tmp_path / "home")}
+        ).stdout
+    )
     assert len(rows) == 3 and all(r["state"] == "completed" for r in rows)
     assert rows[0]["metric"] == pytest.approx((rows[0]["params"]["x"] - 0.3) ** 2 + 1 / 3)
     # No export hook: promote refuses with a reason, exit 2.
@@ -198,7 +211,9 @@ def test_same_seed_same_sweep_with_one_trial_at_a_time(tmp_path, monkeypatch):
     frames = [f.assign(seed=f["params"].apply(lambda p: p["seed"])).sort_values("seed") for f in frames]
 
     def signature(frame):
-        return [(json.dumps(p, sort_keys=True), m, e) for p, m, e in zip(frame["params"], frame["metric"], frame["epochs"])]
+        return [
+            (json.dumps(p, sort_keys=True), m, e) for p, m, e in zip(frame["params"], frame["metric"], frame["epochs"])
+        ]
 
     assert signature(frames[0]) == signature(frames[1])
     assert signature(frames[0]) != signature(frames[2])

@@ -26,7 +26,9 @@ def test_splits_are_stratified_disjoint_and_fixed_by_split_seed():
     assert len(idx["train"] | idx["val"] | idx["test"]) == 1797
     assert a.fingerprint == b.fingerprint != c.fingerprint
     train_pixels = a.split("train").x  # raw: the model's preprocessing normalises, with the training split's statistics
-    assert a.mean == pytest.approx(train_pixels.mean().item()) and a.std == pytest.approx(train_pixels.std().item(), rel=1e-3)
+    assert a.mean == pytest.approx(train_pixels.mean().item()) and a.std == pytest.approx(
+        train_pixels.std().item(), rel=1e-3
+    )
     assert train_pixels.max() == 16 and not np.isclose(a.mean, a.raw["val"][0].mean(), atol=1e-4)
 
 
@@ -49,8 +51,11 @@ def test_training_reports_every_epoch_and_learns(name):
     assert reporter.results[-1]["val_accuracy"] > 0.85
     assert reporter.results[-1]["train_loss"] < reporter.results[0]["train_loss"]
     # a checkpoint whenever the best value improved, and only then
-    improved = [i for i, r in enumerate(reporter.results)
-                if r["val_accuracy"] > max([x["val_accuracy"] for x in reporter.results[:i]], default=-1)]
+    improved = [
+        i
+        for i, r in enumerate(reporter.results)
+        if r["val_accuracy"] > max([x["val_accuracy"] for x in reporter.results[:i]], default=-1)
+    ]
     assert len(reporter.checkpoints) == len(improved)
 
 

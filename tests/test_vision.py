@@ -14,12 +14,15 @@ from search import api
 from studies import UserError, builtin_studies
 from tests.test_datasets import write_cifar10, write_flowers, write_mnist
 from tests.test_search import optuna_trials
-from tracking import Store
-from tracking import parent_runs
+from tracking import Store, parent_runs
 from trainables._vision import PAIRS
 
-NEEDS_ROOT = {"mnist-cnn": "mnist", "fashion-mnist-mlp": "fashion", "cifar10-resnet": "cifar10",
-              "flowers102-transfer": "flowers"}  # fmt: skip
+NEEDS_ROOT = {
+    "mnist-cnn": "mnist",
+    "fashion-mnist-mlp": "fashion",
+    "cifar10-resnet": "cifar10",
+    "flowers102-transfer": "flowers",
+}
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def home(tmp_path, monkeypatch):
 def test_trainables_lists_every_pair_with_its_hyperparameters(cli):
     code, out, _ = cli("trainables", "--format", "json")
     rows = {r["name"]: r for r in json.loads(out)}
-    for name, _, family, _ in PAIRS:
+    for name, _, _, _ in PAIRS:
         assert name in rows, name
     assert {"channels_l0", "n_blocks", "norm", "flip", "crop", "schedule", "warmup_epochs"} <= set(
         rows["cifar10-resnet"]["hyperparameters"]
@@ -78,8 +81,13 @@ def test_every_builtin_study_plans_and_trains_from_its_data_root(home, monkeypat
         assert plan.trainable.name == plan.spec.trainable
         if name in NEEDS_ROOT:
             assert plan.inputs["data_root"] == str(root.resolve())
-        config = {**plan.spec.fixed, **{k: middle(p) for k, p in plan.spec.space.items() if not p.when},
-                  **plan.inputs, "epochs": 1, "batch_size": 16}  # fmt: skip
+        config = {
+            **plan.spec.fixed,
+            **{k: middle(p) for k, p in plan.spec.space.items() if not p.when},
+            **plan.inputs,
+            "epochs": 1,
+            "batch_size": 16,
+        }
         reporter = MemoryReporter(metric=plan.metric, mode=plan.mode)
         plan.trainable.train(config, reporter)
         assert reporter.results[0]["epoch"] == 1 and plan.metric in reporter.results[0], name
@@ -103,17 +111,24 @@ def _write_folder_of_images(root, rng):
 
 
 def _study(path, **fields):
-    path.write_text(yaml.safe_dump({"asha": {"max_t": 3, "grace_period": 3}, "trials": 2, "max_concurrent": 2,
-                                    "sampler": "random", **fields}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {"asha": {"max_t": 3, "grace_period": 3}, "trials": 2, "max_concurrent": 2, "sampler": "random", **fields}
+        )
+    )
     return path
 
 
 def test_a_folder_of_images_sweeps_with_no_code(home, cli):
     """Classification: a user's ImageFolder, a study file and the CLI; per-class test accuracy at the end."""
     _write_folder_of_images(home / "pets", np.random.default_rng(1))
-    spec = _study(home / "pets.yaml", name="pets", trainable="imagefolder-cnn",
-                  space={"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-                  fixed={"batch_size": 16, "flip": True, "crop": 2})  # fmt: skip
+    spec = _study(
+        home / "pets.yaml",
+        name="pets",
+        trainable="imagefolder-cnn",
+        space={"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
+        fixed={"batch_size": 16, "flip": True, "crop": 2},
+    )
     code, out, err = cli("run", spec, "--data-root", home / "pets")
     assert code == 0, err
     best_line = out.split("best: trial")[1].splitlines()[0]
@@ -128,31 +143,46 @@ def test_a_folder_of_images_sweeps_with_no_code(home, cli):
 
 
 def test_segmentation_sweep_scores_iou_and_dice(home, cli):
-    spec = _study(home / "seg.yaml", name="seg", trainable="shapes-unet",
-                  space={"base_channels": {"type": "int", "low": 4, "high": 8}},
-                  fixed={"limit": 64, "batch_size": 16, "depth": 2, "lr": 3e-3})  # fmt: skip
+    spec = _study(
+        home / "seg.yaml",
+        name="seg",
+        trainable="shapes-unet",
+        space={"base_channels": {"type": "int", "low": 4, "high": 8}},
+        fixed={"limit": 64, "batch_size": 16, "depth": 2, "lr": 3e-3},
+    )
     code, _, err = cli("run", spec)
     assert code == 0, err
     rows = api.results("seg").to_dict("records")
     assert len(rows) == 2 and all(0 < r["metric"] <= 1 for r in rows)  # val_iou
     metrics = parent_runs(Store(None), "seg")[0].data.metrics
-    assert 0 < metrics["test_iou"] <= 1 and 0 < metrics["test_dice"] <= 1 and metrics["test_dice"] >= metrics["test_iou"]
+    assert (
+        0 < metrics["test_iou"] <= 1 and 0 < metrics["test_dice"] <= 1 and metrics["test_dice"] >= metrics["test_iou"]
+    )
 
 
 def test_autoencoder_then_a_classifier_on_its_frozen_encoder(home, cli):
     """Reconstruction, then the notes' second stage naming the first study in `encoder_from`."""
-    ae = _study(home / "ae.yaml", name="ae", trainable="digits-autoencoder",
-                space={"latent": {"type": "int", "low": 8, "high": 16}},
-                fixed={"kind": "mlp", "lr": 3e-3, "batch_size": 32, "limit": 300})  # fmt: skip
+    ae = _study(
+        home / "ae.yaml",
+        name="ae",
+        trainable="digits-autoencoder",
+        space={"latent": {"type": "int", "low": 8, "high": 16}},
+        fixed={"kind": "mlp", "lr": 3e-3, "batch_size": 32, "limit": 300},
+    )
     code, _, err = cli("run", ae)
     assert code == 0, err
     rows = api.results("ae").to_dict("records")
     assert len(rows) == 2 and all(0 < r["metric"] < 0.2 for r in rows)  # val_mse on 0..1 pixels
     metrics = parent_runs(Store(None), "ae")[0].data.metrics
     assert metrics["test_psnr"] == pytest.approx(10 * np.log10(1 / metrics["test_mse"]))
-    clf = _study(home / "clf.yaml", name="clf", trainable="digits-encoder-classifier", encoder_from="ae",
-                 space={"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
-                 fixed={"freeze_encoder": True, "batch_size": 32, "limit": 300})  # fmt: skip
+    clf = _study(
+        home / "clf.yaml",
+        name="clf",
+        trainable="digits-encoder-classifier",
+        encoder_from="ae",
+        space={"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
+        fixed={"freeze_encoder": True, "batch_size": 32, "limit": 300},
+    )
     code, _, err = cli("run", clf)
     assert code == 0, err
     assert {r["state"] for r in api.results("clf").to_dict("records")} == {"completed"}

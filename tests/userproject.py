@@ -6,7 +6,7 @@ from the project folder. `userpkg.model:train` is the plain function, `userpkg.m
 import textwrap
 from pathlib import Path
 
-USER_MODEL = '''
+USER_MODEL = """
 import time
 
 import numpy as np
@@ -54,7 +54,7 @@ def export(config, state):
 
 trainable = Trainable(name="userpkg.model:trainable", train=train, metric="loss", mode="min",
                       evaluate=evaluate, export=export)
-'''
+"""
 
 
 def make_project(project: Path) -> Path:

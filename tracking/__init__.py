@@ -5,11 +5,11 @@ from ._models import (
     load_best_checkpoint,
     load_model,
     log_best_checkpoint,
+    log_servable_model,
     previous_alias,
+    register_model,
     registered_models,
     rollback,
-    log_servable_model,
-    register_model,
     state_digest,
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows

@@ -106,8 +106,13 @@ def register_model(
         # The version the alias leaves keeps an alias of its own, so `hpsearch rollback` can bring it back.
         client.set_registered_model_alias(name, previous_alias(alias), previous)
     client.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": int(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}",
-            "previous_version": int(previous) if previous and previous != str(version.version) else None}  # fmt: skip
+    return {
+        "name": name,
+        "version": int(version.version),
+        "alias": alias,
+        "model_uri": f"models:/{name}@{alias}",
+        "previous_version": int(previous) if previous and previous != str(version.version) else None,
+    }
 
 
 def previous_alias(alias: str) -> str:
@@ -148,13 +153,18 @@ def registered_models(store: Store) -> list[dict[str, Any]]:
     rows = []
     for version in _runs.paged(client.search_model_versions, order_by=["name ASC", "version_number DESC"]):
         tags = version.tags or {}
-        rows.append({
-            "name": version.name, "version": int(version.version),
-            "aliases": sorted(aliases.get((version.name, str(version.version)), [])),
-            "study": tags.get("study"), "trial_id": tags.get("trial_id"), "val_value": tags.get("val_value"),
-            **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
-            "created": version.creation_timestamp,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": version.name,
+                "version": int(version.version),
+                "aliases": sorted(aliases.get((version.name, str(version.version)), [])),
+                "study": tags.get("study"),
+                "trial_id": tags.get("trial_id"),
+                "val_value": tags.get("val_value"),
+                **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
+                "created": version.creation_timestamp,
+            }
+        )
     return sorted(rows, key=lambda r: (r["name"], -r["version"]))
 
 

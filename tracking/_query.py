@@ -31,10 +31,16 @@ def parent_runs(store: Store, study: str, limit: int | None = None, run_id: str 
         if not _RUN_ID.fullmatch(run_id):  # not a run id (and nothing to put in a filter string)
             return []
         where += f" and attributes.run_id = '{run_id}'"
-    return list(t.paged(
-        store.client.search_runs, [exp], filter_string=where, run_view_type=ViewType.ACTIVE_ONLY,
-        order_by=["attributes.start_time DESC"], limit=limit,
-    ))  # fmt: skip
+    return list(
+        t.paged(
+            store.client.search_runs,
+            [exp],
+            filter_string=where,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            order_by=["attributes.start_time DESC"],
+            limit=limit,
+        )
+    )
 
 
 def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
@@ -85,7 +91,11 @@ def recorded_studies(store: Store) -> dict[str, int]:
     ids = list(names)
     counts: Counter[str] = Counter()
     for i in range(0, len(ids), _EXPERIMENTS_PER_SEARCH):
-        for run in t.paged(client.search_runs, ids[i : i + _EXPERIMENTS_PER_SEARCH],
-                           filter_string=f"tags.`{t.KIND}` = 'study'", run_view_type=ViewType.ACTIVE_ONLY):  # fmt: skip
+        for run in t.paged(
+            client.search_runs,
+            ids[i : i + _EXPERIMENTS_PER_SEARCH],
+            filter_string=f"tags.`{t.KIND}` = 'study'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+        ):
             counts[run.info.experiment_id] += 1
     return {name: counts[exp] for exp, name in names.items() if counts[exp]}

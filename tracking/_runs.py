@@ -58,9 +58,21 @@ _FLUSH_EVERY_S = 5.0  # so a live `results` sees recent epochs without a write p
 
 OUTAGE_ENV = "HPSEARCH_TRACKING_OUTAGE_S"
 DEFAULT_OUTAGE_S = 900.0  # how long a sweep waits out an unreachable tracking server before it gives up
-_TRANSIENT = ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out", "Timeout",
-              "Temporary failure", "Connection reset", "RemoteDisconnected", "server closed the connection",
-              "could not connect", "502", "503", "504")  # fmt: skip
+_TRANSIENT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "ConnectionError",
+    "timed out",
+    "Timeout",
+    "Temporary failure",
+    "Connection reset",
+    "RemoteDisconnected",
+    "server closed the connection",
+    "could not connect",
+    "502",
+    "503",
+    "504",
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -100,8 +112,10 @@ class Patient:
                     if self._down_since is None:
                         self._down_since = now
                         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                        self._warn(f"tracking store unreachable ({first}); retrying for up to "
-                                   f"{_outage_s():.0f} s, the sweep goes on")  # fmt: skip
+                        self._warn(
+                            f"tracking store unreachable ({first}); retrying for up to "
+                            f"{_outage_s():.0f} s, the sweep goes on"
+                        )
                     if now - self._down_since > _outage_s():
                         raise
                     time.sleep(wait)
@@ -117,7 +131,6 @@ class Patient:
 
 def _outage_s() -> float:
     return float(os.environ.get(OUTAGE_ENV, DEFAULT_OUTAGE_S))
-
 
 
 class StudyRecorder:
@@ -170,7 +183,7 @@ class StudyRecorder:
             run.data.tags[TRIAL_ID]: (run.info.run_id, run.info.status)
             for run in child_runs(self.store, parent.info.experiment_id, parent_id)
             if TRIAL_ID in run.data.tags and run.data.tags.get(KIND, "trial") == "trial"
-        }  # fmt: skip
+        }
 
     def unfinished_trials(self) -> list[str]:
         """Trials whose child runs the interruption left open: RUNNING (a crash) or KILLED (Ctrl-C, SIGTERM)."""
@@ -225,8 +238,14 @@ class StudyRecorder:
         self._saved_pending = dict(pending)
 
     # ---- children ----
-    def trial_started(self, trial_id: str, params: Mapping[str, Any], trial_dir: str | None = None,
-                      kind: str = "trial", tags: Mapping[str, str] | None = None) -> str:  # fmt: skip
+    def trial_started(
+        self,
+        trial_id: str,
+        params: Mapping[str, Any],
+        trial_dir: str | None = None,
+        kind: str = "trial",
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
         """Open (or reattach) the trial's child run; returns its run id. `kind` other than "trial" (promote's
         retrainings) keeps the run out of `results`."""
         if trial_id in self._children:  # a retried trial keeps its one child run
@@ -239,9 +258,18 @@ class StudyRecorder:
             self._reattach_steps(trial_id, run_id, params)
             return run_id
         exp = self._experiment_id or self.store.experiment_id(self.study)
-        tags = {**self.tags, KIND: kind, STUDY: self.study, TRIAL_ID: trial_id, STATE: "running",
-                PARAMS: json.dumps(dict(params), sort_keys=True), TRIAL_DIR: trial_dir or "",
-                MLFLOW_PARENT_RUN_ID: self.parent_id, MLFLOW_RUN_NAME: trial_id, **(tags or {})}  # fmt: skip
+        tags = {
+            **self.tags,
+            KIND: kind,
+            STUDY: self.study,
+            TRIAL_ID: trial_id,
+            STATE: "running",
+            PARAMS: json.dumps(dict(params), sort_keys=True),
+            TRIAL_DIR: trial_dir or "",
+            MLFLOW_PARENT_RUN_ID: self.parent_id,
+            MLFLOW_RUN_NAME: trial_id,
+            **(tags or {}),
+        }
         run = self.client.create_run(exp, tags=tags, run_name=trial_id)
         self._children[trial_id] = run.info.run_id
         # Written with the trial's first batch of epochs (within _FLUSH_EVERY_S) or its end: one request less
@@ -261,7 +289,7 @@ class StudyRecorder:
         steps = self._steps[trial_id] = {
             key: max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
             for key in run.data.metrics
-        }  # fmt: skip
+        }
         for metric in self._saved_pending.pop(trial_id, []):
             if metric.step > steps.get(metric.key, -1):
                 self._pending.setdefault(trial_id, []).append(metric)
@@ -285,9 +313,13 @@ class StudyRecorder:
             self.flush()
 
     def trial_ended(
-        self, trial_id: str, state: str, summary: Mapping[str, Any], reason: str | None = None,
+        self,
+        trial_id: str,
+        state: str,
+        summary: Mapping[str, Any],
+        reason: str | None = None,
         status: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         run_id = self._children.pop(trial_id, None)
         if run_id is None:
             return
@@ -301,8 +333,9 @@ class StudyRecorder:
         self._steps.pop(trial_id, None)
         for i in range(0, max(len(metrics), 1), _BATCH):
             first = i == 0
-            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags if first else [],
-                                  params=params if first else [])  # fmt: skip
+            self.client.log_batch(
+                run_id, metrics=metrics[i : i + _BATCH], tags=tags if first else [], params=params if first else []
+            )
         self.client.set_terminated(run_id, status=status or ("FAILED" if state == "failed" else "FINISHED"))
 
     def flush(self) -> None:
@@ -370,10 +403,14 @@ def child_runs(store: Store, experiment_id: str, parent_id: str) -> list:
     """The parent run's child runs (active ones), newest first."""
     from mlflow.entities import ViewType
 
-    return list(paged(
-        store.client.search_runs, [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
-        run_view_type=ViewType.ACTIVE_ONLY,
-    ))  # fmt: skip
+    return list(
+        paged(
+            store.client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+        )
+    )
 
 
 def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
@@ -392,12 +429,20 @@ def close_unfinished(store: Store, parent_id: str, reason: str) -> int:
     return closed
 
 
-def log_values(store: Store, run_id: str, metrics: Mapping[str, float] | None = None,
-               tags: Mapping[str, Any] | None = None, client=None) -> None:  # fmt: skip
+def log_values(
+    store: Store,
+    run_id: str,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    client=None,
+) -> None:
     """Metrics (at step 0) and tags on one run, in one write (through `client` if given)."""
     now = int(time.time() * 1000)
-    (client or store.client).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                           tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])  # fmt: skip
+    (client or store.client).log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
 
 
 def _param(value: Any) -> str:

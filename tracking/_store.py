@@ -36,6 +36,7 @@ class TrackingUnusable(ValueError):
     created, a store MLflow refuses): one line for the user, nothing written. Not a ConnectionError: waiting
     and retrying would not help."""
 
+
 HOME_ENV = "HPSEARCH_HOME"
 DEFAULT_HOME = "hpsearch-runs"
 
@@ -98,7 +99,7 @@ class Store:
             if db_path.exists() and not db_path.is_file():
                 raise TrackingUnusable(f"tracking store {self.tracking_uri}: {db_path} is not a file")
         elif urlparse(self.tracking_uri).scheme in ("", "file"):
-            self.client  # MLflow's file store: opening it is the check (MLflow 3 refuses it unless allowed)
+            _ = self.client  # MLflow's file store: opening it is the check (MLflow 3 refuses it unless allowed)
         else:
             _known_scheme(self.tracking_uri)
             check_answers(self.tracking_uri)
@@ -184,8 +185,9 @@ def _known_scheme(uri: str) -> None:
 
 def _unknown_scheme(uri: str, exc) -> TrackingUnusable:
     schemes = ", ".join(s + ":" for s in exc.supported_uri_schemes if s)
-    return TrackingUnusable(f"tracking store {_redacted(uri)}: not a URI MLflow can open; it takes a path, "
-                            f"or one of the schemes {schemes}")  # fmt: skip
+    return TrackingUnusable(
+        f"tracking store {_redacted(uri)}: not a URI MLflow can open; it takes a path, or one of the schemes {schemes}"
+    )
 
 
 def _open(uri: str) -> MlflowClient:

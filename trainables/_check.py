@@ -50,9 +50,11 @@ def data_sanity(setup: Setup, model: nn.Module) -> Check:
     for name, split in (("train", setup.train), ("val", setup.val)):
         x = split.x.float()
         finite = torch.isfinite(x).all(dim=tuple(range(1, x.dim()))) if x.dim() > 1 else torch.isfinite(x)
-        lines.append(f"{name}: x {tuple(split.x.shape)} {str(split.x.dtype).removeprefix('torch.')}, "
-                     f"y {tuple(split.y.shape)} {str(split.y.dtype).removeprefix('torch.')}; "
-                     f"mean {x.mean():.3f} std {x.std():.3f}")  # fmt: skip
+        lines.append(
+            f"{name}: x {tuple(split.x.shape)} {str(split.x.dtype).removeprefix('torch.')}, "
+            f"y {tuple(split.y.shape)} {str(split.y.dtype).removeprefix('torch.')}; "
+            f"mean {x.mean():.3f} std {x.std():.3f}"
+        )
         bad = int((~finite).sum())
         if bad:
             status = FAIL
@@ -61,10 +63,14 @@ def data_sanity(setup: Setup, model: nn.Module) -> Check:
         status = FAIL
         lines.append(problem)
     if setup.n_classes:
-        shares = {n: torch.bincount(s.y, minlength=setup.n_classes).float() / len(s) for n, s in
-                  (("train", setup.train), ("val", setup.val))}  # fmt: skip
-        lines.append("labels: " + ", ".join(f"{n} " + " ".join(f"{v:.2f}" for v in share.tolist())
-                                              for n, share in shares.items()))  # fmt: skip
+        shares = {
+            n: torch.bincount(s.y, minlength=setup.n_classes).float() / len(s)
+            for n, s in (("train", setup.train), ("val", setup.val))
+        }
+        lines.append(
+            "labels: "
+            + ", ".join(f"{n} " + " ".join(f"{v:.2f}" for v in share.tolist()) for n, share in shares.items())
+        )
         skew = float((shares["train"] - shares["val"]).abs().max())
         if skew > SKEW:
             status = WARN if status == PASS else status
@@ -74,8 +80,10 @@ def data_sanity(setup: Setup, model: nn.Module) -> Check:
             outputs = model.eval()(setup.train.x[:2]).shape[-1]
         if outputs != setup.n_classes or seen > setup.n_classes:
             status = FAIL
-            lines.append(f"the model's head has {outputs} outputs but the data has {setup.n_classes} classes "
-                         f"(labels up to {seen - 1})")  # fmt: skip
+            lines.append(
+                f"the model's head has {outputs} outputs but the data has {setup.n_classes} classes "
+                f"(labels up to {seen - 1})"
+            )
         else:
             lines.append(f"head: {outputs} outputs for {setup.n_classes} classes")
     return Check("data", status, lines)
@@ -88,9 +96,15 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> Check:
     if not layers:
         layers = list(model.named_children())
     for name, module in layers:
-        hooks.append(module.register_forward_hook(
-            lambda m, inp, out, name=name: lines.append(f"{name} ({type(m).__name__}): {tuple(out.shape)}")
-            if isinstance(out, torch.Tensor) else None))  # fmt: skip
+        hooks.append(
+            module.register_forward_hook(
+                lambda m, inp, out, name=name: (
+                    lines.append(f"{name} ({type(m).__name__}): {tuple(out.shape)}")
+                    if isinstance(out, torch.Tensor)
+                    else None
+                )
+            )
+        )
     try:
         with torch.no_grad():
             out = model.eval()(x)
@@ -117,14 +131,21 @@ def overfit_one_batch(setup: Setup, lr: float) -> Check:
         if not math.isfinite(last):
             break
         if last < OVERFIT_TARGET or last < 0.02 * first:
-            return Check("overfit one batch", PASS,
-                         [f"loss {first:.3f} -> {last:.4f} in {step} steps on {len(y)} examples (lr {lr:g})"])  # fmt: skip
-    return Check("overfit one batch", FAIL, [
-        f"loss {first:.3f} -> {last:.4f} after {OVERFIT_STEPS} steps on {len(y)} examples (lr {lr:g}): "
-        "it cannot memorise one batch",
-        "likely: a learning rate too low (or 0) or too high; frozen parameters; labels that do not match the "
-        "inputs; a loss or head that does not fit the task; a model too small",
-    ])  # fmt: skip
+            return Check(
+                "overfit one batch",
+                PASS,
+                [f"loss {first:.3f} -> {last:.4f} in {step} steps on {len(y)} examples (lr {lr:g})"],
+            )
+    return Check(
+        "overfit one batch",
+        FAIL,
+        [
+            f"loss {first:.3f} -> {last:.4f} after {OVERFIT_STEPS} steps on {len(y)} examples (lr {lr:g}): "
+            "it cannot memorise one batch",
+            "likely: a learning rate too low (or 0) or too high; frozen parameters; labels that do not match the "
+            "inputs; a loss or head that does not fit the task; a model too small",
+        ],
+    )
 
 
 def lr_range(setup: Setup, batch_size: int, spec_range: tuple[float, float] | None) -> tuple[Check, float]:
@@ -161,7 +182,9 @@ def lr_range(setup: Setup, batch_size: int, spec_range: tuple[float, float] | No
     best_lr = min(fine, key=lambda p: p[1])[0]
     high = fine[-1][0]
     low = best_lr / 10
-    lines.append(f"suggested lr range: {low:g} .. {high:g} (lowest loss at {best_lr:g}; the last before divergence {high:g})")
+    lines.append(
+        f"suggested lr range: {low:g} .. {high:g} (lowest loss at {best_lr:g}; the last before divergence {high:g})"
+    )
     status = PASS
     if spec_range is not None:
         lo, hi = spec_range

@@ -49,8 +49,16 @@ HYPERPARAMETERS = {
     "width": "channels of the generator's and discriminator's widest conv layer",
     "split_seed": "seed of the data splits",
 }
-DEFAULTS = {"lr": 1e-3, "beta1": 0.5, "beta2": 0.999, "batch_size": 64, "latent": 32, "width": 64, "epochs": 30,
-            "split_seed": 0}  # fmt: skip
+DEFAULTS = {
+    "lr": 1e-3,
+    "beta1": 0.5,
+    "beta2": 0.999,
+    "batch_size": 64,
+    "latent": 32,
+    "width": 64,
+    "epochs": 30,
+    "split_seed": 0,
+}
 
 
 def _with_defaults(config: dict) -> dict:
@@ -70,10 +78,15 @@ def build_generator(config: dict) -> nn.Module:
     """Noise (N, latent, 1, 1) -> images (N, 1, 8, 8) in [-1, 1]: transposed convolutions upsample 1 -> 2 -> 4 -> 8."""
     z, w = int(config["latent"]), int(config["width"])
     net = nn.Sequential(
-        nn.ConvTranspose2d(z, w, 2, 1, 0, bias=False), nn.BatchNorm2d(w), nn.ReLU(True),  # 1x1 -> 2x2
-        nn.ConvTranspose2d(w, w // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(w // 2), nn.ReLU(True),  # -> 4x4
-        nn.ConvTranspose2d(w // 2, 1, 4, 2, 1, bias=False), nn.Tanh(),  # -> 8x8; no BatchNorm on the image itself
-    )  # fmt: skip
+        nn.ConvTranspose2d(z, w, 2, 1, 0, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(True),  # 1x1 -> 2x2
+        nn.ConvTranspose2d(w, w // 2, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(w // 2),
+        nn.ReLU(True),  # -> 4x4
+        nn.ConvTranspose2d(w // 2, 1, 4, 2, 1, bias=False),
+        nn.Tanh(),  # -> 8x8; no BatchNorm on the image itself
+    )
     net.apply(_init)
     return net
 
@@ -82,10 +95,14 @@ def build_discriminator(config: dict) -> nn.Module:
     """Images (N, 1, 8, 8) -> one logit each (real > 0): a binary classifier, strided convolutions 8 -> 4 -> 2 -> 1."""
     w = int(config["width"])
     net = nn.Sequential(
-        nn.Conv2d(1, w // 2, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True),  # -> 4x4; no BatchNorm on the input
-        nn.Conv2d(w // 2, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, True),  # -> 2x2
-        nn.Conv2d(w, 1, 2, 1, 0), nn.Flatten(),  # -> 1x1: the logit (BCEWithLogits: a stable sigmoid + BCE)
-    )  # fmt: skip
+        nn.Conv2d(1, w // 2, 4, 2, 1, bias=False),
+        nn.LeakyReLU(0.2, True),  # -> 4x4; no BatchNorm on the input
+        nn.Conv2d(w // 2, w, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.LeakyReLU(0.2, True),  # -> 2x2
+        nn.Conv2d(w, 1, 2, 1, 0),
+        nn.Flatten(),  # -> 1x1: the logit (BCEWithLogits: a stable sigmoid + BCE)
+    )
     net.apply(_init)
     return net
 
@@ -111,10 +128,16 @@ def _train_judge(split_seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(0)
         features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8 -> 4x4
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> 2x2
-            nn.Flatten(), nn.Linear(128, 64), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 2x2
+            nn.Flatten(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+        )
         model = nn.Sequential(features, nn.Linear(64, 10))
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(10):
@@ -209,15 +232,26 @@ def train(config: dict, reporter: Reporter) -> None:
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            sums += torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(d_real).mean().detach(),
-                                 torch.sigmoid(d_fake).mean().detach()]).double()  # fmt: skip
+            sums += torch.stack(
+                [
+                    d_loss.detach(),
+                    g_loss.detach(),
+                    torch.sigmoid(d_real).mean().detach(),
+                    torch.sigmoid(d_fake).mean().detach(),
+                ]
+            ).double()
         d_mean, g_mean, p_real, p_fake = (sums / steps).tolist()
         if not (math.isfinite(d_mean) and math.isfinite(g_mean)):
             reporter.report(epoch, {"d_loss": d_mean, "g_loss": g_mean}, stop=STOP_DIVERGED)
             return
         # The notes' goal: D(real) and D(fake) both near 0.5, the discriminator unable to tell them apart.
-        metrics = {"val_fid": _fid(generator, config, "val"), "d_loss": d_mean, "g_loss": g_mean,
-                   "d_real": p_real, "d_fake": p_fake}  # fmt: skip
+        metrics = {
+            "val_fid": _fid(generator, config, "val"),
+            "d_loss": d_mean,
+            "g_loss": g_mean,
+            "d_real": p_real,
+            "d_fake": p_fake,
+        }
         progress["epoch"] = epoch
         checkpoint = None
         value = metrics[metric]

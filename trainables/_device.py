@@ -92,7 +92,8 @@ class Prep:
         """Mean and std as (1, C, 1, 1) tensors on `device`, made once: a copy per batch would sync."""
         key = (self.mean, self.std, str(device))
         return _STATS.get_or_build(
-            key, lambda: tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std)))
+            key, lambda: tuple(torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+        )
 
 
 _STATS = LRU(16)  # (mean, std, device) -> their (1, C, 1, 1) tensors: a few floats per data configuration
@@ -123,12 +124,13 @@ def _jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     gray = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - gray) * factor() + gray  # contrast
     if x.shape[1] == 3:
-        luma = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        luma = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - luma) * factor() + luma  # saturation
     return x.clamp_(0, 1)
 
 
 # ---- data residency --------------------------------------------------------------------------------------
+
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
@@ -214,8 +216,17 @@ class HostBatches:
     gather each batch's rows (uint8, one gather per batch), the loader pins them and prefetches, and they are
     copied to the device without blocking. Augmentation and normalisation still run on the device."""
 
-    def __init__(self, x: torch.Tensor | None, y: torch.Tensor | None, device: torch.device, workers: int,
-                 prefetch: int = 4, *, dataset: torch.utils.data.Dataset | None = None, collate=_as_is):  # fmt: skip
+    def __init__(
+        self,
+        x: torch.Tensor | None,
+        y: torch.Tensor | None,
+        device: torch.device,
+        workers: int,
+        prefetch: int = 4,
+        *,
+        dataset: torch.utils.data.Dataset | None = None,
+        collate=_as_is,
+    ):
         """Rows of (x, y); or, with `dataset`, its items batched by `collate` (a streamed user Dataset)."""
         if dataset is None:
             if x.device.type != "cpu" or y.device.type != "cpu":  # forked workers cannot touch a GPU's memory
@@ -223,10 +234,14 @@ class HostBatches:
             dataset = _Rows(x, y)
         self.device, self.sampler = device, _Batches()
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
             prefetch_factor=prefetch if workers > 0 else None,
-        )  # fmt: skip
+        )
 
     def epoch(self, order: torch.Tensor, batch_size: int, steps: int):
         """(x, y) on the device for each of the epoch's `steps` batches, in `order`."""

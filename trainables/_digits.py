@@ -116,12 +116,16 @@ CNN_DEFAULTS = {"channels1": 16, "channels2": 32, "dropout": 0.2}
 def build_cnn(config: dict) -> nn.Module:
     c1, c2 = int(config["channels1"]), int(config["channels2"])
     return nn.Sequential(
-        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8 -> 4x4
-        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4 -> 2x2
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 8x8 -> 4x4
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 4x4 -> 2x2
         nn.Flatten(),
         nn.Dropout(float(config["dropout"])),
         nn.Linear(c2 * 4, N_CLASSES),
-    )  # fmt: skip
+    )
 
 
 # ---- the two pairs, on the public factory ------------------------------------------------------------------
@@ -145,7 +149,10 @@ def _splits(config: dict):
 
 def _digits_trainable(name: str, build, shape, hyperparameters, defaults, description) -> Trainable:
     trainable = from_model(
-        build, _splits, name=name, description=description,
+        build,
+        _splits,
+        name=name,
+        description=description,
         # The training split's statistics, of all of it (a train_subset trains on fewer, normalised alike).
         preprocess=lambda config, _: Preprocessed(*_stats(config), shape),
         hyperparameters={
@@ -154,7 +161,7 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
             "train_subset": "train on only the first N examples of the (shuffled) training split; 0 = all",
         },
         defaults={**defaults, "train_subset": 0},
-    )  # fmt: skip
+    )
 
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         x, y = _data({**trainable.defaults, **config}).raw[split]

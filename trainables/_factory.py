@@ -91,8 +91,10 @@ class _Data:
         if isinstance(splits, Mapping):
             splits = tuple(splits.get(n) for n in SPLITS)
         if not isinstance(splits, (tuple, list)) or len(splits) != 3 or any(s is None for s in splits):
-            raise ValueError("data(config) must return the train, val and test splits: (train, val, test) or "
-                             "{'train': ..., 'val': ..., 'test': ...}, each (inputs, targets) or a Dataset")  # fmt: skip
+            raise ValueError(
+                "data(config) must return the train, val and test splits: (train, val, test) or "
+                "{'train': ..., 'val': ..., 'test': ...}, each (inputs, targets) or a Dataset"
+            )
         self.task, self.materialise_mb, self._test = task, materialise_mb, splits[2]
         train, val = (s() if _deferred(s) else s for s in splits[:2])
         self.train, self.layout = as_split(train, task, None, materialise_mb, _loader_workers(), "train split")
@@ -119,15 +121,18 @@ class _Data:
 
     def key(self, key) -> None:
         """Name the tensors, so that each is copied to a GPU once per worker, not once per trial."""
-        self.train, self.val = (Split(s.x, s.y, (key, n)) if isinstance(s, Split) else s
-                                for s, n in ((self.train, "train"), (self.val, "val")))  # fmt: skip
+        self.train, self.val = (
+            Split(s.x, s.y, (key, n)) if isinstance(s, Split) else s
+            for s, n in ((self.train, "train"), (self.val, "val"))
+        )
 
     def split(self, name: str) -> Split | Stream:
         if name == "test":
             if self.test_split is None:
                 test = self._test() if _deferred(self._test) else self._test
-                self.test_split, _ = as_split(test, self.task, self.layout, self.materialise_mb,
-                                              _loader_workers(), "test split")  # fmt: skip
+                self.test_split, _ = as_split(
+                    test, self.task, self.layout, self.materialise_mb, _loader_workers(), "test split"
+                )
             return self.test_split
         return {"train": self.train, "val": self.val}[name]
 
@@ -174,8 +179,13 @@ class Served(nn.Module):
     """Raw inputs -> the user's network: the packed inputs unpacked, uint8 images normalised, a user's
     preprocessing applied. What `export` gives MLflow (and `promote` registers)."""
 
-    def __init__(self, net: nn.Module, layout: Layout | None = None, preprocess: nn.Module | None = None,
-                 image_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        net: nn.Module,
+        layout: Layout | None = None,
+        preprocess: nn.Module | None = None,
+        image_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    ):
         super().__init__()
         self.net, self.layout, self.preprocess = net, layout, preprocess
         self.images = image_stats is not None
@@ -237,8 +247,11 @@ def from_model(
     if task == CUSTOM and loss is None:
         raise ValueError("task=None needs a loss of your own: loss=fn(outputs, targets)")
     if metric is None:
-        metric, mode = (f"val_{next(iter(metrics))}", mode) if task == CUSTOM and metrics else \
-            DEFAULT_METRIC.get(task, ("val_loss", "min"))  # fmt: skip
+        metric, mode = (
+            (f"val_{next(iter(metrics))}", mode)
+            if task == CUSTOM and metrics
+            else DEFAULT_METRIC.get(task, ("val_loss", "min"))
+        )
     if mode is None:
         mode = "max" if metric.removeprefix("val_") in _MAXIMISED else "min"
     if mode not in ("max", "min"):
@@ -301,14 +314,32 @@ def from_model(
     def train(config: dict, reporter: Reporter) -> None:
         config = with_defaults(config)
         d, device = splits(config, reporter), default_device()
-        fit(config, reporter, lambda c: build(c, d, device), d.train, d.val, device, task=task,
-            prep=prep(config, d), loss=loss, metrics=metrics)  # fmt: skip
+        fit(
+            config,
+            reporter,
+            lambda c: build(c, d, device),
+            d.train,
+            d.val,
+            device,
+            task=task,
+            prep=prep(config, d),
+            loss=loss,
+            metrics=metrics,
+        )
 
     def evaluate_split(config: dict, state: dict, split: str) -> dict[str, float]:
         config = with_defaults(config)
         d, device = splits(config), default_device()
-        result = evaluate(load(config, state, d, device), d.split(split), task=task, prep=prep(config, d),
-                          config=config, per_class=task == "classification", loss=loss, metrics=metrics)  # fmt: skip
+        result = evaluate(
+            load(config, state, d, device),
+            d.split(split),
+            task=task,
+            prep=prep(config, d),
+            config=config,
+            per_class=task == "classification",
+            loss=loss,
+            metrics=metrics,
+        )
         return {f"{split}_{k}": v for k, v in result.items()}
 
     def export(config: dict, state: dict) -> tuple[nn.Module, np.ndarray]:
@@ -324,9 +355,13 @@ def from_model(
         x = head.x
         # The report draws grayscale images, (N, 1, H, W) or (N, H, W) when both sides are image-like, and
         # colour ones, (N, 3, H, W).
-        shape = tuple(x.shape[2:]) if x.dim() == 4 and x.shape[1] == 1 else \
-            tuple(x.shape[1:]) if x.dim() == 4 and x.shape[1] == 3 or x.dim() == 3 and min(x.shape[1:]) >= 8 \
-            else None  # fmt: skip
+        shape = (
+            tuple(x.shape[2:])
+            if x.dim() == 4 and x.shape[1] == 1
+            else tuple(x.shape[1:])
+            if x.dim() == 4 and x.shape[1] == 3 or x.dim() == 3 and min(x.shape[1:]) >= 8
+            else None
+        )
         return x.numpy(), head.y.numpy(), shape
 
     def setup(config: dict) -> Setup:

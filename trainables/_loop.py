@@ -65,10 +65,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.x.to(device), self.y.to(device), self.key)
 
-    def resident(self, device: torch.device) -> "Split":
+    def resident(self, device: torch.device) -> Split:
         """On `device` (or pinned on the host when it does not fit there); with a key, once per worker."""
         x_key, y_key = ((self.key, "x"), (self.key, "y")) if self.key is not None else (None, None)
         return Split(_device.resident(self.x, device, x_key), _device.resident(self.y, device, y_key), self.key)
@@ -145,8 +145,14 @@ def fit(
     full_batch = len(train) >= batch_size
     # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
     # recorded) and an update the graph can hold.
-    graphed = (compile_mode != "off" and device.type == "cuda" and not streamed and not _device.on_host(train.x, device)
-               and config["optimizer"] in _device.GRAPH_OPTIMIZERS and full_batch)  # fmt: skip
+    graphed = (
+        compile_mode != "off"
+        and device.type == "cuda"
+        and not streamed
+        and not _device.on_host(train.x, device)
+        and config["optimizer"] in _device.GRAPH_OPTIMIZERS
+        and full_batch
+    )
     amp = _device.autocast(config, device, cache=not graphed)
 
     def batch(rows, training: bool):
@@ -169,10 +175,22 @@ def fit(
     # Static shapes for a recorded or compiled step: full batches only (the last partial batch is dropped).
     key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
     cudagraphs = device.type == "cuda" and not graphed  # then the compiled model brings its own graphs
-    if full_batch and (compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and (
-        _device.is_compiled(key, cudagraphs) or _device.worth_compiling(
-            _eager_epoch_s(model, loss, batch, len(train), batch_size, amp, first), epochs - 1,
-            reporter.trials_per_worker - 1, graphed)))):  # fmt: skip
+    if full_batch and (
+        compile_mode == "on"
+        or (
+            compile_mode == "auto"
+            and device.type == "cuda"
+            and (
+                _device.is_compiled(key, cudagraphs)
+                or _device.worth_compiling(
+                    _eager_epoch_s(model, loss, batch, len(train), batch_size, amp, first),
+                    epochs - 1,
+                    reporter.trials_per_worker - 1,
+                    graphed,
+                )
+            )
+        )
+    ):
         model, forward, new = _device.compiled(model, key, cudagraphs)
         if new:
             compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs, first)
@@ -223,7 +241,11 @@ def fit(
     if streamed:
         host = train.feed(device)
     else:
-        host = _device.HostBatches(train.x, train.y, device, _loader_workers()) if _device.on_host(train.x, device) else None
+        host = (
+            _device.HostBatches(train.x, train.y, device, _loader_workers())
+            if _device.on_host(train.x, device)
+            else None
+        )
 
     first_epoch = state["epoch"] + 1
     for epoch in range(first_epoch, epochs + 1):
@@ -259,8 +281,10 @@ def fit(
         if graphed and epoch == first_epoch:
             metrics["step_graph"] = float(step_fn.recorded)  # 1: each step was one CUDA graph replay
             if step_fn.failure:
-                warnings.warn(f"the training step could not be recorded as a CUDA graph, so it runs eagerly: "
-                              f"{step_fn.failure}", stacklevel=1)  # fmt: skip
+                warnings.warn(
+                    f"the training step could not be recorded as a CUDA graph, so it runs eagerly: {step_fn.failure}",
+                    stacklevel=1,
+                )
         value = metrics[metric]
         schedule.after_epoch(value)
         state["epoch"] = epoch
@@ -283,8 +307,9 @@ def fit(
             return
 
 
-def _train_steps(model, forward, loss, batch, n: int, batch_size: int, amp, steps: int, marks: bool = False,
-                 first=None) -> None:
+def _train_steps(
+    model, forward, loss, batch, n: int, batch_size: int, amp, steps: int, marks: bool = False, first=None
+) -> None:
     """Forward and backward on the first batches, without an optimizer step; weights and buffers (BatchNorm
     statistics) are put back afterwards, so the trial starts exactly where it would have."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}

@@ -224,17 +224,22 @@ def _conv_autoencoder(in_shape: tuple[int, int, int], latent: int) -> Autoencode
 
     flat = c2 * sizes[2][0] * sizes[2][1]
     encoder = nn.Sequential(
-        nn.Conv2d(c, c1, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(flat, latent),
-    )  # fmt: skip
+        nn.Conv2d(c, c1, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(flat, latent),
+    )
     decoder = nn.Sequential(
-        nn.Linear(latent, flat), nn.ReLU(), nn.Unflatten(1, (c2, *sizes[2])),
+        nn.Linear(latent, flat),
+        nn.ReLU(),
+        nn.Unflatten(1, (c2, *sizes[2])),
         nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=output_padding(sizes[1], sizes[2])),
         nn.ReLU(),
         nn.ConvTranspose2d(c1, c, 3, stride=2, padding=1, output_padding=output_padding(sizes[0], sizes[1])),
         nn.Sigmoid(),
-    )  # fmt: skip
+    )
     return Autoencoder(encoder, decoder)
 
 

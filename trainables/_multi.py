@@ -26,10 +26,14 @@ class MultiInput(nn.Module):
         super().__init__()
         c, h = int(config["channels"]), int(config["hidden"])
         self.cnn = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8 -> 4x4
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.fc = nn.Sequential(nn.Linear(16, h), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout(float(config["dropout"])), nn.Linear(2 * c * 4 + h, N_CLASSES))
 
@@ -63,8 +67,14 @@ def _splits(config: dict):
     return split("train"), split("val"), lambda: split("test")
 
 
-digits_multi_input = register(from_model(
-    MultiInput, _splits, name="digits-multi-input", hyperparameters=HYPERPARAMETERS, defaults=DEFAULTS,
-    preprocess=lambda config, inputs: Standardise(*inputs),
-    description="the notes' multi-input network: a CNN on the digit and an MLP on its row/column sums",
-))  # fmt: skip
+digits_multi_input = register(
+    from_model(
+        MultiInput,
+        _splits,
+        name="digits-multi-input",
+        hyperparameters=HYPERPARAMETERS,
+        defaults=DEFAULTS,
+        preprocess=lambda config, inputs: Standardise(*inputs),
+        description="the notes' multi-input network: a CNN on the digit and an MLP on its row/column sums",
+    )
+)

@@ -48,8 +48,7 @@ def make_optimizer(params, config: dict, fused: bool = False, capturable: bool =
         momentum = float(config["momentum"])
         if name == "nesterov" and momentum <= 0:
             raise ValueError("optimizer nesterov needs momentum > 0")
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd,
-                               **extra)  # fmt: skip
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=wd, **extra)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, **adam_extra)
     if name == "adamw":

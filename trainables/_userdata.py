@@ -51,8 +51,10 @@ class Layout:
 
     def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sizes = [math.prod(s) for s in self.shapes]
-        return tuple(part.reshape(len(x), *shape).to(dtype)
-                     for part, shape, dtype in zip(x.split(sizes, dim=1), self.shapes, self.dtypes))  # fmt: skip
+        return tuple(
+            part.reshape(len(x), *shape).to(dtype)
+            for part, shape, dtype in zip(x.split(sizes, dim=1), self.shapes, self.dtypes)
+        )
 
 
 def _tensor(a, what: str) -> torch.Tensor:
@@ -71,8 +73,10 @@ def targets(y, task: str, n: int, what: str) -> torch.Tensor:
     y = _tensor(y, what)
     if task in ("classification", "segmentation"):
         if y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"{what}: {task} targets must be integer class indices, not {y.dtype}; "
-                             "for real-valued targets use task='regression'")  # fmt: skip
+            raise ValueError(
+                f"{what}: {task} targets must be integer class indices, not {y.dtype}; "
+                "for real-valued targets use task='regression'"
+            )
         return y.long()
     if task == "regression":
         return y.float()
@@ -103,7 +107,9 @@ class Collate:
     def __call__(self, items):
         xs, ys = zip(*(_item(i) for i in items))
         if self.layout is not None:
-            x = self.layout.pack([torch.stack([_tensor(v[k], "input") for v in xs]) for k in range(len(self.layout.shapes))])
+            x = self.layout.pack(
+                [torch.stack([_tensor(v[k], "input") for v in xs]) for k in range(len(self.layout.shapes))]
+            )
         else:
             x = torch.stack([_tensor(v, "input") for v in xs])
         y = None if ys[0] is None else torch.stack([torch.as_tensor(v) for v in ys])
@@ -131,8 +137,9 @@ class Stream:
     def feed(self, device: torch.device) -> HostBatches:
         """Persistent workers, made once per device and kept for the worker's later trials."""
         if str(device) not in self._feeds:
-            self._feeds[str(device)] = HostBatches(None, None, device, self.workers, dataset=self.dataset,
-                                                   collate=self.collate)  # fmt: skip
+            self._feeds[str(device)] = HostBatches(
+                None, None, device, self.workers, dataset=self.dataset, collate=self.collate
+            )
         return self._feeds[str(device)]
 
     def head(self, n: int = HEAD) -> Split:
@@ -149,8 +156,9 @@ def as_split(split, task: str, layout: Layout | None, materialise_mb: float, wor
             layout = layout or Layout.of([_tensor(v, "input")[None] for v in x0])
         collate = Collate(layout, task)
         if len(split) * _bytes((x0, 0 if y0 is None else y0)) <= materialise_mb * 2**20:
-            loader = torch.utils.data.DataLoader(split, batch_size=256, collate_fn=collate,
-                                                 num_workers=workers if len(split) > 4096 else 0)  # fmt: skip
+            loader = torch.utils.data.DataLoader(
+                split, batch_size=256, collate_fn=collate, num_workers=workers if len(split) > 4096 else 0
+            )
             xs, ys = zip(*loader)
             return Split(torch.cat(xs), torch.cat(ys)), layout
         first = collate([split[0]])[0]

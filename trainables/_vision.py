@@ -47,14 +47,22 @@ _DATA_SETS = LRU(DATA_CONFIGS_KEPT)  # the data sets this process read last (a w
 def _load(name: str, root: str | None, split_seed: int, image_size: int, download: bool, limit: int) -> ImageData:
     return _DATA_SETS.get_or_build(
         (name, root, split_seed, image_size, download, limit),
-        lambda: load_dataset(name, root, split_seed=split_seed, image_size=image_size or None, download=download,
-                             limit=limit or None))  # fmt: skip
+        lambda: load_dataset(
+            name, root, split_seed=split_seed, image_size=image_size or None, download=download, limit=limit or None
+        ),
+    )
 
 
 def _data(dataset: str, config: dict) -> ImageData:
     """The configured data set, read once per process (a Ray worker keeps it for its later trials)."""
-    return _load(dataset, config["data_root"], int(config["split_seed"]), int(config["image_size"]),
-                 bool(config["download"]), int(config["limit"]))  # fmt: skip
+    return _load(
+        dataset,
+        config["data_root"],
+        int(config["split_seed"]),
+        int(config["image_size"]),
+        bool(config["download"]),
+        int(config["limit"]),
+    )
 
 
 def image_trainable(
@@ -67,8 +75,12 @@ def image_trainable(
     model_hyper = STAGE2_HYPERPARAMETERS if stage2 else FAMILIES[family].hyperparameters
     model_defaults = STAGE2_DEFAULTS if stage2 else FAMILIES[family].defaults
     extra_hyper = RECON_HYPERPARAMETERS if task == "reconstruction" else {}
-    all_defaults = {**DATA_DEFAULTS, **model_defaults, **({"recon_loss": "mse"} if extra_hyper else {}),
-                    **(defaults or {})}  # fmt: skip
+    all_defaults = {
+        **DATA_DEFAULTS,
+        **model_defaults,
+        **({"recon_loss": "mse"} if extra_hyper else {}),
+        **(defaults or {}),
+    }
 
     def model(config: dict) -> nn.Module:
         data = _data(dataset, config)
@@ -79,8 +91,11 @@ def image_trainable(
 
     def splits(config: dict):
         data = _data(dataset, config)
-        return ((data.x["train"], data.y["train"]), (data.x["val"], data.y["val"]),
-                lambda: (data.x["test"], data.y["test"]))  # fmt: skip
+        return (
+            (data.x["train"], data.y["train"]),
+            (data.x["val"], data.y["val"]),
+            lambda: (data.x["test"], data.y["test"]),
+        )
 
     def stats(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
         data = _data(dataset, config)
@@ -89,14 +104,24 @@ def image_trainable(
         return data.mean, data.std  # the training split's, cached beside the data set
 
     trainable = from_model(
-        model, splits, task=task, name=name, description=description, image_stats=stats,
-        hyperparameters={**model_hyper, **extra_hyper, **DATA_HYPERPARAMETERS}, defaults=all_defaults,
-    )  # fmt: skip
+        model,
+        splits,
+        task=task,
+        name=name,
+        description=description,
+        image_stats=stats,
+        hyperparameters={**model_hyper, **extra_hyper, **DATA_HYPERPARAMETERS},
+        defaults=all_defaults,
+    )
 
     def data_info(config: dict) -> dict[str, Any]:
         data = _data(dataset, {**trainable.defaults, **config})
-        return {"dataset": data.name, "fingerprint": data.fingerprint, "split_seed": data.split_seed,
-                "source": data.source}  # fmt: skip
+        return {
+            "dataset": data.name,
+            "fingerprint": data.fingerprint,
+            "split_seed": data.split_seed,
+            "source": data.source,
+        }
 
     return register(dataclasses.replace(trainable, data_info=data_info))
 
@@ -110,8 +135,9 @@ def _encoder_classifier(config: dict, in_shape: tuple[int, ...], n_classes: int)
     autoencoder = build_model("autoencoder", pretrained, in_shape, 0)
     autoencoder.load_state_dict(checkpoint["model"])
     latent = int(pretrained.get("latent", FAMILIES["autoencoder"].defaults["latent"]))
-    return EncoderClassifier(autoencoder.encoder, latent, n_classes, bool(config["freeze_encoder"]),
-                             float(config["dropout"]))  # fmt: skip
+    return EncoderClassifier(
+        autoencoder.encoder, latent, n_classes, bool(config["freeze_encoder"]), float(config["dropout"])
+    )
 
 
 # ---- the pairs ----------------------------------------------------------------------------------------------
@@ -135,5 +161,10 @@ PAIRS = [
 ]
 for _name, _dataset, _family, _description in PAIRS:
     image_trainable(_name, _dataset, _family, _description)
-image_trainable("digits-encoder-classifier", "digits", "autoencoder",
-                "a classifier on a pretrained digits autoencoder's encoder, frozen or fine-tuned", stage2=True)  # fmt: skip
+image_trainable(
+    "digits-encoder-classifier",
+    "digits",
+    "autoencoder",
+    "a classifier on a pretrained digits autoencoder's encoder, frozen or fine-tuned",
+    stage2=True,
+)
