@@ -46,6 +46,21 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     )
 
 
+def spawn_cli(*args, cwd=None, env=None, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    """Start `hpsearch` as a user would, in a session of its own (so that `os.killpg(proc.pid, ...)` reaches its
+    Ray too, as a crash or a reboot would); output is text on `proc.stdout`."""
+    exe = Path(sys.executable).parent / "hpsearch"
+    return subprocess.Popen(
+        [str(exe), *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def write_study(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,11 +16,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, spawn_cli
 from tests.services import can_unshare_mount
 from tests.userproject import make_project
-
-EXE = str(Path(sys.executable).parent / "hpsearch")
 
 
 def study(name, **fields):
@@ -61,15 +58,7 @@ def write(project: Path, spec: dict) -> str:
 
 
 def launch(project: Path, env: dict, *args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [EXE, *args],
-        cwd=project,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return spawn_cli(*args, cwd=project, env=env, stderr=subprocess.PIPE)
 
 
 def children(client: MlflowClient, name: str) -> list:

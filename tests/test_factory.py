@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, spawn_cli
 from trainables import MemoryReporter, from_model
 from trainables._check import data_sanity, overfit_one_batch
 from trainables._userdata import Stream
@@ -355,10 +355,7 @@ def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path)
     `--resume` continues that trial from its last checkpoint, in the user's project folder."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     import tracking
 
@@ -370,14 +367,7 @@ def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path)
     )
     home = tmp_path / "home"
     env = {"HPSEARCH_HOME": str(home)}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "hpsearch"), "run", "slow.yaml"],
-        cwd=tmp_path,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = spawn_cli("run", "slow.yaml", cwd=tmp_path, env=env)
     try:  # until a trial has checkpointed its third epoch (the loop checkpoints each epoch that improves)
         deadline = time.monotonic() + 300
         while not list(home.glob("ray/slow-*/*/checkpoint_00000[2-7]")):

@@ -6,8 +6,6 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import optuna
 import yaml
 
 import tracking
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, spawn_cli
 
 # Trials of 8 epochs x 0.6 s; with 2 running at once, 12 trials take about 25 s after Ray starts.
 SPEC = {
@@ -37,17 +35,7 @@ def start(tmp_path: Path, **fields):
     home, path = tmp_path / "home", tmp_path / "crashy.yaml"
     path.write_text(yaml.safe_dump({**SPEC, **fields}))
     env = {"HPSEARCH_HOME": str(home)}
-    exe = Path(sys.executable).parent / "hpsearch"
-    proc = subprocess.Popen(
-        [str(exe), "run", str(path)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    return home, path, env, proc
+    return home, path, env, spawn_cli("run", path, cwd=REPO, env=env)
 
 
 def wait_for_trials(home: Path, ended: int, midway: bool = False, timeout: float = 180) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, write_study
+from tests.conftest import REPO, run_cli, spawn_cli, write_study
 
 QUERY = """\
 import json, sys
@@ -295,15 +295,7 @@ def test_logs_of_a_trial_in_a_run_that_fresh_replaced(tmp_path, cli, monkeypatch
     home, study = tmp_path / "home", tmp_path / "quadfresh.yaml"
     study.write_text(yaml.safe_dump(QUAD))
     env = {"HPSEARCH_HOME": str(home)}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "hpsearch"), "run", str(study)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn_cli("run", study, cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # until one trial has finished, as MLflow records it
