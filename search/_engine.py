@@ -93,7 +93,8 @@ def plan(
     tracking_uri, address, storage = locations.tracking_uri, locations.address, locations.storage
     state_root = locations.state_root(data_home())  # refuses a storage that cannot hold the study's state
     if address is not None:
-        _ray_start.check_reachable(address)  # a dead head is refused now, not after minutes in ray.init
+        # A dead head is refused now, not after minutes in ray.init.
+        _ray_start.check_reachable(address, locations.origin("address"))
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
     if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started

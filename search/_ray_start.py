@@ -145,7 +145,7 @@ def running_local_cluster() -> str | None:
 ANSWER_S = 5.0  # a cluster address that does not accept a connection within this is refused
 
 
-def check_reachable(address: str) -> None:
+def check_reachable(address: str, origin: str = "--address") -> None:
     """Refuse, in one line, a cluster address whose GCS does not answer: ray.init would retry for minutes
     and ignore SIGTERM meanwhile. `auto` and `ray://` (Ray Client) are left to Ray."""
     import socket
@@ -156,12 +156,12 @@ def check_reachable(address: str) -> None:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.1:6379)")
+        raise UserError(f"{origin}: {address!r} is not HOST:PORT (the head's GCS address, e.g. 10.0.0.1:6379)")
     try:
         socket.create_connection((host, int(port)), timeout=ANSWER_S).close()
     except OSError as exc:
         raise UserError(
-            f"--address: no Ray cluster answers at {address} within {ANSWER_S:.0f} s ({exc.strerror or exc}); "
+            f"{origin}: no Ray cluster answers at {address} within {ANSWER_S:.0f} s ({exc.strerror or exc}); "
             "is the head running (`ray start --head`), and is this its GCS address?"
         ) from None
 

@@ -46,7 +46,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampler and trial seed")
     p.add_argument("--data-root", help="folder holding the data set (torchvision layouts; overrides the spec)")
     p.add_argument("--warm-start", metavar="OTHER_STUDY", help="first try the best configurations of another study")
-    p.add_argument("--warm-count", type=int, default=5, help="how many configurations to warm-start with (default 5)")
+    p.add_argument("--warm-count", type=int, help="how many configurations to warm-start with (default 5)")
     p.add_argument(
         "--resume", action="store_true", help="continue the study's unfinished run (after Ctrl-C, kill or crash)"
     )
@@ -248,6 +248,15 @@ def _check_study(args) -> int:
     return 0
 
 
+def _warm(args) -> dict:
+    """--warm-start and --warm-count, as `plan` takes them: a count alone would be silently ignored."""
+    from studies import UserError
+
+    if args.warm_count is not None and args.warm_start is None:
+        raise UserError("--warm-count: needs --warm-start OTHER_STUDY (whose best configurations to try first)")
+    return {"warm_start": args.warm_start, "warm_count": 5 if args.warm_count is None else args.warm_count}
+
+
 def _run(args) -> int:
     from . import api
 
@@ -256,8 +265,7 @@ def _run(args) -> int:
         tracking_uri=args.tracking_uri,
         address=args.address,
         storage=args.storage,
-        warm_start=args.warm_start,
-        warm_count=args.warm_count,
+        **_warm(args),
         resume=args.resume,
         fresh=args.fresh,
         **_overrides(args),
@@ -296,8 +304,7 @@ def _submit(args) -> int:
         address=args.address,
         storage=args.storage,
         job_server=args.job_server,
-        warm_start=args.warm_start,
-        warm_count=args.warm_count,
+        **_warm(args),
         resume=args.resume,
         fresh=args.fresh,
         **_overrides(args),

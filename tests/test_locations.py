@@ -95,13 +95,15 @@ def test_cli_refuses_dead_locations_fast_with_one_line_and_writes_nothing(clean_
         "models", "--tracking-uri", f"postgresql+psycopg://u:secret@127.0.0.1:{port}/db", env=env, timeout=120
     )
     dead_address = run_cli("run", study, "--address", f"127.0.0.1:{port}", env=env, timeout=120)
+    env_address = run_cli("run", study, env={**env, "HPSEARCH_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
     clean_env.write_text(f"tracking_uri: http://127.0.0.1:{port}\n")  # the team's config: the same refusal
     via_config = run_cli("run", study, env=env, timeout=120)
     assert time.monotonic() - started < 90
     assert "secret" not in dead_database.stderr and "u:***@127.0.0.1" in dead_database.stderr
     for result, words in (
         (dead_tracking, "did not answer within 5 s"),
-        (dead_address, "no Ray cluster answers"),
+        (dead_address, "--address: no Ray cluster answers"),
+        (env_address, "HPSEARCH_ADDRESS: no Ray cluster answers"),  # named where the user set it
         (via_config, "did not answer within 5 s"),
         (dead_database, "did not answer within 5 s"),
     ):

@@ -168,6 +168,8 @@ def _refused(cli, home: Path, *args) -> str:
         (["--tracking-uri", "sqlite:////proc/hpsearch/mlflow.db"], "cannot write there"),
         (["--resume", "--fresh"], "--resume and --fresh"),
         (["--data-root", "somewhere"], "reads no data set"),
+        (["--warm-count", "3"], "needs --warm-start"),
+        (["--warm-start", "other", "--warm-count", "0"], "--warm-count"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
