@@ -4,15 +4,12 @@ fixed values, and the middle of each searched range), plus what the study's budg
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import studies
 from studies import UserError
-from trainables import get_trainable
 from trainables._check import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
 
-from ._inputs import trial_inputs
+from ._inputs import study_trainable, trial_inputs
 
 
 def middle(param):
@@ -29,12 +26,7 @@ def middle(param):
 
 def check(study: str, **overrides) -> tuple[list[Check], dict]:
     spec = studies.with_overrides(studies.load_study(study), **overrides)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        trainable = get_trainable(spec.trainable)
-    except LookupError as exc:
-        raise UserError(f"{study}: trainable: {exc}") from None
+    trainable, _, _ = study_trainable(spec, study)
     if trainable.setup is None:
         raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
     searched = {name: middle(p) for name, p in spec.space.items()}

@@ -20,12 +20,12 @@ import tracking
 from studies import StudySpec, UserError
 from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
-from trainables import Trainable, get_trainable, release_caches
+from trainables import Trainable, release_caches
 
 from . import _ray_start
 from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
 from ._finish import Finished, finish, record_sweep, recorded_sweep
-from ._inputs import trial_inputs
+from ._inputs import study_trainable, trial_inputs
 from ._journal import journal_path, run_journal
 from ._locations import Locations, resolve
 from ._space import grid_size
@@ -97,23 +97,7 @@ def plan(
         _ray_start.check_reachable(address, locations.origin("address"))
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     source = study
-    if os.getcwd() not in sys.path:  # a user's `pkg.module:function` resolves from where hpsearch started
-        sys.path.insert(0, os.getcwd())
-    try:
-        trainable = get_trainable(spec.trainable)
-    except LookupError as exc:
-        raise UserError(f"{source}: trainable: {exc}") from None
-    known = set(trainable.hyperparameters)
-    if known:
-        unknown = sorted((set(spec.space) | set(spec.fixed)) - known)
-        if unknown:
-            raise UserError(
-                f"{source}: space/fixed: {', '.join(unknown)} not hyperparameters of {trainable.name}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-    metric, mode = spec.metric or trainable.metric, spec.mode or trainable.mode
-    if not metric or not mode:
-        raise UserError(f"{source}: metric/mode: required, since trainable {trainable.name} declares no default")
+    trainable, metric, mode = study_trainable(spec, source)
     if spec.resources.gpus > 0 and address is None and not os.environ.get("RAY_ADDRESS"):
         import torch
 

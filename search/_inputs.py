@@ -14,7 +14,32 @@ import tracking
 from studies import StudySpec, UserError
 from tracking import Store, data_home
 from tracking import tags as T
-from trainables import Trainable
+from trainables import Trainable, get_trainable
+
+
+def study_trainable(spec: StudySpec, source: str) -> tuple[Trainable, str, str]:
+    """The study's trainable (a name, or an import path from the folder hpsearch started in), checked against
+    the study: hyperparameters it declares, the metric it reports. Returns (trainable, metric, mode). Raises
+    UserError: what `run` and `check` refuse before anything runs."""
+    try:
+        trainable = get_trainable(spec.trainable)
+    except LookupError as exc:
+        raise UserError(f"{source}: trainable: {exc}") from None
+    known = set(trainable.hyperparameters)
+    unknown = sorted((set(spec.space) | set(spec.fixed)) - known) if known else []
+    if unknown:
+        raise UserError(
+            f"{source}: space/fixed: {', '.join(unknown)} not hyperparameters of {trainable.name}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    metric, mode = spec.metric or trainable.metric, spec.mode or trainable.mode
+    if not metric or not mode:
+        raise UserError(f"{source}: metric/mode: required, since trainable {trainable.name} declares no default")
+    if trainable.reports and metric not in trainable.reports:  # each trial would fail on it
+        raise UserError(
+            f"{source}: metric: {trainable.name} does not report {metric!r}; it reports {', '.join(trainable.reports)}"
+        )
+    return trainable, metric, mode
 
 
 def trial_inputs(

@@ -186,12 +186,17 @@ def test_bad_run_flags_are_refused_in_one_line(cli, home, tmp_path, args, expect
         ("adir", "a folder, not a study file"),
         ("nope", "unknown study 'nope'"),
         ("unknown-trainable.yaml", "unknown trainable 'nope'"),
+        (
+            "unreported-metric.yaml",
+            "digits-mlp does not report 'val_acc'; it reports train_loss, val_loss, val_accuracy",
+        ),
     ],
 )
 def test_bad_study_arguments_are_refused_in_one_line(cli, home, tmp_path, monkeypatch, study, expected):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "adir").mkdir()
     write_study(tmp_path / "unknown-trainable.yaml", UNKNOWN_TRAINABLE)
+    write_study(tmp_path / "unreported-metric.yaml", OK + "metric: val_acc\nmode: max\n")  # each trial would fail
     assert expected in _refused(cli, home, "run", study)
     assert expected in _refused(cli, home, "check", study)
     assert not home.exists()

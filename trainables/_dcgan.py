@@ -320,6 +320,7 @@ digits_dcgan = register(
         export=export,
         data_info=data_info,
         samples=samples,
+        reports=REPORTED,
         # No setup hook: `check`'s one-batch overfit and LR range test need one loss to drive down, and a GAN's
         # two losses fight each other by design.
         description="DCGAN on 8x8 sklearn digits (the notes' init, two Adams; val_fid, the Fréchet distance "

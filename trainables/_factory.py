@@ -32,7 +32,7 @@ from ._loop import (
 )
 from ._registry import Trainable
 from ._reporter import _WORKER_CACHE, MemoryReporter, Reporter
-from ._tasks import CUSTOM, DEFAULT_METRIC, TASKS, loss_fn
+from ._tasks import CUSTOM, DEFAULT_METRIC, TASK_METRICS, TASKS, loss_fn
 from ._userdata import HEAD, Layout, Stream, as_split, fingerprint
 
 SPLITS = ("train", "val", "test")
@@ -412,5 +412,14 @@ def from_model(
         setup=setup,
         description=description or (model.__doc__ or "").strip().split("\n")[0],
         code=model,
+        # What the loop reports each epoch (trainables._loop.fit): the losses, the task's and your metrics on
+        # the validation split, the learning rate and the throughput.
+        reports=(
+            "train_loss",
+            *(f"val_{k}" for k in ("loss", *TASK_METRICS[task], *(metrics or {}))),
+            "lr",
+            "samples_per_s",
+            "peak_mem_mb",
+        ),
     )
     return trainable

@@ -41,6 +41,9 @@ class Trainable:
     # setup(config) -> trainables.Setup (model factory, splits, loss, optimizer): what `hpsearch check` runs on
     setup: Callable[[dict], Any] | None = None
     description: str = ""
+    # the metrics `train` reports each epoch, what a study may select on: a study naming another is refused
+    # before it runs (each of its trials would fail). Empty: not declared, any name is taken.
+    reports: tuple[str, ...] = ()
     # the user's own code (their model function) where `train` is the factory's: its file says which project
     # to ship to a cluster's nodes and whose git commit to record. None: `train`'s own.
     code: Callable | None = None

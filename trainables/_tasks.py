@@ -23,6 +23,16 @@ DEFAULT_METRIC = {
 }
 
 
+# What `Score.result` gives besides the loss, per task (a user's own metrics come on top).
+TASK_METRICS = {
+    "classification": ("accuracy",),
+    "segmentation": ("accuracy", "iou", "dice"),
+    "reconstruction": ("mse", "psnr"),
+    "regression": ("mse", "mae"),
+    CUSTOM: (),
+}
+
+
 def loss_fn(task: str, config: dict):
     """(output, target) -> mean loss. Reconstruction targets are the input's pixels on the 0..1 scale."""
     if task == "reconstruction":
