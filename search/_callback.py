@@ -121,16 +121,40 @@ class OomRetry:
 
 # The parts of the callback that hold this driver's handles (MLflow, the output stream, the scheduler, the
 # searcher's callables): a resumed sweep is given fresh ones.
-_DRIVER_ONLY = ("live", "halt", "scheduler", "error", "_log", "_display", "_reconcile", "_oom", "_optuna_study",
-                "_note_failure")  # fmt: skip
+_DRIVER_ONLY = (
+    "live",
+    "halt",
+    "scheduler",
+    "error",
+    "_log",
+    "_display",
+    "_reconcile",
+    "_oom",
+    "_optuna_study",
+    "_note_failure",
+)
 
 
 class TrackingCallback(Callback):
     """Ray Tune's hooks, each handed to the jobs it concerns; `_guarded` keeps a hook's error from escaping."""
 
-    def __init__(self, recorder: StudyRecorder, metric: str, mode: str, max_t: int, progress: Progress, searched=(),
-                 halt=None, keep_checkpoints: int | None = None, scheduler=None, spent_s: float = 0.0,
-                 lost_in_optuna=None, oom_retry=None, optuna_study=None, note_failure=None):  # fmt: skip
+    def __init__(
+        self,
+        recorder: StudyRecorder,
+        metric: str,
+        mode: str,
+        max_t: int,
+        progress: Progress,
+        searched=(),
+        halt=None,
+        keep_checkpoints: int | None = None,
+        scheduler=None,
+        spent_s: float = 0.0,
+        lost_in_optuna=None,
+        oom_retry=None,
+        optuna_study=None,
+        note_failure=None,
+    ):
         self.metric = metric
         self.live = progress
         self.halt = halt  # () -> reason the whole sweep is being stopped (budget, `hpsearch stop`), or None
@@ -181,10 +205,13 @@ class TrackingCallback(Callback):
     def get_state(self) -> dict:
         outcomes = self._outcomes
         return {
-            "progress": outcomes.progress, "configs": outcomes.configs, "outcomes": outcomes.outcomes,
-            "checkpoints": self._checkpoints.latest, "_durations": self._display.durations,
+            "progress": outcomes.progress,
+            "configs": outcomes.configs,
+            "outcomes": outcomes.outcomes,
+            "checkpoints": self._checkpoints.latest,
+            "_durations": self._display.durations,
             "pending": self._log.recorder.pending(),  # the epochs of this snapshot not written to MLflow yet
-        }  # fmt: skip
+        }
 
     def set_state(self, state: dict) -> None:
         outcomes = self._outcomes
@@ -233,8 +260,9 @@ class TrackingCallback(Callback):
         progress = outcomes.of(trial_id)
         if errored:
             error = _node_died(error, self._log.node(trial_id))
-        state, reason = progress.outcome(errored, outcomes.length(trial.config), error,
-                                         halted=self.halt() if self.halt else None)  # fmt: skip
+        state, reason = progress.outcome(
+            errored, outcomes.length(trial.config), error, halted=self.halt() if self.halt else None
+        )
         if errored:
             if self._note_failure is not None:
                 self._note_failure(trial_id, reason)

@@ -38,9 +38,10 @@ class Outcomes:
     def ranked(self) -> list[str]:
         """Ended trials that did not fail (completed, pruned or stopped), best first; ties keep start order."""
         candidates = [
-            tid for tid, p in self.progress.items()
+            tid
+            for tid, p in self.progress.items()
             if p.best_value is not None and self.outcomes.get(tid, (None,))[0] in (COMPLETED, PRUNED, STOPPED)
-        ]  # fmt: skip
+        ]
         return sorted(candidates, key=lambda tid: rank_key(self.progress[tid].best_value, self.mode))
 
     def best_trial(self) -> str | None:

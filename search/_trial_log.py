@@ -15,10 +15,27 @@ from ._states import FAILED, LOST, TrialProgress
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
 _RAY_KEYS = {
-    "done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-    "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-    "experiment_tag", "should_checkpoint", "experiment_id", EPOCH, STOP_KEY, NODE_KEY,
-}  # fmt: skip
+    "done",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "config",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "experiment_tag",
+    "should_checkpoint",
+    "experiment_id",
+    EPOCH,
+    STOP_KEY,
+    NODE_KEY,
+}
 ELAPSED_EVERY_S = 30.0
 
 
@@ -52,9 +69,10 @@ class TrialLog:
             self._nodes[trial_id] = node
             self.recorder.trial_tags(trial_id, {T.NODE: node})
         metrics = {
-            k: v for k, v in result.items()
+            k: v
+            for k, v in result.items()
             if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }  # fmt: skip
+        }
         metrics["time_total_s"] = result.get("time_total_s", 0.0)
         self.recorder.trial_result(trial_id, int(result.get(EPOCH, 0)), metrics)
 

@@ -6,9 +6,6 @@ import logging
 import math
 import os
 
-# Tune's settings (environment variables) are set by _ray_start, before Ray starts: its processes inherit them.
-from . import _ray_start  # noqa: E402  (first: it sets Tune's environment before ray is imported)
-
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -16,6 +13,8 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from studies import STATES, StudySummary  # noqa: E402
 
+# Tune's settings (environment variables) are set by _ray_start, before Ray starts: its processes inherit them.
+from . import _ray_start  # noqa: E402  (first: it sets Tune's environment before ray is imported)
 from ._asha_state import check_replay  # noqa: E402
 from ._callback import TrackingCallback  # noqa: E402
 from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
@@ -75,8 +74,18 @@ def _retry_half_batch(spec, searcher, halt, config: dict) -> int | None:
     return half
 
 
-def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, store, out, resume: bool = False,
-             spent_s: float = 0.0, lock=None):  # fmt: skip
+def run_tune(
+    plan,
+    recorder,
+    fixed: dict,
+    run_name: str,
+    storage_path: str,
+    store,
+    out,
+    resume: bool = False,
+    spent_s: float = 0.0,
+    lock=None,
+):
     """Run (or, with `resume`, continue) the sweep. Raises Interrupted after Ctrl-C or SIGTERM, once Ray has
     saved the state that `hpsearch run --resume` continues from."""
     spec = plan.spec
@@ -105,14 +114,32 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
             grace_period=spec.asha.grace_period,
             reduction_factor=spec.asha.reduction_factor,
         )
-    summary = StudySummary(study=spec.name, metric=plan.metric, counts={s: 0 for s in STATES}, elapsed_s=0.0,
-                           trials=spec.trials, hours=spec.hours, concurrency=spec.max_concurrent)  # fmt: skip
+    summary = StudySummary(
+        study=spec.name,
+        metric=plan.metric,
+        counts={s: 0 for s in STATES},
+        elapsed_s=0.0,
+        trials=spec.trials,
+        hours=spec.hours,
+        concurrency=spec.max_concurrent,
+    )
     live = Progress(summary, out)
-    callback = TrackingCallback(recorder, plan.metric, plan.mode, spec.max_t, live, searched=spec.space,
-                                halt=halt.reason, keep_checkpoints=spec.keep_checkpoints, scheduler=scheduler,
-                                spent_s=spent_s, lost_in_optuna=lambda: getattr(searcher, "lost", []),
-                                oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config),
-                                optuna_study=lambda: searcher._ot_study, note_failure=searcher.note_failure)  # fmt: skip
+    callback = TrackingCallback(
+        recorder,
+        plan.metric,
+        plan.mode,
+        spec.max_t,
+        live,
+        searched=spec.space,
+        halt=halt.reason,
+        keep_checkpoints=spec.keep_checkpoints,
+        scheduler=scheduler,
+        spent_s=spent_s,
+        lost_in_optuna=lambda: getattr(searcher, "lost", []),
+        oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config),
+        optuna_study=lambda: searcher._ot_study,
+        note_failure=searcher.note_failure,
+    )
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
     experiment = f"{storage_path.rstrip('/')}/{run_name}"
@@ -172,6 +199,9 @@ def run_tune(plan, recorder, fixed: dict, run_name: str, storage_path: str, stor
     if signals.received is not None:
         raise Interrupted(signals.received, callback.spent_s())
     if callback.lost:
-        print(f"{callback.lost} trial(s) had started after the last saved state and were lost; "
-              "they are recorded as failed", file=out)  # fmt: skip
+        print(
+            f"{callback.lost} trial(s) had started after the last saved state and were lost; "
+            "they are recorded as failed",
+            file=out,
+        )
     return callback
