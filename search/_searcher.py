@@ -34,9 +34,12 @@ def fail_running(study: optuna.Study, reason: str, keep=frozenset()) -> list[tup
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial._trial_id not in keep:
+            # A crash between Optuna's ask and Ray's id leaves none: the trial is recorded under this one.
+            ray_id = trial.user_attrs.get(RAY_TRIAL_ID, f"optuna-{trial.number}")
+            study._storage.set_trial_user_attr(trial._trial_id, RAY_TRIAL_ID, ray_id)
             study._storage.set_trial_user_attr(trial._trial_id, REASON, reason)
             study.tell(trial.number, state=TrialState.FAIL)
-            failed.append((trial.user_attrs.get(RAY_TRIAL_ID, f"optuna-{trial.number}"), dict(trial.params)))
+            failed.append((ray_id, dict(trial.params)))
     return failed
 
 

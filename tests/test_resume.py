@@ -179,3 +179,17 @@ def test_a_second_run_is_refused_then_sigterm_then_fresh(tmp_path):
     old_rows = tracking.trial_rows(store, old)
     assert old_rows and {r["status"] for r in old_rows} <= {"FINISHED", "FAILED"}
     assert all(t.state != optuna.trial.TrialState.RUNNING for s in studies.values() for t in s.trials)
+
+
+def test_a_trial_the_crash_left_without_a_ray_id_is_failed_under_the_id_mlflow_records_it_by():
+    """A kill between Optuna's ask and the searcher naming the trial leaves a RUNNING trial with no Ray id; the
+    resume fails it under `optuna-N`, the id the MLflow run it gets is tagged with, so the two stores agree."""
+    from search._searcher import RAY_TRIAL_ID, fail_running
+
+    study = optuna.create_study()
+    named, unnamed = study.ask(), study.ask()
+    named.set_user_attr(RAY_TRIAL_ID, "abc123")
+    failed = fail_running(study, "lost in a crash: test")
+    assert sorted(failed) == sorted([("abc123", {}), (f"optuna-{unnamed.number}", {})])
+    assert {t.user_attrs[RAY_TRIAL_ID] for t in study.trials} == {"abc123", f"optuna-{unnamed.number}"}
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}
