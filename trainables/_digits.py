@@ -21,7 +21,6 @@ from ._loading import three_way
 from ._loop import Split
 from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
-from ._reporter import Reporter
 
 N_CLASSES = 10
 TEST_FRACTION = 0.2  # 360 of 1,797 images, never seen during the search
@@ -56,14 +55,11 @@ class DigitsData:
         return Split(torch.from_numpy(x), torch.from_numpy(y))
 
 
-def _data(config: dict, reporter: Reporter | None = None) -> DigitsData:
-    seed = int(config.get("split_seed", 0))
-    if reporter is None:
-        return _digits(seed)
-    return reporter.cached(("digits", seed), lambda: DigitsData(seed))
+def _data(config: dict) -> DigitsData:
+    return _digits(int(config.get("split_seed", 0)))
 
 
-_HOOKS_CACHE = LRU(DATA_CONFIGS_KEPT)  # split seeds (half a MiB each) for the hooks that run outside a trial
+_HOOKS_CACHE = LRU(DATA_CONFIGS_KEPT)  # split seeds (half a MiB each): what data(config) and the hooks read
 
 
 def _digits(seed: int) -> DigitsData:
