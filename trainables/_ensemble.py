@@ -130,4 +130,3 @@ def greedy_select(
     used = np.bincount(np.asarray(chosen[:kept]), minlength=len(names))
     weights = {name: float(c / kept) for name, c in zip(names, used) if c > 0}
     return Selection(weights, path[kept - 1], path)
-

@@ -414,8 +414,8 @@ def from_model(
         )
 
     def data_info(config: dict) -> dict[str, Any]:
-        config = with_defaults(config)
-        return {"dataset": name, "fingerprint": splits(unfolded(config)).fingerprint, "split_seed": config["split_seed"]}
+        config = with_defaults(unfolded(config))  # the data's, whichever fold a config trains on
+        return {"dataset": name, "fingerprint": splits(config).fingerprint, "split_seed": config["split_seed"]}
 
     def folds(config: dict, k: int) -> dict[str, Any]:
         config = with_defaults(config)

@@ -39,9 +39,7 @@ def held_out(model: nn.Module, split, index: np.ndarray, task: str, prep: Prep |
             x = x.contiguous(memory_format=torch.channels_last)
         outputs.append(model(x).float().cpu())
         targets.append((pixels if task == "reconstruction" else y).cpu())
-    return Held(
-        torch.cat(outputs).numpy(), torch.cat(targets).numpy(), np.asarray(index, dtype=np.int64).reshape(-1)
-    )
+    return Held(torch.cat(outputs).numpy(), torch.cat(targets).numpy(), np.asarray(index, dtype=np.int64).reshape(-1))
 
 
 def can_score(task: str | None, metric: str) -> bool:
