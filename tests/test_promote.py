@@ -5,6 +5,9 @@ import collections
 import io
 import os
 
+import numpy as np
+import pytest
+
 from search import api
 from tests.conftest import write_study
 
@@ -145,3 +148,75 @@ def test_a_failing_retraining_is_reported_and_does_not_crash_the_promotion(tmp_p
     assert len(by_trial) == 2 and chosen is ranked[0]
     runs = store.client.search_runs([parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
     assert len(runs) == 2  # only the retrainings that succeeded are recorded
+
+
+def test_a_winner_whose_best_is_its_own_trial_is_promoted_from_its_kept_checkpoint(tmp_path, monkeypatch, cli):
+    """The case a new user met: the winning configuration's best value is its original trial's, that trial is
+    not the study's logged best, and its checkpoint is in its Ray trial folder. Promotion uses it; a second
+    promotion reuses the recorded retrainings; once the trial's own checkpoint is gone, its retraining's
+    stands in, and with --folds (which promotes the trial's own checkpoint) a gone one is refused up front."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import mlflow
+
+    import tracking
+    from tests.clocked import PENALTY
+
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    penalty = tmp_path / "penalty"
+    study = write_study(
+        tmp_path / "kept.yaml",
+        f"""\
+        name: kept
+        trainable: tests.clocked:CLOCKED
+        metric: loss
+        mode: min
+        space:
+          x: {{type: float, low: -1.0, high: 1.0}}
+        fixed: {{fail_file: "{tmp_path / "no-fail"}", penalty_file: "{penalty}"}}
+        trials: 3
+        asha: {{max_t: 2, grace_period: 2}}
+        max_concurrent: 2
+        """,
+    )
+    api.run(str(study), out=io.StringIO())
+    rows = api.results("kept")
+    best, second = rows.iloc[0], rows.iloc[1]
+    penalty.write_text(repr(best["params"]["x"]))  # the study's best retrains 10 worse: the second one wins
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["trial_id"] == second["trial_id"] != info["single_best"]
+    chosen = next(c for c in info["candidates"] if c["chosen"])
+    assert chosen["values"] == [second["metric"], second["metric"]]  # its trial, then its retraining (equal)
+    store = tracking.Store()
+    version = store.client.get_model_version("kept", str(info["version"]))
+    runs = {r["trial_id"]: r for r in tracking.trial_rows(store, tracking.parent_runs(store, "kept")[0])}
+    assert version.run_id == runs[second["trial_id"]]["run_id"]  # logged on its own trial's run: its checkpoint
+    model = mlflow.pyfunc.load_model(info["model_uri"])
+    x = second["params"]["x"]
+    assert float(model.predict(np.zeros((1, 1), "float32"))[0, 0]) == pytest.approx(x**2, abs=1e-6)
+    assert info["compute_s"] > 0 and info["test_metrics"]["test_loss"] == pytest.approx((x - 0.3) ** 2, abs=1e-9)
+
+    # Run again: the two recorded retrainings are reused, nothing trains.
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["compute_s"] == 0 and again["trial_id"] == second["trial_id"]
+    assert err.count("(recorded)") == 2, err
+    parent = tracking.parent_runs(store, "kept")[0]
+    reseeds = store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")
+    assert len(reseeds) == 2 and {r.info.status for r in reseeds} == {"FINISHED"}
+    assert next(c for c in again["candidates"] if c["chosen"])["values"][1] != PENALTY  # the same evidence
+
+    # Its own checkpoint deleted (as keep_checkpoints does): the retraining's stands in, and says so.
+    shutil.rmtree(Path(runs[second["trial_id"]]["trial_dir"]))
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    stood_in = json.loads(out)
+    assert stood_in["trial_id"] == second["trial_id"]
+    retrained = next(r for r in reseeds if r.data.tags["hpsearch.reseed_of"] == second["trial_id"])
+    assert store.client.get_model_version("kept", str(stood_in["version"])).run_id == retrained.info.run_id
+    assert "own checkpoint" in err and "keep_checkpoints" in err
