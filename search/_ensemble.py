@@ -84,7 +84,7 @@ class Ensemble:
                 "run_id": m.run_id,
                 "seed": m.seed,
                 "fold": m.fold,
-                "weight": round(w, 6),
+                "weight": w,
                 "checkpoint_sha256": tracking.state_digest(m.state()),
             }
             for m, w in zip(self.members, self.weights)

@@ -220,3 +220,22 @@ def test_a_winner_whose_best_is_its_own_trial_is_promoted_from_its_kept_checkpoi
     retrained = next(r for r in reseeds if r.data.tags["hpsearch.reseed_of"] == second["trial_id"])
     assert store.client.get_model_version("kept", str(stood_in["version"])).run_id == retrained.info.run_id
     assert "own checkpoint" in err and "keep_checkpoints" in err
+
+    # A plain trainable cannot be folded, and a model without held-out predictions cannot join an ensemble:
+    # one line each, before anything trains.
+    for flags, says in (
+        (["--candidates", "2", "--folds", "3"], "cannot be cross-validated"),
+        (["--ensemble"], "has no held-out predictions"),
+    ):
+        code, out, err = cli("promote", "kept", *flags)
+        assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert len(store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")) == 2
+
+
+def test_a_generator_cannot_be_ensembled():
+    from search._ensemble import refuse
+    from studies import UserError
+    from trainables import get_trainable
+
+    with pytest.raises(UserError, match="--ensemble: trainable digits-dcgan has no held-out predictions"):
+        refuse(get_trainable("digits-dcgan"), "val_fid", 5)
