@@ -16,4 +16,6 @@ def readable(value) -> str:
     value = float(value)
     if not math.isfinite(value):
         return str(value)  # nan, inf: the fact itself is the news
+    if abs(value) >= 10**DIGITS:
+        return f"{value:.0f}"  # a large number keeps its integer digits (12346 s, not 1.235e+04 s)
     return f"{value:.{DIGITS}g}"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from studies import diagnose
+from studies import diagnose, readable
 
 EPOCHS = range(1, 21)
 FALLING = [1.0 / e**0.5 for e in EPOCHS]  # 1.0 -> 0.22
@@ -70,3 +70,20 @@ def test_a_real_spike_still_is_unstable(train, why):
 def test_the_evidence_is_rounded_to_four_significant_digits():
     found = diagnose([2.3456789, 1.23456789, 0.98765432, 0.87654321], [2.1, 1.1, 0.9, 0.8])
     assert found.evidence == "train 2.346 -> 0.8765, val 2.1 -> 0.8", found.line()
+
+
+@pytest.mark.parametrize(
+    "value, written",
+    [
+        (0.9895833333333334, "0.9896"),  # the default study's best, as the report once printed it
+        (0.003123456, "0.003123"),
+        (1234.567, "1235"),
+        (12345.678, "12346"),  # no exponent for a large number
+        (2.0, "2"),
+        (7, "7"),
+        (None, "-"),
+        (math.nan, "nan"),
+    ],
+)
+def test_every_figure_is_written_by_one_rule(value, written):
+    assert readable(value) == written

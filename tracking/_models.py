@@ -175,6 +175,7 @@ def registered_models(store: Store) -> list[dict[str, Any]]:
                 **composition(tags),
                 "study": tags.get("study"),
                 "trial_id": tags.get("trial_id"),
+                "run_id": tags.get("run_id"),  # the study's parent run it came from
                 "val_value": tags.get("val_value"),
                 **{k: _number(tags, k) for k in HELD_OUT},
                 **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
