@@ -88,7 +88,8 @@ def build_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>hpsearch report: {html.escape(study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-        "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}</style></head><body>"
+        "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}</style></head><body>"
         f"<h1>Study {html.escape(study)}</h1>"
         + "".join(f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body in sections)
         + "</body></html>"
