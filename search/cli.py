@@ -536,11 +536,18 @@ def _rollback(args) -> int:
     from . import api
 
     info = api.rollback(args.model, alias=args.alias, tracking_uri=args.tracking_uri)
+    restored = _ensemble_note(info["kind"], info["ensemble_size"])
+    demoted = _ensemble_note(info["previous_kind"], info["previous_ensemble_size"])
     print(
-        f"{info['name']}@{info['alias']} is version {info['version']} again (version {info['previous_version']} "
-        f"is now @{previous_alias(info['alias'])})"
+        f"{info['name']}@{info['alias']} is version {info['version']} again{restored} (version "
+        f"{info['previous_version']}{demoted + ',' if demoted else ''} is now @{previous_alias(info['alias'])})"
     )
     return 0
+
+
+def _ensemble_note(kind: str, size: int | None) -> str:
+    """`, an ensemble of N members` for an ensemble version, nothing for a single model."""
+    return "" if kind != "ensemble" else f", an ensemble of {size if size is not None else 'unknown'} members"
 
 
 def _models(args) -> int:
@@ -548,13 +555,30 @@ def _models(args) -> int:
 
     frame = api.models(args.tracking_uri)
     if args.format == "json":
-        print(json.dumps(_records(frame), indent=2, default=str))
+        rows = _records(frame)
+        for row in rows:  # a column holding None besides sizes comes back as floats from pandas
+            row["ensemble_size"] = None if row["ensemble_size"] is None else int(row["ensemble_size"])
+        print(json.dumps(rows, indent=2, default=str))
     elif frame.empty:
         print("(no registered models)")
     else:
-        shown = frame.drop(columns=["created"]).assign(aliases=frame["aliases"].apply(lambda a: ",".join(a) or "-"))
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(_models_table(frame))
     return 0
+
+
+def _models_table(frame) -> str:
+    """One line per version: an ensemble's member count (its members are in --format json), metrics at 4
+    decimals. The held-out values and the creation time stay in the JSON."""
+    import pandas as pd
+
+    shown = frame.assign(
+        aliases=frame["aliases"].apply(lambda a: ",".join(a) or "-"),
+        members=frame["ensemble_size"].apply(lambda n: "-" if pd.isna(n) else str(int(n))),
+        val_value=pd.to_numeric(frame["val_value"], errors="coerce"),  # a tag (a string) holds the full float
+    )
+    columns = ["name", "version", "aliases", "kind", "members", "study", "trial_id", "val_value"]
+    columns += sorted(c for c in frame.columns if c.startswith("test_"))
+    return shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
 def _ui(args) -> int:
