@@ -28,7 +28,7 @@ from trainables import can_score, combine, greedy_select, held_score
 
 from ._reseed import Candidate, Retraining, load_state
 
-ENSEMBLE = "ensemble"  # the hpsearch.kind of the child run an ensemble is logged with
+ENSEMBLE = tracking.ENSEMBLE  # the hpsearch.kind of the child run an ensemble is logged with
 MEMBERS = "hpsearch.members"  # its members, as JSON (also a registry tag: `members`)
 # Metrics an ensemble's test evaluation reports, where its task can score them.
 _TEST_METRICS = ("val_loss", "val_accuracy", "val_iou", "val_dice", "val_mse", "val_mae", "val_psnr")

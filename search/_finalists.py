@@ -22,10 +22,9 @@ from studies._better import rank_key
 from tracking import ENSEMBLE
 from tracking import tags as T
 
-from ._reseed import RESEED, RESEED_OF
+from ._reseed import FOLD, RESEED, RESEED_OF
+from ._reseed import FOLD_TAG as FOLD_OF
 
-FOLD = "fold"  # the hpsearch.kind of a retraining on one cross-validation fold (promote --folds)
-FOLD_OF = "hpsearch.fold"  # which fold a fold run trained on: "i/k"
 NOTHING = "Nothing was promoted with evidence yet: no finished retraining (`hpsearch promote --candidates K` "
 NOTHING += "with --reseeds or --folds) in this run, and the study's latest registered version is no ensemble."
 

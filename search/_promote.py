@@ -134,12 +134,12 @@ def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensem
         _say_held_out(out, metric, picked, _ensemble.wins(picked, mode))
     if _ensemble.wins(picked, mode):
         model_uri, tests, _, cost = _ensemble.log_ensemble(store, study, parent, trainable, picked, chosen)
-        evidence |= {"kind": "ensemble", "members": picked.lineage(), "cost": cost}
+        evidence |= {"kind": tracking.ENSEMBLE, "members": picked.lineage(), "cost": cost}
         digest, val_value, trial_id, params = picked.digest, picked.held_out, winner.trial_id, chosen.config
     else:
         model_uri, tests, _, digest = _single.log_chosen(store, study, parent, chosen, trainable)
         val_value, trial_id, params = chosen.value, winner.trial_id, chosen.config
-        evidence["kind"] = "single"
+        evidence["kind"] = tracking.SINGLE
     return {
         "trial_id": trial_id,
         "params": params,
@@ -204,7 +204,7 @@ def _register(store, study: str, parent, name: str, alias: str, chosen: dict, ev
         "metric": ptags.get(T.METRIC, ""),
         "val_value": str(chosen["val_value"]),
         "checkpoint_sha256": chosen["digest"],
-        "model_kind": evidence.get("kind", "single"),
+        tracking.MODEL_KIND: evidence.get("kind", tracking.SINGLE),
         **{
             k.removeprefix("hpsearch."): v
             for k, v in ptags.items()
@@ -223,7 +223,7 @@ def _register(store, study: str, parent, name: str, alias: str, chosen: dict, ev
         )
         + (
             "; an ensemble of " + str(lineage.get("ensemble_size")) + " models"
-            if evidence.get("kind") == "ensemble"
+            if evidence.get("kind") == tracking.ENSEMBLE
             else ""
         )
         + "; "
@@ -236,7 +236,7 @@ def _register(store, study: str, parent, name: str, alias: str, chosen: dict, ev
         "run_id": parent.info.run_id,
         "trial_id": chosen["trial_id"],
         "test_metrics": chosen["test_metrics"],
-        "kind": evidence.pop("kind", "single"),
+        "kind": evidence.pop("kind", tracking.SINGLE),
         **evidence,
     }
 
@@ -249,6 +249,6 @@ def _evidence_tags(winner, evidence: dict) -> dict[str, str]:
     if "held_out" in evidence:
         held = evidence["held_out"]
         tags |= {f"held_out_{k}": repr(v) for k, v in held.items() if v is not None}
-    if evidence.get("kind") == "ensemble":
+    if evidence.get("kind") == tracking.ENSEMBLE:
         tags |= {"members": json.dumps(evidence["members"]), "ensemble_size": str(len(evidence["members"]))}
     return tags

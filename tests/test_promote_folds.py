@@ -164,3 +164,16 @@ def test_bad_flag_combinations_are_one_line(folded, cli, flags, says):
     code, out, err = cli("promote", "folded", *flags)
     assert code == 2 and err.startswith("hpsearch: error: ") and says in err and len(err.splitlines()) == 1, err
     assert len(tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id)) == count
+
+
+def test_the_report_shows_the_finalists_spread_and_the_ensemble(folded):
+    import html
+
+    tmp, info, _, _ = folded
+    path, _ = api.report("folded", output=str(tmp / "folded.html"))
+    page = html.unescape(open(path).read())
+    assert page.count("<td>3 folds</td>") == 2
+    for c in info["candidates"]:
+        assert f"{c['trial_id']}" in page
+    assert f"an ensemble of {len(info['members'])} members" in page
+    assert all(m["name"] in page for m in info["members"])

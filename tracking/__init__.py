@@ -3,6 +3,8 @@
 from . import _runs as tags
 from ._models import (
     ENSEMBLE,
+    MODEL_KIND,
+    SINGLE,
     load_best_checkpoint,
     load_model,
     log_best_checkpoint,
@@ -19,6 +21,8 @@ from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data
 
 __all__ = [
     "ENSEMBLE",
+    "MODEL_KIND",
+    "SINGLE",
     "HOME_ENV",
     "Store",
     "TrackingUnreachable",
