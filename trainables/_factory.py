@@ -368,11 +368,12 @@ def from_model(
         served = Served(net.eval(), d.layout, preprocessing(config, d), stats(config, d) if d.images else None)
         return served.eval(), d.head("val").x[:4].numpy().copy()
 
-    def predict(config: dict, state: dict) -> Held:
+    def predict(config: dict, state: dict, split: str = "val") -> Held:
         config = with_defaults(config)
         d, device = splits(config), default_device()
-        index = d.val_index if d.val_index is not None else np.arange(len(d.val))
-        return held_out(load(config, state, d, device), d.val, index, task, prep(config, d))
+        data = d.split(split)  # "test": only an ensemble's one test evaluation asks
+        index = d.val_index if split == "val" and d.val_index is not None else np.arange(len(data))
+        return held_out(load(config, state, d, device), data, index, task, prep(config, d))
 
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
         head = splits(with_defaults(config)).head(split)

@@ -51,9 +51,9 @@ class Trainable:
     task: str | None = None
     # whether a config's trainables.FOLD_KEY trains and validates on a cross-validation fold (from_model's do)
     can_fold: bool = False
-    # predict(config, model_state) -> trainables.Held: raw outputs on the config's val split (its fold's held-out
-    # part, folded), with targets and positions; never reads the test split
-    predict: Callable[[dict, dict], Any] | None = None
+    # predict(config, model_state, split="val") -> trainables.Held: raw outputs on the config's val split (its
+    # fold's held-out part, folded), with targets and positions; "test" only for an ensemble's one test evaluation
+    predict: Callable[..., Any] | None = None
     # folds(config, k) -> trainables.fold_plan's record of the fold layout, without training
     folds: Callable[[dict, int], dict[str, Any]] | None = None
 
