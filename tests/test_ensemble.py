@@ -113,8 +113,9 @@ def test_an_ensemble_of_digits_models_is_logged_and_served_by_mlflow_from_raw_pi
 
     store = tracking.Store(home=tmp_path / "home")
     store.use()
-    run_id = store.client.create_run(store.client.create_experiment("ensemble")).info.run_id
+    run_id = store.client.create_run(store.experiment_id("ensemble", create=True)).info.run_id
     uri = tracking.log_servable_model(store, run_id, ensemble, example)
+    assert list((tmp_path / "home" / "artifacts").rglob("model.pt2"))  # in the store's home, not the cwd
 
     pixels = DigitsData(0).raw["val"][0][:50]  # raw 0..16 pixels, as a client sends them
     np.save(tmp_path / "x.npy", pixels)

@@ -78,7 +78,8 @@ def test_the_same_split_seed_gives_the_same_folds_and_another_seed_other_folds()
 
 
 def test_held_score_of_one_model_is_what_evaluate_reports_on_its_val_split():
-    for trainable, config in ((get_trainable("digits-mlp"), {}), (WAVE, {"lr": 0.05, "epochs": 3})):
+    smoothed = {"label_smoothing": 0.1}  # val_loss as the loop computes it, from the config
+    for trainable, config in ((get_trainable("digits-mlp"), smoothed), (WAVE, {"lr": 0.05, "epochs": 3})):
         for fold in (None, [1, 3]):
             folded = {**trainable.defaults, **QUICK, **config, **({FOLD_KEY: fold} if fold else {})}
             state = _trained(trainable, folded)
@@ -86,7 +87,7 @@ def test_held_score_of_one_model_is_what_evaluate_reports_on_its_val_split():
             metrics = [m for m in reported if can_score(trainable.task, m)]
             assert len(metrics) >= 2  # val_loss and the task's own
             for metric in metrics:
-                assert held_score(trainable.task, metric, held.outputs, held.targets) == pytest.approx(
+                assert held_score(trainable.task, metric, held.outputs, held.targets, config=folded) == pytest.approx(
                     reported[metric], rel=1e-6, abs=1e-9
                 ), (trainable.name, fold, metric)
 
@@ -111,7 +112,11 @@ def test_no_folded_hook_reads_the_test_split(monkeypatch):
     WAVE.predict(wave, WAVE.setup(wave).model().state_dict())
     WAVE.export(wave, WAVE.setup(wave).model().state_dict())
     assert TEST_READS == []
-    assert WAVE.evaluate({}, WAVE.setup({}).model().state_dict(), "test") and TEST_READS == [0]  # the counter counts
+    state = WAVE.setup({}).model().state_dict()
+    tested = WAVE.predict({}, state, "test")  # an ensemble's one test evaluation: the counter counts it
+    assert TEST_READS == [0] and np.array_equal(tested.index, np.arange(20))
+    reported = WAVE.evaluate({}, state, "test")
+    assert held_score("regression", "val_mse", tested.outputs, tested.targets) == pytest.approx(reported["test_mse"])
 
 
 def test_the_fold_is_normalised_with_its_own_training_part():
@@ -125,6 +130,24 @@ def test_the_fold_is_normalised_with_its_own_training_part():
     assert float(served.preprocess.mean) == pytest.approx(pooled[kept].mean(), rel=1e-5)
     assert float(served.preprocess.mean) != pytest.approx(digits.mean, rel=1e-5)  # not the user's train split's
     assert float(mlp.export({**mlp.defaults}, state)[0].preprocess.mean) == pytest.approx(digits.mean)
+
+
+def test_built_in_images_fold_with_the_folds_statistics_and_score_reconstructions_as_evaluate_does():
+    from trainables._datasets import load_dataset
+
+    autoencoder = get_trainable("digits-autoencoder")
+    config = {**autoencoder.defaults, FOLD_KEY: [0, 3]}
+    state = autoencoder.setup(config).model().state_dict()  # untrained: the arithmetic is what is compared
+    held, reported = autoencoder.predict(config, state), autoencoder.evaluate(config, state, "val")
+    assert held.targets.shape == held.outputs.shape == (len(held.index), 1, 8, 8)  # the pixels, 0..1
+    for metric in ("val_loss", "val_mse", "val_psnr"):
+        assert held_score("reconstruction", metric, held.outputs, held.targets) == pytest.approx(reported[metric])
+    digits = load_dataset("digits", None)
+    pooled = torch.cat((digits.x["train"], digits.x["val"]))
+    kept = torch.from_numpy(np.setdiff1d(np.arange(len(pooled)), held.index))
+    served, _ = autoencoder.export(config, state)
+    assert float(served.mean) == pytest.approx(float(pooled[kept].double().div(255).mean()), rel=1e-6)
+    assert float(served.mean) != pytest.approx(digits.mean[0], rel=1e-6)  # not the data set's training split's
 
 
 class _Pair(nn.Module):

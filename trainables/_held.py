@@ -48,12 +48,15 @@ def can_score(task: str | None, metric: str) -> bool:
     return task in TASKS and metric.startswith("val_") and metric[4:] in ("loss", *TASK_METRICS[task])
 
 
-def held_score(task: str, metric: str, outputs: np.ndarray, targets: np.ndarray) -> float:
+def held_score(
+    task: str, metric: str, outputs: np.ndarray, targets: np.ndarray, *, config: dict | None = None
+) -> float:
     """The study metric from outputs (one model's, or `combine`d ones) and `Held.targets`, as the loop scores
-    it. val_loss is the task's own loss with its defaults (cross-entropy with no label smoothing; mse)."""
+    it. val_loss is the task's loss as `config` sets it (label_smoothing, recon_loss; their defaults without
+    one), not a user's own `loss`."""
     if not can_score(task, metric):
         raise ValueError(f"{metric} cannot be computed from held-out outputs of a {task or 'plain'} trainable")
-    score = Score(task, loss_fn(task, {}), torch.device("cpu"))
+    score = Score(task, loss_fn(task, config or {}), torch.device("cpu"))
     out = torch.from_numpy(np.ascontiguousarray(outputs, dtype=np.float32))
     target = torch.from_numpy(np.ascontiguousarray(targets))
     for start in range(0, len(out), EVAL_BATCH):
