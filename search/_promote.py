@@ -97,19 +97,23 @@ def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensem
     from . import _ensemble, _reseed, _single
     from ._locations import resolve
 
-    trainable = get_trainable(parent.data.params["trainable"])
+    try:
+        trainable = get_trainable(parent.data.params["trainable"])
+    except LookupError as exc:  # a user's module that does not import from here
+        raise UserError(f"{exc} (promote runs the trainable's hooks: start it where the study's run started)") from None
     metric, mode = parent.data.tags.get(T.METRIC), parent.data.tags.get(T.MODE, "max")
     if ensemble is not None:
         _ensemble.refuse(trainable, metric, ensemble)
     runs = {r["trial_id"]: r["run_id"] for r in rows}
+    uri = None if store.embedded else store.tracking_uri  # the store this promotion reads, for the rereads below
     if candidates is not None:
         reseeds = reseeds if reseeds is not None or folds is not None else 2
         address = resolve(address=address).address
         store, parent, ranked, winner = _reseed.retrain_candidates(
-            study, candidates, reseeds, None, parent.info.run_id, out, address=address, folds=folds
+            study, candidates, reseeds, uri, parent.info.run_id, out, address=address, folds=folds
         )
     else:
-        _, _, ranked = _reseed.find_candidates(study, 1, None, parent.info.run_id)
+        _, _, ranked = _reseed.find_candidates(study, 1, uri, parent.info.run_id)
         winner = ranked[0]
     chosen = _single.best_checkpoint(store, parent, winner, runs, mode, own_only=candidates is None)
     evidence: dict[str, Any] = {"compute_s": sum(r.seconds for c in ranked for r in c.retrainings)}

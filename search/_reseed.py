@@ -18,8 +18,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import statistics
 import sys
+import threading
 from collections.abc import Callable
 
 import studies
@@ -50,6 +52,7 @@ class Retraining:
     run_id: str | None = None  # its child run, once recorded
     state: dict | None = None  # its best checkpoint's state_dict, once trained or loaded (`load_state`)
     seconds: float = 0.0  # training time, this promotion only (0 when reused)
+    node: str | None = None  # the Ray node it trained on
     reused: bool = False
 
     @property
@@ -98,6 +101,7 @@ def _retraining():
     def hpsearch_reseed(ref: str, config: dict, seed: int, metric: str, mode: str, threads: int, cwd: str):
         import time
 
+        import ray
         import torch
 
         from trainables import MemoryReporter, get_trainable
@@ -116,7 +120,8 @@ def _retraining():
         reporter = MemoryReporter(seed=seed, metric=metric, mode=mode)
         get_trainable(ref).train(config, reporter)
         model = reporter.checkpoints[-1]["model"] if reporter.checkpoints else None
-        return cpu(reporter.results), cpu(model), time.monotonic() - started
+        node = ray.get_runtime_context().get_node_id()
+        return cpu(reporter.results), cpu(model), time.monotonic() - started, node
 
     return hpsearch_reseed
 
@@ -303,6 +308,10 @@ def _run_missing(store, parent, study: str, found: list[Candidate], digest, out,
 
             ship = project_env(get_trainable(params["trainable"]), [tracking.data_home()])
         _ray_start.init_ray(address, ship)
+        # ray.init installs its own SIGTERM handlers (Python's, then its core worker's, which aborts): a SIGTERM
+        # must end a promotion like Ctrl-C, its running retrainings cancelled and nothing left open.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
     jobs = {}
     try:
         cpus, gpus = float(params.get("cpus_per_trial") or 1), float(params.get("gpus_per_trial") or 0)
@@ -327,7 +336,7 @@ def _arrived(store, parent, study: str, job: Retraining, ref, metric: str, mode:
     import ray
 
     try:
-        results, model, job.seconds = ray.get(ref)
+        results, model, job.seconds, job.node = ray.get(ref)
     except Exception as exc:  # the trainable raised, or its worker died
         last = ([line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__])[-1]
         print(f"  {job.trial_id} {job.label}: failed: {last.strip()}", file=out, flush=True)
@@ -348,7 +357,7 @@ def _record(store, parent, study: str, job: Retraining, results: list[dict], met
     recorder = tracking.StudyRecorder(store, study, {})
     recorder.attach(parent)
     config = {**job.config, "seed": job.seed}
-    tags = {RESEED_OF: job.trial_id}
+    tags = {RESEED_OF: job.trial_id, T.NODE: job.node or ""}
     if job.fold is not None:
         tags |= {FOLD_TAG: f"{job.fold + 1}/{job.folds}", FOLDS_DIGEST: job.folds_digest}
     run_id = recorder.trial_started(job.name, config, kind=job.kind, tags=tags)

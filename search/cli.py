@@ -225,7 +225,7 @@ def _command(args, handler=None) -> int:
         print(f"hpsearch: error: {exc}", file=sys.stderr)  # tracking's: a location to fix
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
-        print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"hpsearch: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

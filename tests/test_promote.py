@@ -239,3 +239,68 @@ def test_a_generator_cannot_be_ensembled():
 
     with pytest.raises(UserError, match="--ensemble: trainable digits-dcgan has no held-out predictions"):
         refuse(get_trainable("digits-dcgan"), "val_fid", 5)
+
+
+def test_a_promotion_killed_part_way_leaves_nothing_running_and_runs_again(tmp_path, monkeypatch):
+    """SIGKILL mid-promotion (the whole process group: its local Ray too), then SIGTERM mid-promotion: no
+    retraining run is left RUNNING once the next promotion starts, the first exits 130, and the promotion that
+    runs to the end reuses what the killed ones recorded, each retraining once."""
+    import signal
+    import time
+
+    import tracking
+    from tests.conftest import REPO, run_cli, spawn_cli
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    study = write_study(
+        tmp_path / "killed.yaml",
+        f"""\
+        name: killed
+        trainable: tests.clocked:CLOCKED
+        metric: loss
+        mode: min
+        space:
+          x: {{type: float, low: -1.0, high: 1.0}}
+        fixed: {{fail_file: "{tmp_path / "no-fail"}", sleep: 1.5}}
+        trials: 2
+        asha: {{max_t: 2, grace_period: 2}}
+        max_concurrent: 2
+        """,
+    )
+    api.run(str(study), out=io.StringIO())
+    store = tracking.Store()
+    parent = tracking.parent_runs(store, "killed")[0]
+
+    def reseeds():
+        return store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")
+
+    def promote_until(sig, more: int):
+        """Start a promotion, and send it `sig` once `more` retrainings more than before are recorded."""
+        finished = sum(r.info.status == "FINISHED" for r in reseeds()) + more
+        proc = spawn_cli("promote", "killed", "--candidates", "2", "--reseeds", "3", cwd=REPO)
+        try:
+            deadline = time.monotonic() + 240
+            while sum(r.info.status == "FINISHED" for r in reseeds()) < finished:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.3)
+            (os.killpg if sig == signal.SIGKILL else os.kill)(proc.pid, sig)
+            return proc.wait(timeout=60), proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    code, _ = promote_until(signal.SIGKILL, 1)
+    assert code == -signal.SIGKILL
+    code, out = promote_until(signal.SIGTERM, 1)
+    assert code == 130 and "hpsearch: interrupted" in out, out
+    assert "RUNNING" not in {r.info.status for r in reseeds()}  # the second closed what the kill left open
+    kept = {r.info.run_id for r in reseeds() if r.info.status == "FINISHED"}
+    done = run_cli("promote", "killed", "--candidates", "2", "--reseeds", "3", cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(recorded)") == len(kept) >= 2
+    finished = [r for r in reseeds() if r.info.status == "FINISHED"]
+    assert len(finished) == 6 and kept <= {r.info.run_id for r in finished}
+    names = [r.info.run_name for r in finished]
+    assert len(set(names)) == 6  # each retraining once
+    assert "RUNNING" not in {r.info.status for r in reseeds()}

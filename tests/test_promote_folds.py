@@ -177,3 +177,15 @@ def test_the_report_shows_the_finalists_spread_and_the_ensemble(folded):
         assert f"{c['trial_id']}" in page
     assert f"an ensemble of {len(info['members'])} members" in page
     assert all(m["name"] in page for m in info["members"])
+
+
+def test_an_ensemble_of_the_sweeps_checkpoints_and_reseeds_is_chosen_on_the_validation_split(folded):
+    out = io.StringIO()
+    info = api.promote("folded", candidates=2, reseeds=1, ensemble=4, name="folded-val", out=out)
+    held = info["held_out"]
+    # The single model's held-out value is its best checkpoint's validation value, scored as training scored it.
+    chosen = next(c for c in info["candidates"] if c["chosen"])
+    assert held["single"] == pytest.approx(max(chosen["values"]), abs=1e-9)
+    assert held["ensemble"] >= held["single"]  # greedy selection starts from the best single model
+    assert info["kind"] == ("ensemble" if held["ensemble"] > held["single"] else "single")
+    assert "held-out val_accuracy" in out.getvalue()
