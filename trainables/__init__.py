@@ -5,13 +5,14 @@ from ._factory import from_model
 from ._loop import Split
 from ._lru import release_caches
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
-from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
+from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS, MemoryReporter, Reporter
 
 __all__ = [
     "EPOCH",
     "STOP_DIVERGED",
     "STOP_EARLY",
     "STOP_KEY",
+    "TRAIN_SECONDS",
     "Setup",
     "Split",
     "MemoryReporter",
