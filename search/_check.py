@@ -88,12 +88,7 @@ def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
         return Check("estimate", PASS, lines)
     asha = spec.asha
     if spec.max_seconds:
-        full_s = min(trial_s, spec.max_seconds)  # a trial ends at max_t seconds or at max_epochs, what comes first
-        asha_s = asha_epochs(full_s, min(asha.grace_period, full_s), asha.reduction_factor)
-        lines.append(
-            f"budget in seconds of training: a trial stops at {spec.max_seconds:g} s or {spec.max_t} epochs, "
-            f"here after {full_s / epoch_s:.1f} epochs ({full_s:.1f} s); rungs from {asha.grace_period:g} s"
-        )
+        full_s, asha_s = _seconds_budget(spec, epoch_s, trial_s, lines)
         average = f"{asha_s:.1f} s of training per trial on average"
     else:
         full_s, epochs = trial_s, asha_epochs(asha.max_t, asha.grace_period, asha.reduction_factor)
@@ -110,6 +105,23 @@ def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
         f"with ASHA (training only; add start-up)"
     )
     return Check("estimate", PASS, lines)
+
+
+def _seconds_budget(spec, epoch_s: float, trial_s: float, lines: list[str]) -> tuple[float, float]:
+    """Under asha.budget: seconds, (a trial's seconds at full fidelity, its expected seconds with ASHA), saying
+    where this configuration stops in `lines`."""
+    asha = spec.asha
+    full_s = min(trial_s, spec.max_seconds)  # a trial ends at max_t seconds or at max_epochs, what comes first
+    lines.append(
+        f"budget in seconds of training: a trial stops at {spec.max_seconds:g} s or {spec.max_t} epochs, "
+        f"here after {full_s / epoch_s:.1f} epochs ({full_s:.1f} s); rungs from {asha.grace_period:g} s"
+    )
+    if full_s < spec.max_seconds:
+        lines.append(
+            f"max_epochs ends this configuration before max_t: time decides only for slower ones; "
+            f"to let time decide here too, raise max_epochs to about {math.ceil(spec.max_seconds / epoch_s)}"
+        )
+    return full_s, asha_epochs(full_s, min(asha.grace_period, full_s), asha.reduction_factor)
 
 
 def exit_code(checks: list[Check]) -> int:

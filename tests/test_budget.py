@@ -107,9 +107,10 @@ def test_check_says_what_a_time_budget_buys():
     )
     lines = _estimate(timed, n_train=1000, batch=100, step_s=0.1).lines  # 1 s per epoch: 60 s is 60 > 50 epochs
     assert "a trial stops at 60 s or 50 epochs, here after 50.0 epochs (50.0 s)" in lines[1]
-    assert "s of training per trial on average" in lines[2]
+    assert "to let time decide here too, raise max_epochs to about 60" in lines[2]
+    assert "s of training per trial on average" in lines[3]
     slow = _estimate(timed, n_train=1000, batch=100, step_s=0.3).lines  # 3 s per epoch: 60 s come first
-    assert "here after 20.0 epochs (60.0 s)" in slow[1]
+    assert "here after 20.0 epochs (60.0 s)" in slow[1] and "raise max_epochs" not in " ".join(slow)
     epochs = parse_spec({**BASE, "space": SPACE, "hours": 1, "asha": {"max_t": 50}}, "b.yaml")
     assert "epochs per trial on average" in _estimate(epochs, 1000, 100, 0.1).lines[1]
 
