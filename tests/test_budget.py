@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 import ray
 import yaml
@@ -307,43 +306,45 @@ def test_the_rungs_in_seconds_are_rebuilt_from_the_journal_as_the_live_asha_had_
     check_replay(asha, study, "score", "max")  # what a --resume checks first: nothing to say
 
 
-def wait_until(home, name: str, ended: int, epochs: int, timeout: float = 120) -> None:
-    """Until MLflow holds `ended` ended trials and a running trial has checkpointed epoch `epochs`."""
+def wait_for_a_survivor(home, name: str, epochs: int, timeout: float = 120) -> None:
+    """Until a running trial of width 1 has checkpointed epoch `epochs` (read from MLflow and Ray's folders)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if list((home / "ray").glob(f"{name}-*/hpsearch-logs/*.log")):  # MLflow's tables exist by now
             store = tracking.Store(home=home)
             runs = tracking.parent_runs(store, name)
             rows = tracking.trial_rows(store, runs[0]) if runs else []
-            running = [Path(r["trial_dir"]) for r in rows if r["status"] == "RUNNING" and r["trial_dir"]]
+            running = [Path(r["trial_dir"]) for r in rows if r["status"] == "RUNNING" and r["params"].get("width") == 1]
             # Ray keeps a trial's latest checkpoint only; quad checkpoints every epoch (its loss falls each one).
-            saved = [int(c.name.split("_")[1]) + 1 for d in running for c in d.glob("checkpoint_*")]
-            if sum(r["status"] != "RUNNING" for r in rows) >= ended and max(saved, default=0) >= epochs:
+            if any(int(c.name.split("_")[1]) + 1 >= epochs for d in running for c in d.glob("checkpoint_*")):
                 return
-        time.sleep(0.2)
-    raise AssertionError(f"the sweep did not get to {ended} ended trials in {timeout}s")
+        time.sleep(0.3)
+    raise AssertionError(f"no trial of width 1 got to epoch {epochs} in {timeout}s")
 
 
-def test_sigterm_then_resume_continues_each_trials_seconds_from_its_checkpoint(tmp_path):
+def test_sigterm_then_resume_continues_each_trials_seconds_from_its_checkpoint(tmp_path, monkeypatch):
     home, path = tmp_path / "home", tmp_path / "resumed.yaml"
-    # Fast trials (0.1 s an epoch) run 8 epochs, slow ones (0.6 s) 2: a fast one is mid-way at the signal.
-    asha = {**SWEEP["asha"], "max_t": 0.8, "grace_period": 0.2}
-    path.write_text(yaml.safe_dump({**SWEEP, "name": "resumed", "trials": 4, "seed": 5, "asha": asha}))
+    # Rungs at 0.4, 0.8 and 1.6 s; 0.2 s an epoch at width 1: past epoch 8 a trial is past every rung and runs
+    # to epoch 16 (3.2 s), so one seen there is mid-way at the signal (the first trial always gets there).
+    asha = {**SWEEP["asha"], "max_t": 3.2, "grace_period": 0.4}
+    study = {**SWEEP, "name": "resumed", "fixed": {"sleep": 0.2}, "trials": 3, "seed": 5, "asha": asha}
+    path.write_text(yaml.safe_dump(study))
     env = {"HPSEARCH_HOME": str(home)}
     proc = spawn_cli("run", path, cwd=REPO, env=env)
     try:
-        wait_until(home, "resumed", ended=0, epochs=3)
+        wait_for_a_survivor(home, "resumed", epochs=9)
     finally:
         out = sigterm(proc)
     assert proc.returncode == 130, out
     resumed = run_cli("run", path, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
-    frame = json.loads(run_cli("results", "resumed", "--format", "json", env=env).stdout)
-    times = histories(home, pd.DataFrame(frame))
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    results = api.results("resumed")
+    times, frame = histories(home, results), results.to_dict("records")
     continued = [p for p in (home / "ray").glob("resumed-*/hpsearch-logs/*.log") if "resuming at" in p.read_text()]
     assert continued  # a trial went on from its checkpoint rather than from epoch 1
-    assert len(frame) == 4 and {r["state"] for r in frame} <= {COMPLETED, PRUNED}
+    assert len(frame) == 3 and {r["state"] for r in frame} <= {COMPLETED, PRUNED}
     for row in frame:  # a continued trial's clock went on from its checkpoint's seconds, never back to 0
         assert_stopped_in_seconds(row, times[row["trial_id"]], asha)
     storage = optuna.storages.JournalStorage(
