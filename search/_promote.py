@@ -113,8 +113,10 @@ def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensem
             study, candidates, reseeds, uri, parent.info.run_id, out, address=address, folds=folds
         )
     else:
-        _, _, ranked = _reseed.find_candidates(study, 1, uri, parent.info.run_id)
-        winner = ranked[0]
+        _, _, found = _reseed.find_candidates(study, len(rows), uri, parent.info.run_id)
+        best = parent.data.tags.get(T.BEST_TRIAL)  # the study's logged best is the single model here
+        winner = next((c for c in found if c.trial_id == best), found[0])
+        ranked = [winner]
     chosen = _single.best_checkpoint(store, parent, winner, runs, mode, own_only=candidates is None)
     evidence: dict[str, Any] = {"compute_s": sum(r.seconds for c in ranked for r in c.retrainings)}
     if candidates is not None:

@@ -130,8 +130,8 @@ def find_candidates(study: str, candidates: int, tracking_uri=None, run_id=None)
     """(store, parent run, the study's best K configurations as Candidates, best first)."""
     store, parent = studies.study_run(study, tracking_uri, run_id)
     frame = studies.results(study, tracking_uri=tracking_uri, run_id=parent.info.run_id)
-    top = frame[(frame["state"] != "failed") & frame["metric"].notna()].head(candidates)
-    if top.empty:
+    ranked = frame[(frame["state"] != "failed") & frame["metric"].notna()]
+    if ranked.empty:
         raise UserError(f"study {study!r} has no completed or pruned trial to retrain (run {parent.info.run_id})")
     dirs = {r["trial_id"]: r["trial_dir"] for r in tracking.trial_rows(store, parent)}
     found = [
@@ -142,9 +142,13 @@ def find_candidates(study: str, candidates: int, tracking_uri=None, run_id=None)
             float(row["metric"]),
             checkpoint=original_checkpoint(store, parent, row["trial_id"], dirs.get(row["trial_id"])),
         )
-        for _, row in top.iterrows()
+        for _, row in ranked.iterrows()
     ]
-    return store, parent, found
+    # Among trials that tie, those whose checkpoint is kept come first: the sweep's clean-up breaks ties in
+    # its own order, and a tie is no reason to pick a configuration whose model is gone.
+    mode = frame.attrs["mode"]
+    found.sort(key=lambda c: (*rank_key(c.original, mode), c.checkpoint is None))
+    return store, parent, found[:candidates]
 
 
 def original_checkpoint(store, parent, trial_id: str, trial_dir: str | None) -> Callable[[], dict] | None:

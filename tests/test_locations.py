@@ -201,3 +201,16 @@ def test_output_cut_short_by_a_closed_pipe_is_not_an_error(clean_env, tmp_path):
     proc.stdout.close()  # before the command has printed anything (its imports take seconds)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_a_sqlite_tracking_uri_keeps_its_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """MLflow would put them in ./mlruns of whatever folder the command runs in (a repository, say)."""
+    import tracking
+
+    monkeypatch.chdir(tmp_path)
+    store = tracking.Store(f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}")
+    run = store.client.create_run(store.experiment_id("arts", create=True))
+    (tmp_path / "note.txt").write_text("x")
+    store.client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    assert list((tmp_path / "db" / "artifacts" / "arts").rglob("note.txt"))
+    assert not (tmp_path / "mlruns").exists()

@@ -4,6 +4,7 @@ checkpoint; promoting and reporting read it no more (the result is cached by the
 import collections
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +305,40 @@ def test_a_promotion_killed_part_way_leaves_nothing_running_and_runs_again(tmp_p
     names = [r.info.run_name for r in finished]
     assert len(set(names)) == 6  # each retraining once
     assert "RUNNING" not in {r.info.status for r in reseeds()}
+
+
+def test_among_tied_candidates_those_whose_checkpoint_is_kept_are_retrained(tmp_path, monkeypatch, cli):
+    """Four trials of one configuration tie; the sweep keeps two checkpoints, breaking the tie in its own order
+    (start order), where `results` lists tied trials by id. The two candidates are the two kept trials, so
+    neither's own checkpoint is said to be gone."""
+    import json
+
+    import tracking
+
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    study = write_study(
+        tmp_path / "tied.yaml",
+        f"""\
+        name: tied
+        trainable: tests.clocked:CLOCKED
+        metric: loss
+        mode: min
+        space:
+          x: {{type: categorical, choices: [0.5]}}
+        fixed: {{fail_file: "{tmp_path / "no-fail"}"}}
+        trials: 4
+        asha: {{max_t: 2, grace_period: 2}}
+        keep_checkpoints: 2
+        max_concurrent: 2
+        """,
+    )
+    api.run(str(study), out=io.StringIO())
+    store = tracking.Store()
+    rows = tracking.trial_rows(store, tracking.parent_runs(store, "tied")[0])
+    assert len({r["metric"] for r in rows}) == 1  # a four-way tie
+    kept = {r["trial_id"] for r in rows if list(Path(r["trial_dir"]).glob("checkpoint_*/checkpoint.pt"))}
+    assert len(kept) == 2
+    code, out, err = cli("promote", "tied", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert {c["trial_id"] for c in info["candidates"]} == kept and "is gone" not in err, err

@@ -126,8 +126,12 @@ class Store:
         mlflow.set_registry_uri(self.tracking_uri)
 
     def artifact_location(self, study: str) -> str | None:
-        # With sqlite, MLflow would put artifacts under ./mlruns of whatever the cwd is; pin them in home.
-        return (self.home / "artifacts" / study).as_uri() if self.embedded else None
+        """With sqlite, MLflow would put artifacts under ./mlruns of whatever the cwd is (a repository, say):
+        they go beside the database instead, in home for the embedded store. A server chooses its own."""
+        if self.embedded:
+            return (self.home / "artifacts" / study).as_uri()
+        db_path = sqlite_file(self.tracking_uri)
+        return (db_path.parent / "artifacts" / study).as_uri() if db_path is not None else None
 
     def experiment_id(self, study: str, create: bool = False) -> str | None:
         exp = self.client.get_experiment_by_name(study)
