@@ -119,6 +119,13 @@ def task_table(name: str, arms: dict[str, dict[int, dict]], mode: str) -> str:
             )
         row.append(f"{mean(recs, 'wall_s'):.0f}")
         lines.append("| " + " | ".join(row) + " |")
+    if "e" in arms:
+        kinds = [r.get("kind") for r in arms["e"].values()]
+        lines += [
+            "",
+            f"(e) registered the ensemble on {kinds.count('ensemble')} of {len(kinds)} seeds, the single best on "
+            "the others.",
+        ]
     if "e" in arms and base:
         lines += ["", target_reading(arms["e"], base, mode, accuracy)]
     return "\n".join(lines)

@@ -86,7 +86,8 @@ def _lines(path, task="digits-mlp"):
         rows.append({**common, "arm": "a", "test": 0.95, "sweep_s": 20.0, "epochs": 60})
         rows.append({**common, "arm": "b", "test": 0.95 + (0.02 if seed < 4 else 0), "sweep_s": 20.0, "epochs": 60})
         promotion = {"compute_s": 8.0, "sweep_s": 20.0, "compute_epochs": 30, "sweep_epochs": 60}
-        rows.append({**common, "arm": "e", "test": 0.97 if seed < 6 else 0.94, **promotion})
+        kind = "ensemble" if seed % 2 else "single"
+        rows.append({**common, "arm": "e", "test": 0.97 if seed < 6 else 0.94, "kind": kind, **promotion})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -99,6 +100,7 @@ def test_the_summary_reads_the_target_off_the_ensemble_arm(tmp_path):
     assert "| +1.00 [" in rows["(b) hpsearch sweep best"] and "| 4/4/0 |" in rows["(b) hpsearch sweep best"]
     ensemble = rows["(e) promote --candidates 3 --reseeds 2 --ensemble 5"]
     assert "| +1.25 [" in ensemble and "| 6/0/2 |" in ensemble and "8 s (40%), 30 (50%)" in ensemble
+    assert "(e) registered the ensemble on 4 of 8 seeds" in table
     # +1.25 points, 6 of 8 seeds, 40% more compute: each part met
     assert table.splitlines()[-1].endswith("-> met") and table.count("NOT met") == 0
 
