@@ -1,8 +1,9 @@
 """`hpsearch report STUDY`: one self-contained HTML page for the morning after, logged to the parent run.
 
-Optuna's own plots (optuna.visualization), the top trials' learning curves with a diagnosis in the course
-notes' terms, the best model's confusion matrix and sample predictions on the validation split (the test
-split stays untouched), and the spec, budget and counts.
+Optuna's own plots (optuna.visualization), the finalists' evidence from promotion (search/_finalists.py),
+the top trials' learning curves with a diagnosis in the course notes' terms, the best model's confusion
+matrix and sample predictions on the validation split (the test split stays untouched), and the spec, budget
+and counts. Every figure in the text is written by one rule, `studies.readable`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from plotly.subplots import make_subplots
 
 import studies
 import tracking
-from studies import UserError, diagnose
+from studies import UserError, diagnose, readable
 from tracking import tags as T
 from trainables import get_trainable
+
+from ._finalists import finalists_html
 
 TOP = 5  # trials whose curves and diagnoses are shown
 SAMPLES = 16  # sample predictions in the grid
@@ -52,19 +55,20 @@ def build_report(
         f"<p>Run <code>{html.escape(parent.info.run_id)}</code> ({html.escape(str(status['status']))}, "
         f"started {html.escape(status['started'])}); trials: {counts}; "
         f"budget: {summary.finished} of {summary.trials} trials"
-        + (f", {float(spent) / 3600:.2f} of {summary.hours:g} hours" if summary.hours and spent else "")
-        + (f", {float(spent):.0f} s spent" if spent else "")
-        + f". Best {html.escape(metric)} = {summary.best_value if summary.best_value is not None else '-'}"
+        + (f", {readable(float(spent) / 3600)} of {readable(summary.hours)} hours" if summary.hours and spent else "")
+        + (f", {readable(float(spent))} s spent" if spent else "")
+        + f". Best {html.escape(metric)} = {readable(summary.best_value)}"
         f" (trial {html.escape(str(summary.best_trial))}).</p>"
     )
     test = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
     if test:
         header += (
             "<p>Test split (read once, for the final best checkpoint): "
-            + ", ".join(f"{html.escape(k)} = {v:.4f}" for k, v in sorted(test.items()))
+            + ", ".join(f"{html.escape(k)} = {readable(v)}" for k, v in sorted(test.items()))
             + "</p>"
         )
     sections.append(("Summary", header))
+    sections.append(("Finalists (promotion's evidence)", finalists_html(store, parent, study, frame, metric, mode)))
     sections.append(
         (
             "Diagnoses (from each trial's curves, in the course notes' terms)",
@@ -84,7 +88,8 @@ def build_report(
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>hpsearch report: {html.escape(study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-        "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}</style></head><body>"
+        "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:0.2em 0.6em;text-align:left}</style></head><body>"
         f"<h1>Study {html.escape(study)}</h1>"
         + "".join(f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body in sections)
         + "</body></html>"
@@ -156,7 +161,7 @@ def _curves(store, ranked, metric: str) -> tuple[go.Figure, list[str]]:
         train, val = history["train_loss"][1], history["val_loss"][1]
         n = min(len(train), len(val))
         line = diagnose(train[:n], val[:n]).line() if n else "no diagnosis: the trial reports no train_loss/val_loss"
-        diagnoses.append(f"trial {name} ({row['state']}, {metric} {row['metric']:.4f}): {line}")
+        diagnoses.append(f"trial {name} ({row['state']}, {metric} {readable(row['metric'])}): {line}")
     figure.update_layout(height=450, xaxis_title="epoch", xaxis2_title="epoch")
     return figure, diagnoses
 
@@ -206,7 +211,7 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
         yaxis_title="true",
         yaxis_autorange="reversed",
         height=500,
-        title=f"validation accuracy {float((predicted == y).mean()):.4f} ({len(y)} examples)",
+        title=f"validation accuracy {readable(float((predicted == y).mean()))} ({len(y)} examples)",
     )
     figures = [("Best model: confusion matrix (validation split)", confusion)]
     if shape is not None:

@@ -6,7 +6,6 @@ and the trainables (torch) are imported by the functions that need them."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -178,85 +177,31 @@ def promote(
     tracking_uri: str | None = None,
     run_id: str | None = None,
     candidates: int | None = None,
-    reseeds: int = 2,
+    reseeds: int | None = None,
     out=None,
     address: str | None = None,
+    folds: int | None = None,
+    ensemble: int | None = None,
 ) -> dict[str, Any]:
-    """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`,
-    first retrain the best K configurations with `reseeds` other seeds and promote the best mean."""
-    name = name or studies.check_name(study)
-    tracking_uri = _uri(tracking_uri)
-    if not _ALIAS.match(alias) or re.fullmatch(r"v\d+|latest", alias):
-        raise UserError(f"--alias: {alias!r} is not allowed: letters, digits, '-', '_' (not 'latest' or v<N>)")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise UserError(f"--name: {name!r} is not allowed: letters, digits, '.', '-' and '_' only")
-    store, parent = studies.study_run(study, tracking_uri, run_id)
-    rows = tracking.trial_rows(store, parent)
-    if not any(r["state"] in ("completed", "pruned", "stopped") for r in rows):
-        raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
-    ptags = parent.data.tags
-    extra: dict[str, Any] = {}
-    model_uri = ptags.get(T.MODEL_URI)
-    if not model_uri and (candidates is None or ptags.get("hpsearch.no_model")):  # retraining would not help
-        why = ptags.get("hpsearch.no_model", "the trainable has no export hook")
-        raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model: {why}")
-    if candidates is None:
-        best = next((r for r in rows if r["trial_id"] == ptags.get(T.BEST_TRIAL)), None)
-        trial_id, params = ptags.get(T.BEST_TRIAL, ""), best["params"] if best else {}
-        val_value, digest = parent.data.metrics.get(T.BEST_VALUE, ""), ptags.get(T.CHECKPOINT_DIGEST, "")
-        test_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
-    else:
-        from ._reseed import log_chosen, retrain_candidates
+    """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`, first
+    retrain the best K configurations, with `reseeds` other seeds (default 2) or on `folds` cross-validation
+    folds, and promote the best mean. With `ensemble`, also build an ensemble of at most that many picks on
+    held-out predictions and promote it when it is better there. See search/_promote.py."""
+    from ._promote import promote as promote_
 
-        store, parent, ranked, chosen = retrain_candidates(
-            study, candidates, reseeds, tracking_uri, parent.info.run_id, out, address=resolve(address=address).address
-        )
-        model_uri, test_metrics, source = log_chosen(store, study, parent, chosen)
-        trial_id, params, val_value = (
-            chosen.trial_id,
-            (chosen.best or {}).get("config", chosen.params),
-            chosen.best_value,
-        )
-        digest = store.client.get_run(source).data.tags.get(T.CHECKPOINT_DIGEST, "")
-        extra = {"val_mean": repr(chosen.mean), "val_std": repr(chosen.std), "seeds": str(len(chosen.values))}
-    lineage = {
-        "study": study,
-        "run_id": parent.info.run_id,
-        "trial_id": trial_id,
-        "params": json.dumps(params, sort_keys=True),
-        "metric": ptags.get(T.METRIC, ""),
-        "val_value": str(val_value),
-        "checkpoint_sha256": digest,
-        **{
-            k.removeprefix("hpsearch."): v
-            for k, v in ptags.items()
-            if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"
-        },
-        "split_seed": ptags.get("hpsearch.split_seed", ""),
-        **{k: repr(v) for k, v in test_metrics.items()},
-        **extra,
-    }
-    description = (
-        f"study {study}, trial {lineage['trial_id']}: {lineage['metric']}={lineage['val_value']}"
-        + (f" (mean {chosen.mean:.4f} +- {chosen.std:.4f} over {len(chosen.values)} seeds)" if extra else "")
-        + "; "
-        + studies.headline(test_metrics)
+    return promote_(
+        study,
+        alias,
+        name,
+        _uri(tracking_uri),
+        run_id,
+        candidates,
+        reseeds,
+        out,
+        address,
+        folds=folds,
+        ensemble=ensemble,
     )
-    info = tracking.register_model(store, model_uri, name, alias, lineage, description)
-    result = {
-        **info,
-        "source": model_uri,
-        "run_id": parent.info.run_id,
-        "trial_id": trial_id,
-        "test_metrics": test_metrics,
-    }
-    if extra:
-        result["candidates"] = [
-            {"trial_id": c.trial_id, "mean": c.mean, "std": c.std, "values": c.values, "chosen": c is chosen}
-            for c in ranked
-        ]
-        result["single_best"] = ptags.get(T.BEST_TRIAL)
-    return result
 
 
 def report(

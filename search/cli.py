@@ -121,7 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--candidates", type=int, metavar="K", help="retrain the best K configurations and promote the best mean"
     )
-    p.add_argument("--reseeds", type=int, default=2, metavar="S", help="other training seeds per candidate (default 2)")
+    p.add_argument(
+        "--reseeds",
+        type=int,
+        metavar="S",
+        help="with --candidates: other training seeds per candidate, on the study's splits (default 2)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="F",
+        help="with --candidates, in place of --reseeds: train each candidate on F cross-validation folds of the "
+        "training and validation splits (each fold with its own seed); the best mean out-of-fold value wins",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        nargs="?",
+        const=10,
+        metavar="N",
+        help="also pick an ensemble of at most N models (default 10) on held-out predictions (out-of-fold with "
+        "--folds, else the validation split) and promote it where it beats the single model there",
+    )
     p.add_argument(
         "--address",
         help="the Ray cluster the retrainings run on (default: HPSEARCH_ADDRESS, the config file, else a local Ray)",
@@ -204,7 +225,7 @@ def _command(args, handler=None) -> int:
         print(f"hpsearch: error: {exc}", file=sys.stderr)  # tracking's: a location to fix
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
-        print(f"hpsearch: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"hpsearch: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 
@@ -443,24 +464,45 @@ def _promote(args) -> int:
         candidates=args.candidates,
         reseeds=args.reseeds,
         address=args.address,
+        folds=args.folds,
+        ensemble=args.ensemble,
+        out=sys.stdout if args.format == "table" else sys.stderr,
     )
     if args.format == "json":
         print(json.dumps(info, indent=2))
-    else:
-        for c in info.get("candidates", []):
-            single = " (the single best)" if c["trial_id"] == info["single_best"] else ""
-            print(
-                f"{'*' if c['chosen'] else ' '} trial {c['trial_id']}{single}: mean {c['mean']:.4f} +- "
-                f"{c['std']:.4f} over {len(c['values'])} seeds"
-            )
-        test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(info["test_metrics"].items())) or "no test metrics"
+        return 0
+    over = "folds" if "folds" in info else "seeds"
+    for c in info.get("candidates", []):
+        single = " (the single best)" if c["trial_id"] == info["single_best"] else ""
         print(
-            f"promoted {info['name']} version {info['version']} as @{info['alias']} (trial {info['trial_id']}; {test})"
+            f"{'*' if c['chosen'] else ' '} trial {c['trial_id']}{single}: mean {c['mean']:.4f} +- {c['std']:.4f} "
+            f"over {len(c['values'])} {over} (single split {c['single_split']:.4f})"
         )
-        if info.get("previous_version"):
-            print(f"version {info['previous_version']} keeps an alias: undo with `hpsearch rollback {info['name']}`")
-        print(f"load it with: mlflow.pyfunc.load_model('{info['model_uri']}')")
+    if info["kind"] == "ensemble":
+        cost = info["cost"]
+        times = cost["predict_ms"] / max(1e-9, cost["single_predict_ms"])
+        print(
+            f"ensemble: {cost['distinct']} models, {cost['parameters']:,} parameters "
+            f"({cost['parameters'] / max(1, cost['single_parameters']):.1f}x the single model's), predict "
+            f"{cost['predict_ms']:.1f} ms per {cost['rows']} rows ({times:.1f}x)"
+        )
+    print(
+        f"promoted {info['name']} version {info['version']} as @{info['alias']} "
+        f"({'an ensemble' if info['kind'] == 'ensemble' else 'trial ' + info['trial_id']}; "
+        f"{_headline(info['test_metrics'])})"
+    )
+    if info.get("compute_s"):
+        print(f"retraining took {info['compute_s']:.0f} s of training")
+    if info.get("previous_version"):
+        print(f"version {info['previous_version']} keeps an alias: undo with `hpsearch rollback {info['name']}`")
+    print(f"load it with: mlflow.pyfunc.load_model('{info['model_uri']}')")
     return 0
+
+
+def _headline(tests: dict) -> str:
+    """The test metrics a person reads on one line: the per-class ones are in --format json."""
+    shown = {k: v for k, v in sorted(tests.items()) if "_class_" not in k}
+    return ", ".join(f"{k}={v:.4f}" for k, v in shown.items()) or "no test metrics"
 
 
 def _check(args) -> int:
@@ -494,11 +536,18 @@ def _rollback(args) -> int:
     from . import api
 
     info = api.rollback(args.model, alias=args.alias, tracking_uri=args.tracking_uri)
+    restored = _ensemble_note(info["kind"], info["ensemble_size"])
+    demoted = _ensemble_note(info["previous_kind"], info["previous_ensemble_size"])
     print(
-        f"{info['name']}@{info['alias']} is version {info['version']} again (version {info['previous_version']} "
-        f"is now @{previous_alias(info['alias'])})"
+        f"{info['name']}@{info['alias']} is version {info['version']} again{restored} (version "
+        f"{info['previous_version']}{demoted + ',' if demoted else ''} is now @{previous_alias(info['alias'])})"
     )
     return 0
+
+
+def _ensemble_note(kind: str, size: int | None) -> str:
+    """`, an ensemble of N members` for an ensemble version, nothing for a single model."""
+    return "" if kind != "ensemble" else f", an ensemble of {size if size is not None else 'unknown'} members"
 
 
 def _models(args) -> int:
@@ -506,13 +555,30 @@ def _models(args) -> int:
 
     frame = api.models(args.tracking_uri)
     if args.format == "json":
-        print(json.dumps(_records(frame), indent=2, default=str))
+        rows = _records(frame)
+        for row in rows:  # a column holding None besides sizes comes back as floats from pandas
+            row["ensemble_size"] = None if row["ensemble_size"] is None else int(row["ensemble_size"])
+        print(json.dumps(rows, indent=2, default=str))
     elif frame.empty:
         print("(no registered models)")
     else:
-        shown = frame.drop(columns=["created"]).assign(aliases=frame["aliases"].apply(lambda a: ",".join(a) or "-"))
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(_models_table(frame))
     return 0
+
+
+def _models_table(frame) -> str:
+    """One line per version: an ensemble's member count (its members are in --format json), metrics at 4
+    decimals. The held-out values and the creation time stay in the JSON."""
+    import pandas as pd
+
+    shown = frame.assign(
+        aliases=frame["aliases"].apply(lambda a: ",".join(a) or "-"),
+        members=frame["ensemble_size"].apply(lambda n: "-" if pd.isna(n) else str(int(n))),
+        val_value=pd.to_numeric(frame["val_value"], errors="coerce"),  # a tag (a string) holds the full float
+    )
+    columns = ["name", "version", "aliases", "kind", "members", "study", "trial_id", "val_value"]
+    columns += sorted(c for c in frame.columns if c.startswith("test_"))
+    return shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
 def _ui(args) -> int:

@@ -6,6 +6,7 @@ A study is plain data: loading one imports pydantic and yaml, not MLflow. The qu
 
 from ._catalog import builtin_studies, load_study, sweep_study
 from ._diagnose import Diagnosis, diagnose
+from ._figures import readable
 from ._spec import (
     NAME_PATTERN,
     SAMPLERS,
@@ -47,6 +48,7 @@ __all__ = [
     "load_spec_file",
     "load_study",
     "parse_spec",
+    "readable",
     "results",
     "short_value",
     "spec_changes",

@@ -290,3 +290,48 @@ def test_a_worker_node_dies_mid_sweep(team, ray2):
     _, ot_trials = optuna_trials(team["storage"], "cl-nodeloss", client)
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in ot_trials)
     assert sum(t.state == optuna.trial.TrialState.FAIL for t in ot_trials) == 1
+
+
+def test_promotion_by_folds_and_ensemble_runs_on_the_cluster(team, ray2):
+    """`promote --candidates 2 --folds 3 --ensemble 3` from the second machine: the fold trainings are Ray tasks
+    on both nodes, recorded in the MLflow server on PostgreSQL, and the chosen model is registered there."""
+    project, env = team["a"]
+    client = team["client"]
+    spec = {
+        "name": "cl-folds",
+        "trainable": "digits-mlp",
+        "space": {"lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True}},
+        "fixed": {"hidden": 32, "layers": 1},
+        "trials": 2,
+        "asha": {"max_t": 2, "grace_period": 2},
+        "resources": {"cpus": 1},
+        "max_concurrent": 2,
+    }
+    swept = run_cli("run", write(project, spec), cwd=project, env=env, timeout=600)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    other, env_b = team["b"]
+    promoted = run_cli(
+        "promote",
+        "cl-folds",
+        "--candidates",
+        "2",
+        "--folds",
+        "3",
+        "--ensemble",
+        "3",
+        "--format",
+        "json",
+        cwd=other,
+        env=env_b,
+        timeout=600,
+    )
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    info = json.loads(promoted.stdout[promoted.stdout.index("{") :])
+    assert info["folds"] == 3 and [len(c["values"]) for c in info["candidates"]] == [3, 3]
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("cl-folds").experiment_id])][0]
+    runs = [r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("hpsearch.kind") == "fold"]
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["hpsearch.node"] for r in runs} == {n.node_id for n in ray2.nodes[:2]}  # both nodes
+    version = client.get_model_version_by_alias("cl-folds", "champion")
+    assert version.version == str(info["version"]) and version.tags["model_kind"] == info["kind"]
+    assert version.tags["folds"] == "3" and "test_accuracy" in info["test_metrics"]

@@ -5,6 +5,9 @@ import collections
 import io
 import os
 
+import numpy as np
+import pytest
+
 from search import api
 from tests.conftest import write_study
 
@@ -145,3 +148,159 @@ def test_a_failing_retraining_is_reported_and_does_not_crash_the_promotion(tmp_p
     assert len(by_trial) == 2 and chosen is ranked[0]
     runs = store.client.search_runs([parent.info.experiment_id], filter_string="tags.`hpsearch.kind` = 'reseed'")
     assert len(runs) == 2  # only the retrainings that succeeded are recorded
+
+
+def test_a_winner_whose_best_is_its_own_trial_is_promoted_from_its_kept_checkpoint(tmp_path, monkeypatch, cli):
+    """The case a new user met: the winning configuration's best value is its original trial's, that trial is
+    not the study's logged best, and its checkpoint is in its Ray trial folder. Promotion uses it; a second
+    promotion reuses the recorded retrainings; once the trial's own checkpoint is gone, its retraining's
+    stands in, and with --folds (which promotes the trial's own checkpoint) a gone one is refused up front."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import mlflow
+
+    import tracking
+    from tests.clocked import PENALTY
+
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    penalty = tmp_path / "penalty"
+    study = write_study(
+        tmp_path / "kept.yaml",
+        f"""\
+        name: kept
+        trainable: tests.clocked:CLOCKED
+        metric: loss
+        mode: min
+        space:
+          x: {{type: float, low: -1.0, high: 1.0}}
+        fixed: {{fail_file: "{tmp_path / "no-fail"}", penalty_file: "{penalty}"}}
+        trials: 3
+        asha: {{max_t: 2, grace_period: 2}}
+        max_concurrent: 2
+        """,
+    )
+    api.run(str(study), out=io.StringIO())
+    rows = api.results("kept")
+    best, second = rows.iloc[0], rows.iloc[1]
+    penalty.write_text(repr(best["params"]["x"]))  # the study's best retrains 10 worse: the second one wins
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["trial_id"] == second["trial_id"] != info["single_best"]
+    chosen = next(c for c in info["candidates"] if c["chosen"])
+    assert chosen["values"] == [second["metric"], second["metric"]]  # its trial, then its retraining (equal)
+    store = tracking.Store()
+    version = store.client.get_model_version("kept", str(info["version"]))
+    runs = {r["trial_id"]: r for r in tracking.trial_rows(store, tracking.parent_runs(store, "kept")[0])}
+    assert version.run_id == runs[second["trial_id"]]["run_id"]  # logged on its own trial's run: its checkpoint
+    model = mlflow.pyfunc.load_model(info["model_uri"])
+    x = second["params"]["x"]
+    assert float(model.predict(np.zeros((1, 1), "float32"))[0, 0]) == pytest.approx(x**2, abs=1e-6)
+    assert info["compute_s"] > 0 and info["test_metrics"]["test_loss"] == pytest.approx((x - 0.3) ** 2, abs=1e-9)
+
+    # Run again: the two recorded retrainings are reused, nothing trains.
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["compute_s"] == 0 and again["trial_id"] == second["trial_id"]
+    assert err.count("(recorded)") == 2, err
+    parent = tracking.parent_runs(store, "kept")[0]
+    reseeds = store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")
+    assert len(reseeds) == 2 and {r.info.status for r in reseeds} == {"FINISHED"}
+    assert next(c for c in again["candidates"] if c["chosen"])["values"][1] != PENALTY  # the same evidence
+
+    # Its own checkpoint deleted (as keep_checkpoints does): the retraining's stands in, and says so.
+    shutil.rmtree(Path(runs[second["trial_id"]]["trial_dir"]))
+    code, out, err = cli("promote", "kept", "--candidates", "2", "--reseeds", "1", "--format", "json")
+    assert code == 0, err
+    stood_in = json.loads(out)
+    assert stood_in["trial_id"] == second["trial_id"]
+    retrained = next(r for r in reseeds if r.data.tags["hpsearch.reseed_of"] == second["trial_id"])
+    assert store.client.get_model_version("kept", str(stood_in["version"])).run_id == retrained.info.run_id
+    assert "own checkpoint" in err and "keep_checkpoints" in err
+
+    # A plain trainable cannot be folded, and a model without held-out predictions cannot join an ensemble:
+    # one line each, before anything trains.
+    for flags, says in (
+        (["--candidates", "2", "--folds", "3"], "cannot be cross-validated"),
+        (["--ensemble"], "has no held-out predictions"),
+    ):
+        code, out, err = cli("promote", "kept", *flags)
+        assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert len(store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")) == 2
+
+
+def test_a_generator_cannot_be_ensembled():
+    from search._ensemble import refuse
+    from studies import UserError
+    from trainables import get_trainable
+
+    with pytest.raises(UserError, match="--ensemble: trainable digits-dcgan has no held-out predictions"):
+        refuse(get_trainable("digits-dcgan"), "val_fid", 5)
+
+
+def test_a_promotion_killed_part_way_leaves_nothing_running_and_runs_again(tmp_path, monkeypatch):
+    """SIGKILL mid-promotion (the whole process group: its local Ray too), then SIGTERM mid-promotion: no
+    retraining run is left RUNNING once the next promotion starts, the first exits 130, and the promotion that
+    runs to the end reuses what the killed ones recorded, each retraining once."""
+    import signal
+    import time
+
+    import tracking
+    from tests.conftest import REPO, run_cli, spawn_cli
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HPSEARCH_HOME", str(home))
+    study = write_study(
+        tmp_path / "killed.yaml",
+        f"""\
+        name: killed
+        trainable: tests.clocked:CLOCKED
+        metric: loss
+        mode: min
+        space:
+          x: {{type: float, low: -1.0, high: 1.0}}
+        fixed: {{fail_file: "{tmp_path / "no-fail"}", sleep: 1.5}}
+        trials: 2
+        asha: {{max_t: 2, grace_period: 2}}
+        max_concurrent: 2
+        """,
+    )
+    api.run(str(study), out=io.StringIO())
+    store = tracking.Store()
+    parent = tracking.parent_runs(store, "killed")[0]
+
+    def reseeds():
+        return store.client.search_runs([parent.info.experiment_id], "tags.`hpsearch.kind` = 'reseed'")
+
+    def promote_until(sig, more: int):
+        """Start a promotion, and send it `sig` once `more` retrainings more than before are recorded."""
+        finished = sum(r.info.status == "FINISHED" for r in reseeds()) + more
+        proc = spawn_cli("promote", "killed", "--candidates", "2", "--reseeds", "3", cwd=REPO)
+        try:
+            deadline = time.monotonic() + 240
+            while sum(r.info.status == "FINISHED" for r in reseeds()) < finished:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.3)
+            (os.killpg if sig == signal.SIGKILL else os.kill)(proc.pid, sig)
+            return proc.wait(timeout=60), proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    code, _ = promote_until(signal.SIGKILL, 1)
+    assert code == -signal.SIGKILL
+    code, out = promote_until(signal.SIGTERM, 1)
+    assert code == 130 and "hpsearch: interrupted" in out, out
+    assert "RUNNING" not in {r.info.status for r in reseeds()}  # the second closed what the kill left open
+    kept = {r.info.run_id for r in reseeds() if r.info.status == "FINISHED"}
+    done = run_cli("promote", "killed", "--candidates", "2", "--reseeds", "3", cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("(recorded)") == len(kept) >= 2
+    finished = [r for r in reseeds() if r.info.status == "FINISHED"]
+    assert len(finished) == 6 and kept <= {r.info.run_id for r in finished}
+    names = [r.info.run_name for r in finished]
+    assert len(set(names)) == 6  # each retraining once
+    assert "RUNNING" not in {r.info.status for r in reseeds()}

@@ -2,6 +2,9 @@
 
 from . import _runs as tags
 from ._models import (
+    ENSEMBLE,
+    MODEL_KIND,
+    SINGLE,
     load_best_checkpoint,
     load_model,
     log_best_checkpoint,
@@ -17,6 +20,9 @@ from ._runs import StudyRecorder, close_unfinished, log_values
 from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data_home
 
 __all__ = [
+    "ENSEMBLE",
+    "MODEL_KIND",
+    "SINGLE",
     "HOME_ENV",
     "Store",
     "TrackingUnreachable",

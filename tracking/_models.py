@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # torch only where a checkpoint or a model is handled: the qu
 
 CHECKPOINT_ARTIFACT = "checkpoint/best_checkpoint.pt"
 MODEL_NAME = "model"
+MODEL_KIND, SINGLE, ENSEMBLE = "model_kind", "single", "ensemble"  # a registered version's tag and its values
+HELD_OUT = ("held_out_single", "held_out_ensemble")  # the two held-out values an ensemble was chosen on
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -135,11 +138,22 @@ def rollback(store: Store, name: str, alias: str = "champion") -> dict[str, Any]
         return None
     client.set_registered_model_alias(name, alias, previous)
     client.set_registered_model_alias(name, previous_alias(alias), current)
-    return {"name": name, "alias": alias, "version": int(previous), "previous_version": int(current)}
+    restored, demoted = (composition(client.get_model_version(name, v).tags or {}) for v in (previous, current))
+    return {
+        "name": name,
+        "alias": alias,
+        "version": int(previous),
+        "previous_version": int(current),
+        "kind": restored["kind"],
+        "ensemble_size": restored["ensemble_size"],
+        "previous_kind": demoted["kind"],
+        "previous_ensemble_size": demoted["ensemble_size"],
+    }
 
 
 def registered_models(store: Store) -> list[dict[str, Any]]:
-    """Every version of every registered model: aliases, test metrics and lineage from its tags.
+    """Every version of every registered model: aliases, kind (and an ensemble's members), test metrics and
+    lineage from its tags.
 
     Two paged searches whatever the number of models: the models (for their aliases, which MLflow does not
     promise on versions found by a search) and every version of all of them, not one search per model."""
@@ -158,14 +172,42 @@ def registered_models(store: Store) -> list[dict[str, Any]]:
                 "name": version.name,
                 "version": int(version.version),
                 "aliases": sorted(aliases.get((version.name, str(version.version)), [])),
+                **composition(tags),
                 "study": tags.get("study"),
                 "trial_id": tags.get("trial_id"),
+                "run_id": tags.get("run_id"),  # the study's parent run it came from
                 "val_value": tags.get("val_value"),
+                **{k: _number(tags, k) for k in HELD_OUT},
                 **{k: float(v) for k, v in tags.items() if k.startswith("test_")},
                 "created": version.creation_timestamp,
             }
         )
     return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+
+
+def composition(tags: Mapping[str, str]) -> dict[str, Any]:
+    """A version's `kind` (`single` or `ensemble`; versions registered before ensembles are single), an
+    ensemble's `members` (name, trial_id, run_id, seed, fold, weight, checkpoint_sha256 each; None where the
+    tag is unreadable) and `ensemble_size` (its distinct members)."""
+    if tags.get(MODEL_KIND, SINGLE) != ENSEMBLE:
+        return {"kind": SINGLE, "ensemble_size": None, "members": None}
+    try:
+        members = json.loads(tags.get("members", ""))
+    except ValueError:  # a hand-edited tag: the listing still shows the version
+        members = None
+    size = tags.get("ensemble_size", "")
+    return {
+        "kind": ENSEMBLE,
+        "ensemble_size": int(size) if size.isdigit() else (len(members) if isinstance(members, list) else None),
+        "members": members,
+    }
+
+
+def _number(tags: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return None
 
 
 def load_model(store: Store, model_uri: str):

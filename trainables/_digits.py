@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._factory import from_model
+from ._folds import FOLD_KEY
 from ._loading import three_way
 from ._loop import Split
 from ._lru import DATA_CONFIGS_KEPT, LRU
@@ -149,8 +150,9 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
         _splits,
         name=name,
         description=description,
-        # The training split's statistics, of all of it (a train_subset trains on fewer, normalised alike).
-        preprocess=lambda config, _: Preprocessed(*_stats(config), shape),
+        # The training split's statistics, of all of it (a train_subset trains on fewer, normalised alike); a
+        # cross-validation fold's, of its own training part.
+        preprocess=lambda config, x: Preprocessed(*_stats(config, x), shape),
         hyperparameters={
             **hyperparameters,
             # A learning-curve knob: fewer examples make a task that does not saturate (benchmarks).
@@ -160,17 +162,20 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
     )
 
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-        x, y = _data({**trainable.defaults, **config}).raw[split]
+        x, y, _ = factory_samples(config, split)  # a fold's, for a folded config
         return x, y, (8, 8)  # the report draws the flat pixels as the 8x8 images they are
 
     def data_info(config: dict) -> dict[str, Any]:
         data = _data({**trainable.defaults, **config})
         return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
 
+    factory_samples = trainable.samples
     return register(dataclasses.replace(trainable, samples=samples, data_info=data_info))
 
 
-def _stats(config: dict) -> tuple[float, float]:
+def _stats(config: dict, train: torch.Tensor) -> tuple[float, float]:
+    if FOLD_KEY in config:
+        return float(train.mean()), float(train.std(unbiased=False))
     data = _data(config)
     return data.mean, data.std
 

@@ -8,6 +8,7 @@ evaluation, a servable model that takes raw inputs, the report's samples and `hp
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from ._check import Setup
+from ._folds import fold_of, folded, plan, pool, unfolded
+from ._held import Held, held_out
 from ._loop import (
     AUGMENT_DEFAULTS,
     AUGMENT_HYPERPARAMETERS,
@@ -100,6 +103,7 @@ class _Data:
         self.train, self.layout = as_split(train, task, None, materialise_mb, _loader_workers(), "train split")
         self.val, _ = as_split(val, task, self.layout, materialise_mb, _loader_workers(), "val split")
         self.test_split: Split | Stream | None = None
+        self.val_index: np.ndarray | None = None  # the val examples' positions in the pooled train+val (a fold)
         # uint8 images (N, C, H, W) get the built-ins' treatment: normalised on the device with the training
         # split's per-channel statistics, augmented by flip/crop/jitter, and served as uint8.
         self.images = self.layout is None and self.train.x.dtype == torch.uint8 and self.train.x.dim() == 4
@@ -121,10 +125,20 @@ class _Data:
 
     def key(self, key) -> None:
         """Name the tensors, so that each is copied to a GPU once per worker, not once per trial."""
+        self.cache_key = key
         self.train, self.val = (
             Split(s.x, s.y, (key, n)) if isinstance(s, Split) else s
             for s, n in ((self.train, "train"), (self.val, "val"))
         )
+
+    def fold(self, i: int, k: int, seed: int) -> _Data:
+        """This data with fold i of k as its train and val (trainables._folds); statistics made afresh."""
+        d = copy.copy(self)
+        for cached in ("stats", "fingerprint"):
+            d.__dict__.pop(cached, None)
+        d.train, d.val, d.val_index = folded(pool(self.train, self.val, self.task, k, seed), i)
+        d.key((self.cache_key, "fold", i, k, seed))
+        return d
 
     def split(self, name: str) -> Split | Stream:
         if name == "test":
@@ -239,7 +253,7 @@ def from_model(
     hyperparameters, defaults: your own, beside the loop's (name -> what it is and its unit).
     materialise_mb: a Dataset estimated at most this large is read once into tensors; 0 always streams.
     image_stats: fn(config) -> (mean, std) per channel on the 0..1 scale, for uint8 images, in place of the
-        training split's (ImageNet's, for pretrained weights).
+        training split's (ImageNet's, for pretrained weights); None: the training split's (a fold's, folded).
     """
     task = task or CUSTOM
     if task != CUSTOM and task not in TASKS:
@@ -268,6 +282,9 @@ def from_model(
         return ("trainables.from_model", name, keys, tuple(repr(config.get(k)) for k in keys))
 
     def splits(config: dict, reporter: Reporter | None = None) -> _Data:
+        if fold_of(config) is not None:  # the user's splits' data, then the fold of it, both kept per worker
+            (i, k), seed, d = fold_of(config), int(config["split_seed"]), splits(unfolded(config), reporter)
+            return (reporter or _ANY).cached((d.cache_key, "fold", i, k, seed), lambda: d.fold(i, k, seed))
         for keys in keysets:
             if cache_key(config, keys) in _WORKER_CACHE:
                 return _WORKER_CACHE[cache_key(config, keys)]
@@ -283,7 +300,8 @@ def from_model(
         return loss if loss is not None else loss_fn(task, config)
 
     def stats(config: dict, d: _Data) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return image_stats(config) if image_stats is not None else d.stats
+        given = image_stats(config) if image_stats is not None else None
+        return given if given is not None else d.stats
 
     def prep(config: dict, d: _Data) -> Prep | None:
         if not d.images:
@@ -350,6 +368,13 @@ def from_model(
         served = Served(net.eval(), d.layout, preprocessing(config, d), stats(config, d) if d.images else None)
         return served.eval(), d.head("val").x[:4].numpy().copy()
 
+    def predict(config: dict, state: dict, split: str = "val") -> Held:
+        config = with_defaults(config)
+        d, device = splits(config), default_device()
+        data = d.split(split)  # "test": only an ensemble's one test evaluation asks
+        index = d.val_index if split == "val" and d.val_index is not None else np.arange(len(data))
+        return held_out(load(config, state, d, device), data, index, task, prep(config, d))
+
     def samples(config: dict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
         head = splits(with_defaults(config)).head(split)
         x = head.x
@@ -390,8 +415,13 @@ def from_model(
         )
 
     def data_info(config: dict) -> dict[str, Any]:
-        config = with_defaults(config)
+        config = with_defaults(unfolded(config))  # the data's, whichever fold a config trains on
         return {"dataset": name, "fingerprint": splits(config).fingerprint, "split_seed": config["split_seed"]}
+
+    def folds(config: dict, k: int) -> dict[str, Any]:
+        config = with_defaults(config)
+        d, seed = splits(config), int(config["split_seed"])
+        return plan(pool(d.train, d.val, task, k, seed), k, seed)
 
     trainable = Trainable(
         name=name,
@@ -412,6 +442,10 @@ def from_model(
         setup=setup,
         description=description or (model.__doc__ or "").strip().split("\n")[0],
         code=model,
+        task=task,
+        can_fold=True,
+        predict=predict,
+        folds=folds,
         # What the loop reports each epoch (trainables._loop.fit): the losses, the task's and your metrics on
         # the validation split, the learning rate and the throughput.
         reports=(

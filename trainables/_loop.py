@@ -28,7 +28,7 @@ from ._optim import OPTIM_DEFAULTS, OPTIM_HYPERPARAMETERS, OPTIMIZERS, Schedule,
 from ._reporter import STOP_DIVERGED, STOP_EARLY, Reporter
 from ._tasks import Score, loss_fn
 
-__all__ = ["OPTIMIZERS", "Prep", "Split", "default_device", "evaluate", "fit", "make_optimizer"]
+__all__ = ["EVAL_BATCH", "OPTIMIZERS", "Prep", "Split", "default_device", "evaluate", "fit", "make_optimizer"]
 
 # Hyperparameters the loop itself reads, with their defaults; each trainable adds its model's own.
 LOOP_HYPERPARAMETERS = {
@@ -51,6 +51,9 @@ LOOP_DEFAULTS = {
     "precision": DEVICE_DEFAULTS["precision"],
     "compile": DEVICE_DEFAULTS["compile"],
 }
+# Examples per batch when scoring a split: `evaluate`'s, and `trainables.held_score`'s over a model's outputs,
+# so that the two sum the same batches in the same order and agree to the last bit.
+EVAL_BATCH = 512
 # Augmentation switches: only for trainables whose splits hold uint8 images (a `Prep` normalises them).
 AUGMENT_HYPERPARAMETERS = {k: DEVICE_HYPERPARAMETERS[k] for k in ("flip", "crop", "jitter")}
 AUGMENT_DEFAULTS = {k: DEVICE_DEFAULTS[k] for k in ("flip", "crop", "jitter")}
@@ -78,7 +81,7 @@ class Split:
 def evaluate(
     model: nn.Module,
     split: Split,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     *,
     task: str = "classification",
     prep: Prep | None = None,
@@ -94,7 +97,7 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     score = Score(task, loss or loss_fn(task, config or {}), device, metrics)
-    for x, y in _in_order(split, batch_size, device):
+    for x, y in in_order(split, batch_size, device):
         x, y, pixels = prep(x, y) if prep is not None else (x, y, x)
         if _device.channels_last(device, x):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -102,7 +105,7 @@ def evaluate(
     return score.result(per_class)
 
 
-def _in_order(split, batch_size: int, device: torch.device):
+def in_order(split, batch_size: int, device: torch.device):
     """A split's batches in order, on `device`."""
     if hasattr(split, "feed"):  # a streamed Dataset (trainables._userdata.Stream)
         n = len(split)

@@ -47,6 +47,15 @@ class Trainable:
     # the user's own code (their model function) where `train` is the factory's: its file says which project
     # to ship to a cluster's nodes and whose git commit to record. None: `train`'s own.
     code: Callable | None = None
+    # classification, segmentation, regression, reconstruction or custom (from_model's); None: a plain train
+    task: str | None = None
+    # whether a config's trainables.FOLD_KEY trains and validates on a cross-validation fold (from_model's do)
+    can_fold: bool = False
+    # predict(config, model_state, split="val") -> trainables.Held: raw outputs on the config's val split (its
+    # fold's held-out part, folded), with targets and positions; "test" only for an ensemble's one test evaluation
+    predict: Callable[..., Any] | None = None
+    # folds(config, k) -> trainables.fold_plan's record of the fold layout, without training
+    folds: Callable[[dict, int], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Trainable] = {}

@@ -16,6 +16,7 @@ from torch import nn
 
 from ._datasets import ImageData, load_dataset
 from ._factory import from_model
+from ._folds import FOLD_KEY
 from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._models import FAMILIES, EncoderClassifier, build_model
 from ._registry import Trainable, register
@@ -97,10 +98,12 @@ def image_trainable(
             lambda: (data.x["test"], data.y["test"]),
         )
 
-    def stats(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def stats(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         data = _data(dataset, config)
         if family == "transfer" and not stage2 and config.get("pretrained") and data.x["train"].shape[1] == 3:
             return IMAGENET_MEAN, IMAGENET_STD
+        if FOLD_KEY in config:
+            return None  # the factory's, of the fold's training part
         return data.mean, data.std  # the training split's, cached beside the data set
 
     trainable = from_model(
