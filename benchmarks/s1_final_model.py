@@ -112,11 +112,13 @@ def promotion_epochs(uri: str, study: str, since: float) -> int:
     retrainings), each an epoch per value of the study's metric. Retrainings it reused are older."""
     import studies
     import tracking
+    from search._reseed import FOLD, RESEED
 
     store, parent = studies.study_run(study, uri)
     metric = parent.data.tags.get(tracking.tags.METRIC, "")
     runs = tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id)
-    new = [r for r in runs if r.data.tags.get(tracking.tags.KIND) != "trial" and r.info.start_time >= since * 1000]
+    kinds = (RESEED, FOLD)
+    new = [r for r in runs if r.data.tags.get(tracking.tags.KIND) in kinds and r.info.start_time >= since * 1000]
     return sum(len(store.client.get_metric_history(r.info.run_id, metric)) for r in new)
 
 
