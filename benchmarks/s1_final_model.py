@@ -299,8 +299,8 @@ def main() -> None:
 
     _tune.connect(None)  # one local Ray for every sweep and promotion of this process
     records = read_records(args.out)
-    for name in tasks:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: a run cut short leaves every task with the same seeds
+        for name in tasks:
             done = {arm: r for (t, sd, arm), r in records.items() if t == name and sd == seed}
             if all(arm in done for arm in arms):
                 continue
