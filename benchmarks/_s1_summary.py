@@ -98,7 +98,7 @@ def task_table(name: str, arms: dict[str, dict[int, dict]], mode: str) -> str:
         row = [
             f"({arm}) {ARMS[arm]}",
             str(len(recs)),
-            f"{_value(statistics.fmean(tests), accuracy)} ± {scale * spread:.2f}",
+            f"{_value(statistics.fmean(tests), accuracy)} ± {_value(spread, accuracy)}",
         ]
         paired = compare(recs, base, mode) if arm != "a" else None
         if paired:
@@ -139,7 +139,8 @@ def target_reading(ensemble: dict[int, dict], base: dict[int, dict], mode: str, 
     gain = (100 * paired["mean"]) if accuracy else -paired["mean"]
     parts = [
         (
-            f"mean gain {gain:+.2f} {'points' if accuracy else 'MSE'} (target {'>= +1 point' if accuracy else '> 0'})",
+            f"mean gain {gain:+.{2 if accuracy else 4}f} {'points' if accuracy else 'MSE'} "
+            f"(target {'>= +1 point' if accuracy else '> 0'})",
             gain >= TARGET_POINTS if accuracy else gain > 0,
         ),
         (
@@ -147,7 +148,8 @@ def target_reading(ensemble: dict[int, dict], base: dict[int, dict], mode: str, 
             paired["wins"] >= TARGET_WINS * paired["n"] / 8,
         ),
         (
-            f"extra compute {100 * share:.0f}% of the sweep (target <= 50%)"
+            f"extra compute {100 * share:.0f}% of the sweep's training seconds (target <= 50%; in epochs "
+            f"{100 * (compute_share(ensemble, 'epochs') or 0):.0f}%)"
             if share is not None
             else "extra compute unknown",
             share is not None and share <= TARGET_SHARE,
