@@ -38,13 +38,15 @@ def compare(arm: dict[int, dict], base: dict[int, dict], mode: str) -> dict | No
         return None
     diffs = [arm[s]["test"] - base[s]["test"] for s in seeds]
     sign = 1 if mode == "max" else -1
-    wins = sum(sign * d > 0 for d in diffs)
+    won = [s for s, d in zip(seeds, diffs) if sign * d > 0]
+    wins = len(won)
     ties = sum(d == 0 for d in diffs)
     return {
         "n": len(seeds),
         "mean": statistics.fmean(diffs),
         "interval": bootstrap_interval(diffs),
         "wins": wins,
+        "won": won,
         "ties": ties,
         "losses": len(seeds) - wins - ties,
     }
@@ -105,7 +107,8 @@ def task_table(name: str, arms: dict[str, dict[int, dict]], mode: str) -> str:
             low, high = paired["interval"]
             digits = 2 if accuracy else 4
             row.append(f"{scale * paired['mean']:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]")
-            row.append(f"{paired['wins']}/{paired['ties']}/{paired['losses']}")
+            won = f" (seeds {','.join(map(str, paired['won']))})" if paired["won"] else ""
+            row.append(f"{paired['wins']}/{paired['ties']}/{paired['losses']}{won}")
         else:
             row += ["", ""]
         row.append(f"{mean(recs, 'sweep_s'):.0f} s, {mean(recs, 'sweep_epochs', 'epochs'):.0f}")

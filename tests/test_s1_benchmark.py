@@ -74,6 +74,7 @@ def test_bootstrap_interval_and_paired_wins():
     arm = {0: {"test": 0.4}, 1: {"test": 0.5}, 2: {"test": 0.6}, 3: {"test": 0.3}}
     lower_is_better = compare(arm, base, "min")
     assert (lower_is_better["wins"], lower_is_better["ties"], lower_is_better["losses"]) == (2, 1, 1)
+    assert lower_is_better["won"] == [0, 3]
     higher_is_better = compare(arm, base, "max")
     assert (higher_is_better["wins"], higher_is_better["losses"]) == (1, 2)
     assert compare(arm, {9: {"test": 0.5}}, "max") is None
@@ -97,9 +98,12 @@ def test_the_summary_reads_the_target_off_the_ensemble_arm(tmp_path):
     table = summary([json.loads(line) for line in path.read_text().splitlines()], TASKS)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| (")}
     assert "| 8 | 95.00 ± 0.00 |" in rows["(a) hand-wired Tune + OptunaSearch + ASHA + MLflow, single best"]
-    assert "| +1.00 [" in rows["(b) hpsearch sweep best"] and "| 4/4/0 |" in rows["(b) hpsearch sweep best"]
+    assert (
+        "| +1.00 [" in rows["(b) hpsearch sweep best"]
+        and "| 4/4/0 (seeds 0,1,2,3) |" in rows["(b) hpsearch sweep best"]
+    )
     ensemble = rows["(e) promote --candidates 3 --reseeds 2 --ensemble 5"]
-    assert "| +1.25 [" in ensemble and "| 6/0/2 |" in ensemble and "8 s (40%), 30 (50%)" in ensemble
+    assert "| +1.25 [" in ensemble and "| 6/0/2 (seeds 0,1,2,3,4,5) |" in ensemble and "8 s (40%), 30 (50%)" in ensemble
     assert "(e) registered the ensemble on 4 of 8 seeds" in table
     # +1.25 points, 6 of 8 seeds, 40% more compute: each part met
     assert table.splitlines()[-1].endswith("-> met") and table.count("NOT met") == 0
