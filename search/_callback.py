@@ -154,6 +154,7 @@ class TrackingCallback(Callback):
         oom_retry=None,
         optuna_study=None,
         note_failure=None,
+        max_seconds: float | None = None,
     ):
         self.metric = metric
         self.live = progress
@@ -161,7 +162,7 @@ class TrackingCallback(Callback):
         self.scheduler = scheduler  # ASHA: its rungs are rebuilt on resume (Ray saves neither)
         self._optuna_study = optuna_study  # () -> the sweep's Optuna study: ASHA's rungs are rebuilt from it on resume
         self._note_failure = note_failure  # (trial_id, reason): an errored trial's reason, for the sampler's view
-        self._outcomes = Outcomes(metric, mode, max_t)
+        self._outcomes = Outcomes(metric, mode, max_t, max_seconds)
         self._checkpoints = CheckpointCleanup(keep_checkpoints)
         self._log = TrialLog(recorder, spent_s)
         self._display = SweepDisplay(progress, metric, searched)
@@ -260,9 +261,7 @@ class TrackingCallback(Callback):
         progress = outcomes.of(trial_id)
         if errored:
             error = _node_died(error, self._log.node(trial_id))
-        state, reason = progress.outcome(
-            errored, outcomes.length(trial.config), error, halted=self.halt() if self.halt else None
-        )
+        state, reason = outcomes.decide(trial_id, trial.config, errored, error, self.halt() if self.halt else None)
         if errored:
             if self._note_failure is not None:
                 self._note_failure(trial_id, reason)

@@ -58,8 +58,9 @@ def check(study: str, **overrides) -> tuple[list[Check], dict]:
     return checks, config
 
 
-def asha_epochs(max_t: int, grace: int, rf: int) -> float:
-    """Expected epochs per trial under ASHA: a 1/rf share of the trials reaches each next rung."""
+def asha_epochs(max_t: float, grace: float, rf: float) -> float:
+    """Expected epochs per trial under ASHA (seconds, where the rungs count seconds): a 1/rf share of the
+    trials reaches each next rung."""
     rungs, r = [], grace
     while r < max_t:
         rungs.append(r)
@@ -85,19 +86,42 @@ def _estimate(spec, n_train: int, batch: int, step_s: float) -> Check:
             f"{spec.trials} trials: at most {spec.trials * trial_s / slots / 60:.1f} min (training only; add start-up)"
         )
         return Check("estimate", PASS, lines)
-    asha = asha_epochs(spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
+    asha = spec.asha
+    if spec.max_seconds:
+        full_s, asha_s = _seconds_budget(spec, epoch_s, trial_s, lines)
+        average = f"{asha_s:.1f} s of training per trial on average"
+    else:
+        full_s, epochs = trial_s, asha_epochs(asha.max_t, asha.grace_period, asha.reduction_factor)
+        asha_s, average = epochs * epoch_s, f"{epochs:.1f} epochs per trial on average"
     if spec.hours:
         budget = spec.hours * 3600 * slots
         lines.append(
-            f"{spec.hours:g} h buy about {budget / trial_s:.0f} trials at full fidelity, or about "
-            f"{budget / (epoch_s * asha):.0f} with ASHA ({asha:.1f} epochs per trial on average)"
+            f"{spec.hours:g} h buy about {budget / full_s:.0f} trials at full fidelity, or about "
+            f"{budget / asha_s:.0f} with ASHA ({average})"
         )
-    full, with_asha = spec.trials * trial_s / slots, spec.trials * asha * epoch_s / slots
+    full, with_asha = spec.trials * full_s / slots, spec.trials * asha_s / slots
     lines.append(
         f"{spec.trials} trials: about {full / 60:.1f} min at full fidelity, {with_asha / 60:.1f} min "
         f"with ASHA (training only; add start-up)"
     )
     return Check("estimate", PASS, lines)
+
+
+def _seconds_budget(spec, epoch_s: float, trial_s: float, lines: list[str]) -> tuple[float, float]:
+    """Under asha.budget: seconds, (a trial's seconds at full fidelity, its expected seconds with ASHA), saying
+    where this configuration stops in `lines`."""
+    asha = spec.asha
+    full_s = min(trial_s, spec.max_seconds)  # a trial ends at max_t seconds or at max_epochs, what comes first
+    lines.append(
+        f"budget in seconds of training: a trial stops at {spec.max_seconds:g} s or {spec.max_t} epochs, "
+        f"here after {full_s / epoch_s:.1f} epochs ({full_s:.1f} s); rungs from {asha.grace_period:g} s"
+    )
+    if full_s < spec.max_seconds:
+        lines.append(
+            f"max_epochs ends this configuration before max_t: time decides only for slower ones; "
+            f"to let time decide here too, raise max_epochs to about {math.ceil(spec.max_seconds / epoch_s)}"
+        )
+    return full_s, asha_epochs(full_s, min(asha.grace_period, full_s), asha.reduction_factor)
 
 
 def exit_code(checks: list[Check]) -> int:

@@ -218,7 +218,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     store = Store(plan.tracking_uri)
     fixed = {
         **spec.fixed,
-        **({"epochs": spec.asha.max_t} if spec.asha else {}),
+        **({"epochs": spec.max_t} if spec.asha else {}),  # max_t epochs, or max_epochs under budget: seconds
         "split_seed": spec.split_seed,
         **plan.inputs,
     }
@@ -386,8 +386,10 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
         "mode": plan.mode,
         "trials": spec.trials,
         "hours": spec.hours,
-        "max_t": spec.max_t,
+        "max_t": spec.asha.max_t if spec.asha else spec.max_t,
         "asha": spec.asha is not None,
+        # Only under seconds, so that an epochs run's params are what they were before the option existed.
+        **({"budget": "seconds", "max_epochs": spec.asha.max_epochs} if spec.max_seconds else {}),
         "grace_period": spec.asha.grace_period if spec.asha else None,
         "reduction_factor": spec.asha.reduction_factor if spec.asha else None,
         "cpus_per_trial": spec.resources.cpus,

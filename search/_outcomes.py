@@ -11,8 +11,9 @@ from ._states import COMPLETED, FAILED, PRUNED, STOPPED, TrialProgress
 class Outcomes:
     """Each trial's progress, configuration and (once it has ended) outcome; which ended trials rank best."""
 
-    def __init__(self, metric: str, mode: str, max_t: int):
+    def __init__(self, metric: str, mode: str, max_t: int, max_seconds: float | None = None):
         self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.max_seconds = max_seconds  # ASHA's max_t under budget: seconds: a trial there has completed
         self.progress: dict[str, TrialProgress] = {}
         self.configs: dict[str, dict] = {}
         self.outcomes: dict[str, tuple[str, str | None]] = {}  # trial_id -> (state, reason), once it has ended
@@ -27,6 +28,12 @@ class Outcomes:
     def length(self, config: dict) -> int:
         """A trial's length: its own `epochs` (searched when ASHA is off), else max_t."""
         return int(config.get("epochs", self.max_t))
+
+    def decide(
+        self, trial_id: str, config: dict, errored: bool, error: str | None = None, halted: str | None = None
+    ) -> tuple[str, str | None]:
+        """The (state, reason) of a trial that has ended (search/_states.py decides)."""
+        return self.of(trial_id).outcome(errored, self.length(config), error, halted, self.max_seconds)
 
     def settle(self, trial_id: str, outcome: tuple[str, str | None]) -> bool:
         """Record an outcome found after a crash, unless the trial has one already; whether it was new."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +14,37 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from trainables import Reporter, get_trainable
+from trainables import TRAIN_SECONDS, Reporter, get_trainable
 
 from ._locations import trial_log
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CLOCK_FILE = "hpsearch-clock.json"  # beside the trainable's checkpoint: its TRAIN_SECONDS, restored with it
 NODE_KEY = "hpsearch_node"  # in each result: the Ray node the trial runs on (a tag on its child run)
+
+
+class TrainClock:
+    """Seconds of a trial's own training (TRAIN_SECONDS): from the start of its function, less the time spent
+    handing results to Ray (a report waits there until the driver asks for the next result, which depends on
+    the driver's load, not on the configuration), plus the seconds of the checkpoint it continues from."""
+
+    def __init__(self):
+        self._since, self._carried = time.monotonic(), 0.0
+
+    def seconds(self) -> float:
+        return self._carried + time.monotonic() - self._since
+
+    @contextmanager
+    def paused(self):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since += time.monotonic() - start
+
+    def carry(self, seconds: float) -> None:
+        """Continue from a checkpoint's count, as the trainable continues from its epoch."""
+        self._carried = float(seconds)
 
 
 class RayReporter(Reporter):
@@ -25,25 +52,32 @@ class RayReporter(Reporter):
         self.metric, self.mode, self._seed = metric, mode, seed
         self.trials_per_worker = trials_per_worker
         self.node = node
+        self.clock = TrainClock()
 
     @property
     def seed(self) -> int:
         return self._seed
 
     def _emit(self, metrics, checkpoint):
-        metrics = {**metrics, NODE_KEY: self.node}
-        if checkpoint is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        seconds = round(self.clock.seconds(), 3)
+        metrics = {**metrics, NODE_KEY: self.node, TRAIN_SECONDS: seconds}
+        with self.clock.paused():
+            if checkpoint is None:
+                tune.report(metrics)
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(checkpoint, Path(tmp) / CHECKPOINT_FILE)
+                (Path(tmp) / CLOCK_FILE).write_text(json.dumps({TRAIN_SECONDS: seconds}))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def restore(self):
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as path:
+            clock = Path(path) / CLOCK_FILE
+            if clock.exists():  # a checkpoint written before the clock existed continues from 0 s
+                self.clock.carry(json.loads(clock.read_text())[TRAIN_SECONDS])
             return torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables import EPOCH
+from trainables import EPOCH, TRAIN_SECONDS
 
 from ._ranking import REASON, RankedSampler, late_reason
 from ._space import grid, is_conditional
@@ -25,6 +25,14 @@ from ._states import COMPLETED, LOST, PRUNED, TrialProgress
 
 RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
 RAY_VERSION = "hpsearch_ray_version"  # an Optuna study user attribute: the Ray that started the sweep
+# + an epoch: an Optuna trial user attribute, that epoch's TRAIN_SECONDS, written beside its intermediate value
+# under `asha: {budget: seconds}`, so that a resume replays ASHA's rungs in seconds (search/_asha_state.py).
+SECONDS_AT = f"{TRAIN_SECONDS}@"
+
+
+def epoch_seconds(trial: optuna.trial.FrozenTrial) -> dict[int, float]:
+    """Epoch -> the trial's TRAIN_SECONDS at that epoch, as recorded under budget: seconds ({} otherwise)."""
+    return {int(k[len(SECONDS_AT) :]): v for k, v in trial.user_attrs.items() if k.startswith(SECONDS_AT)}
 
 
 def fail_running(study: optuna.Study, reason: str, keep=frozenset()) -> list[tuple[str, dict]]:
@@ -79,10 +87,11 @@ def make_sampler(spec) -> optuna.samplers.BaseSampler:
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args, max_t: int, study_seed: int, halt=None, **kwargs):
+    def __init__(self, *args, max_t: int, study_seed: int, halt=None, max_seconds: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._halt = halt  # () -> a reason once the sweep is being stopped; then no new trials
         self._max_t = max_t
+        self._max_seconds = max_seconds  # ASHA's max_t under budget: seconds (None: ASHA counts epochs)
         self._study_seed = study_seed
         self._progress: dict[str, TrialProgress] = {}
         self._reported: dict[str, set[int]] = {}  # trial_id -> epochs already given to Optuna
@@ -142,6 +151,8 @@ class StudySearch(OptunaSearch):
         value, step = result.get(self.metric), int(result.get(EPOCH, 0))
         if value is not None and math.isfinite(value) and step not in self._reported.setdefault(trial_id, set()):
             self._ot_trials[trial_id].report(float(value), step)
+            if self._max_seconds is not None and TRAIN_SECONDS in result:
+                self._ot_trials[trial_id].set_user_attr(f"{SECONDS_AT}{step}", float(result[TRAIN_SECONDS]))
             self._reported[trial_id].add(step)
 
     def note_failure(self, trial_id: str, reason: str) -> None:
@@ -163,7 +174,9 @@ class StudySearch(OptunaSearch):
         progress = self._progress.pop(trial_id, TrialProgress(self.metric, self.mode))
         ot_trial = self._ot_trials[trial_id]
         # A searched `epochs` (ASHA off) is this trial's own length; otherwise every trial runs to max_t.
-        state, reason = progress.outcome(error, int(ot_trial.params.get("epochs", self._max_t)))
+        state, reason = progress.outcome(
+            error, int(ot_trial.params.get("epochs", self._max_t)), max_seconds=self._max_seconds
+        )
         try:
             if state == COMPLETED and progress.best_value is not None:
                 self._ot_study.tell(ot_trial, progress.best_value)

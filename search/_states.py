@@ -7,7 +7,7 @@ import math
 import re
 
 from studies._better import better
-from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY
+from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS
 
 COMPLETED, PRUNED, STOPPED, FAILED, RUNNING = "completed", "pruned", "stopped", "failed", "running"
 ENDED = (COMPLETED, PRUNED, STOPPED, FAILED)
@@ -24,9 +24,11 @@ class TrialProgress:
     best_value: float | None = None
     best_epoch: int | None = None
     stop: str | None = None
+    seconds: float = 0.0  # of its own training (TRAIN_SECONDS), at its latest epoch
 
     def update(self, result: dict) -> None:
         self.epochs = int(result.get(EPOCH, self.epochs))
+        self.seconds = float(result.get(TRAIN_SECONDS, self.seconds))
         self.stop = result.get(STOP_KEY) or self.stop
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -35,17 +37,23 @@ class TrialProgress:
             self.best_value, self.best_epoch = float(value), self.epochs
 
     def outcome(
-        self, errored: bool, max_t: int, error: str | None = None, halted: str | None = None
+        self,
+        errored: bool,
+        max_t: int,
+        error: str | None = None,
+        halted: str | None = None,
+        max_seconds: float | None = None,
     ) -> tuple[str, str | None]:
-        """(state, reason). Fewer epochs than max_t, with no error and no stop of its own: ASHA pruned it,
-        unless the sweep itself was halted (`halted`: the budget ran out, or `hpsearch stop`)."""
+        """(state, reason). Fewer epochs than max_t (and, with `max_seconds`, ASHA's max_t under budget: seconds,
+        fewer seconds of training than that), with no error and no stop of its own: ASHA pruned it, unless the
+        sweep itself was halted (`halted`: the budget ran out, or `hpsearch stop`)."""
         if errored:
             return FAILED, error or "error"
         if self.stop == STOP_DIVERGED:
             return FAILED, STOP_DIVERGED
         if self.stop == STOP_EARLY:
             return COMPLETED, STOP_EARLY
-        if self.epochs >= max_t:
+        if self.epochs >= max_t or (max_seconds is not None and self.seconds >= max_seconds):
             return COMPLETED, None
         if halted:
             return STOPPED, halted

@@ -80,6 +80,8 @@ class TrialLog:
         summary = {T.EPOCHS: progress.epochs, T.BEST_VALUE: progress.best_value}
         if progress.best_epoch is not None:
             summary[T.BEST_EPOCH] = progress.best_epoch
+        if progress.seconds:
+            summary[T.TRAIN_SECONDS] = round(progress.seconds, 2)
         self.recorder.trial_ended(trial_id, state, summary, reason=reason)
 
 
@@ -109,8 +111,8 @@ class Reconciler:
                 outcome = (FAILED, LOST)
                 self.lost += 1
             else:
-                outcome = outcomes.outcomes.get(trial_id) or outcomes.of(trial_id).outcome(
-                    status == "ERROR", outcomes.length(configs[trial_id]), "error (before the crash)"
+                outcome = outcomes.outcomes.get(trial_id) or outcomes.decide(
+                    trial_id, configs[trial_id], status == "ERROR", "error (before the crash)"
                 )
             if outcomes.settle(trial_id, outcome):
                 count(outcome[0])

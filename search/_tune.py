@@ -9,13 +9,12 @@ import os
 import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 
 from studies import STATES, StudySummary  # noqa: E402
 
 # Tune's settings (environment variables) are set by _ray_start, before Ray starts: its processes inherit them.
 from . import _ray_start  # noqa: E402  (first: it sets Tune's environment before ray is imported)
-from ._asha_state import check_replay  # noqa: E402
+from ._asha_state import check_replay, make_asha  # noqa: E402
 from ._callback import TrackingCallback  # noqa: E402
 from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
 from ._journal import journal_path  # noqa: E402
@@ -103,17 +102,12 @@ def run_tune(
         max_t=spec.max_t,
         study_seed=spec.seed,
         halt=halt.reason,
+        max_seconds=spec.max_seconds,
     )
     for point in plan.warm_points:
         searcher.enqueue(point)
-    scheduler = None  # asha: off: Ray's FIFO, every trial runs its own epochs
-    if spec.asha is not None:
-        scheduler = ASHAScheduler(
-            time_attr="epoch",  # our epochs, so a trial restored from a checkpoint keeps its count
-            max_t=spec.asha.max_t,
-            grace_period=spec.asha.grace_period,
-            reduction_factor=spec.asha.reduction_factor,
-        )
+    # asha: off: Ray's FIFO, every trial runs its own epochs
+    scheduler = make_asha(spec.asha) if spec.asha is not None else None
     summary = StudySummary(
         study=spec.name,
         metric=plan.metric,
@@ -139,6 +133,7 @@ def run_tune(
         oom_retry=lambda config: _retry_half_batch(spec, searcher, halt, config),
         optuna_study=lambda: searcher._ot_study,
         note_failure=searcher.note_failure,
+        max_seconds=spec.max_seconds,
     )
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials

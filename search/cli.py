@@ -422,6 +422,8 @@ def _show(args) -> int:
     print(f"trials: {summary.counts_text()}")
     print(summary.best_text())
     print(summary.budget_text())
+    if status.get("asha"):
+        print(status["asha"])
     if status.get("resume"):
         print(status["resume"])
     if summary.disk_bytes is not None:
@@ -652,7 +654,10 @@ def _table(frame) -> str:
     if frame.empty:
         return "(no trials)"
     metric = frame.attrs.get("metric") or "metric"
-    shown = frame[["rank", "trial_id", "state", "metric", "epochs"]].rename(columns={"metric": metric})
+    columns = ["rank", "trial_id", "state", "metric", "epochs"]
+    if frame.attrs.get("budget") == "seconds":  # what ASHA's rungs counted: each trial's seconds of training
+        columns.append("train_seconds")
+    shown = frame[columns].rename(columns={"metric": metric})
     shown = shown.assign(epochs=shown["epochs"].astype("Int64"))  # running trials have none yet: not 8.0000
     # Only what varies between trials: fixed params (epochs, split_seed, ...) would drown the searched ones.
     constant = {

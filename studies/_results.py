@@ -23,6 +23,7 @@ COLUMNS = [
     "best_epoch",
     "reason",
     "seconds",
+    "train_seconds",
     "params",
     "run_id",
     "trial_dir",
@@ -94,7 +95,10 @@ def results(
             order = flat.sort_values(key, ascending=not descending, na_position="last", kind="stable")
             frame = frame.loc[order.index]
     frame.attrs.update(
-        metric=parent.data.tags.get(T.METRIC) or parent.data.params.get("metric"), mode=mode, run_id=parent.info.run_id
+        metric=parent.data.tags.get(T.METRIC) or parent.data.params.get("metric"),
+        mode=mode,
+        run_id=parent.info.run_id,
+        budget=parent.data.params.get("budget", "epochs"),  # what ASHA's rungs counted
     )
     return frame.head(top) if top else frame
 
@@ -145,6 +149,11 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000)),
     }
     status["resume"] = T.resume_note(study, info.status, parent.data.tags)  # what `run --resume` would complete
+    if params.get("budget") == "seconds":
+        status["asha"] = (
+            f"asha: rungs in seconds of each trial's own training: max_t {params['max_t']} s, grace_period "
+            f"{params['grace_period']} s, at most {params['max_epochs']} epochs"
+        )
     return result, status
 
 

@@ -13,14 +13,14 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from .errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes", "qmc")
 RESERVED_PARAMS = {
-    "epochs": "set by asha.max_t (search or fix it with asha: off)",
+    "epochs": "set by asha.max_t (asha.max_epochs with budget: seconds; search or fix it with asha: off)",
     "split_seed": "set by the study's split_seed",
     "data_root": "set by the study's data_root (or --data-root)",
     "download": "set by the study's download",
@@ -114,15 +114,68 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 
 
 class Asha(_Strict):
-    max_t: int = Field(10, ge=1, description="epochs a trial trains when never stopped")
-    grace_period: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
+    # What the rungs count. `epochs`: each trial trains max_t epochs unless stopped. `seconds`: max_t and
+    # grace_period are seconds of the trial's own training, so a configuration five times slower per epoch
+    # reaches each rung with a fifth of the epochs; max_epochs caps each trial's epochs (its `epochs`).
+    budget: Literal["epochs", "seconds"] = "epochs"
+    max_t: int | float = Field(
+        10, gt=0, allow_inf_nan=False, description="epochs (or seconds) a trial trains when never stopped"
+    )
+    grace_period: int | float = Field(
+        1, gt=0, allow_inf_nan=False, description="epochs (or seconds) every trial gets before it can be stopped"
+    )
     reduction_factor: float = Field(3, gt=1, allow_inf_nan=False, description="keep 1/reduction_factor at each rung")
+    max_epochs: int | None = Field(None, ge=1, description="with budget: seconds, the epochs of a trial never stopped")
+
+    @field_validator("max_t", "grace_period", mode="before")
+    @classmethod
+    def _number(cls, value):
+        try:  # pydantic would name only the first type of int | float ("a valid integer")
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ValueError(f"a finite number (epochs, or seconds with budget: seconds), not {value!r}")
+        return value
+
+    @field_validator("max_t", "grace_period")
+    @classmethod
+    def _whole_epochs(cls, value, info):
+        if info.data.get("budget", "epochs") == "seconds":
+            return value
+        if value != int(value) or value < 1:
+            raise ValueError(
+                f"a whole number of epochs >= 1 with budget: epochs, not {value!r} (seconds need asha.budget: seconds)"
+            )
+        return int(value)  # 20.0 is 20 epochs, as before seconds existed
 
     @model_validator(mode="after")
     def _grace(self):
+        if self.budget == "seconds" and self.max_epochs is None:
+            raise ValueError(
+                "max_epochs is required with budget: seconds (each trial's epoch cap, a whole number >= 1)"
+            )
+        if self.budget == "epochs" and self.max_epochs is not None:
+            raise ValueError(
+                "max_epochs applies only with budget: seconds (with budget: epochs a trial trains max_t epochs)"
+            )
         if self.grace_period > self.max_t:
             raise ValueError(f"grace_period ({self.grace_period}) must be <= max_t ({self.max_t})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _written(self, handler):
+        # An epochs study is written as before `budget` existed, so a sweep started then resumes (its spec
+        # digest and logged spec compare equal).
+        data = handler(self)
+        if self.budget == "epochs":
+            data.pop("budget", None)
+            data.pop("max_epochs", None)
+        return data
+
+    @property
+    def seconds(self) -> bool:
+        return self.budget == "seconds"
 
 
 class Resources(_Strict):
@@ -165,11 +218,17 @@ class StudySpec(_Strict):
 
     @property
     def max_t(self) -> int:
-        """The most epochs a trial trains: ASHA's max_t, or without ASHA the (largest searched) `epochs`."""
+        """The most epochs a trial trains, every trial's `epochs` under ASHA: ASHA's max_t (its max_epochs with
+        budget: seconds, where max_t counts seconds), or without ASHA the (largest searched) `epochs`."""
         if self.asha is not None:
-            return self.asha.max_t
+            return self.asha.max_epochs if self.asha.seconds else self.asha.max_t
         epochs = self.space.get("epochs")
         return int(epochs.high if epochs is not None else self.fixed["epochs"])
+
+    @property
+    def max_seconds(self) -> float | None:
+        """Seconds of its own training after which a trial has completed: ASHA's max_t under budget: seconds."""
+        return self.asha.max_t if self.asha is not None and self.asha.seconds else None
 
     @model_validator(mode="after")
     def _params(self):

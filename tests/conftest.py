@@ -61,6 +61,19 @@ def spawn_cli(*args, cwd=None, env=None, stderr=subprocess.STDOUT) -> subprocess
     )
 
 
+def sigterm(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Stop a `spawn_cli` process as a user's Ctrl-C or SIGTERM would; its output. Whatever still runs after
+    `timeout` (its Ray too) is killed."""
+    import signal
+
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def write_study(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path

@@ -57,6 +57,7 @@ def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
                 "metric": run.data.metrics.get(t.BEST_VALUE),
                 "epochs": int(tags[t.EPOCHS]) if t.EPOCHS in tags else None,
                 "best_epoch": int(tags[t.BEST_EPOCH]) if t.BEST_EPOCH in tags else None,
+                "train_seconds": float(tags[t.TRAIN_SECONDS]) if t.TRAIN_SECONDS in tags else None,
                 "reason": tags.get(t.REASON),
                 "params": json.loads(tags.get(t.PARAMS, "{}")),
                 "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,

@@ -26,6 +26,7 @@ STATE = "hpsearch.state"  # completed | pruned | failed | running
 REASON = "hpsearch.reason"  # why a trial failed or stopped itself
 EPOCHS = "hpsearch.epochs"
 BEST_EPOCH = "hpsearch.best_epoch"
+TRAIN_SECONDS = "hpsearch.train_seconds"  # a trial's seconds of its own training (ASHA's axis under budget: seconds)
 METRIC = "hpsearch.metric"
 MODE = "hpsearch.mode"
 MODEL_URI = "hpsearch.model_uri"

@@ -8,7 +8,7 @@ from ._held import Held, can_score, held_score
 from ._loop import Split
 from ._lru import release_caches
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
-from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, MemoryReporter, Reporter
+from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS, MemoryReporter, Reporter
 
 __all__ = [
     "EPOCH",
@@ -18,6 +18,7 @@ __all__ = [
     "STOP_DIVERGED",
     "STOP_EARLY",
     "STOP_KEY",
+    "TRAIN_SECONDS",
     "Setup",
     "Split",
     "MemoryReporter",

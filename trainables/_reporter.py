@@ -23,6 +23,9 @@ STOP_DIVERGED = "diverged"  # NaN/inf loss: counts as failed, never as a good va
 # Keys the reporter adds to every report; trainables must not use them for their own metrics.
 EPOCH = "epoch"
 STOP_KEY = "stop_reason"
+# Added by the engine's reporter: seconds of the trial's own training so far, ASHA's time axis under
+# `asha: {budget: seconds}` (search/_ray_reporter.py).
+TRAIN_SECONDS = "train_seconds"
 
 # Data sets built in this process, shared by the trials the process runs (Ray reuses workers): the last few
 # data configurations, so a sweep that searches them does not grow the worker.
@@ -63,7 +66,7 @@ class Reporter(abc.ABC):
         (STOP_EARLY or STOP_DIVERGED) on the last report of a trial that ends itself; then return."""
         if stop not in (None, STOP_EARLY, STOP_DIVERGED):
             raise ValueError(f"stop must be None, {STOP_EARLY!r} or {STOP_DIVERGED!r}, not {stop!r}")
-        clash = {EPOCH, STOP_KEY} & set(metrics)
+        clash = {EPOCH, STOP_KEY, TRAIN_SECONDS} & set(metrics)
         if clash:
             raise ValueError(f"metric names {sorted(clash)} are reserved by the reporter")
         values = {k: float(v) for k, v in metrics.items()}
