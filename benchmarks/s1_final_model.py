@@ -60,7 +60,9 @@ class Seed:
         self.task, self.seed, self.done = task, seed, done
         self.workdir = work / f"{task.name}-s{seed}"
         self.home = self.workdir / "home"
-        self.uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        # The embedded store of HPSEARCH_HOME (set per seed by run_seed): an explicit sqlite URI would leave the
+        # artifacts in MLflow's default, ./mlruns of the current folder (the repository).
+        self.uri = None
         self.log = self.workdir / "hpsearch.log"  # hpsearch's own output, for a look when an arm fails
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.study = task.study(seed, self.workdir)
@@ -93,7 +95,7 @@ class Seed:
             log.write(out.getvalue())
 
 
-def trial_seconds(uri: str, study: str, run_id: str) -> tuple[float, int, int]:
+def trial_seconds(uri: str | None, study: str, run_id: str) -> tuple[float, int, int]:
     """(training seconds, epochs, trials) over a sweep's trials: each trial's MLflow child run holds Ray's
     time_total_s at its last epoch and its epoch count."""
     import studies
@@ -107,7 +109,7 @@ def trial_seconds(uri: str, study: str, run_id: str) -> tuple[float, int, int]:
     return seconds, epochs, len(runs)
 
 
-def promotion_epochs(uri: str, study: str, since: float) -> int:
+def promotion_epochs(uri: str | None, study: str, since: float) -> int:
     """Epochs trained by a promotion that began at `since` (time.time()): the child runs it recorded (its
     retrainings), each an epoch per value of the study's metric. Retrainings it reused are older."""
     import studies
