@@ -12,8 +12,8 @@ Per task and seed, the arms (benchmarks/_s1_tasks.py has the tasks, each the sam
 
 One JSONL line per task, seed and arm is appended as the arm finishes; a rerun skips what the file holds.
 An arm whose promote or study feature is not in this checkout is skipped with a line saying so (rerun once
-it is). Every sweep's state is in a folder of its own per task and seed (`--work`), removed when all six
-arms of it are recorded. Run from the repository root:
+it is). Every sweep's state is in a folder of its own per task and seed (`--work`, in memory by default),
+removed when all six arms of it are recorded. Run from the repository root:
 
     python benchmarks/s1_final_model.py                        # every task, seeds 0-7, every arm
     python benchmarks/s1_final_model.py --tasks digits-mlp --seeds 0 --arms a,b,c
@@ -274,7 +274,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=seeds_arg, default=list(range(8)), help="e.g. 0-7 (default) or 0,3")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "s1_final_model.jsonl")
-    parser.add_argument("--work", type=Path, help="the sweeps' folders (default: a folder under the temp dir)")
+    parser.add_argument(
+        "--work", type=Path, help="the sweeps' folders (default: one under /dev/shm, else the temp dir)"
+    )
     parser.add_argument("--summary", action="store_true", help="print the tables from --out and exit")
     args = parser.parse_args()
     tasks, arms = args.tasks.split(","), args.arms.split(",")
