@@ -87,10 +87,9 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
+    from benchmarks._s1_stock import SeededSearch  # stock bookkeeping; only the per-trial seed, as hpsearch's
     from search._ray_reporter import make_trial_function
-    from search._searcher import trial_seed
     from search._space import to_distributions
     from studies import parse_spec
 
@@ -101,17 +100,6 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
         def on_trial_result(self, iteration, trials, trial, result, **info):
             values.append(result.get(METRIC, float("-inf")))  # a diverged epoch counts, with no score
 
-    class Seeded(OptunaSearch):  # stock bookkeeping; only the per-trial seed, as hpsearch's trials get
-        def on_trial_result(self, trial_id, result):
-            if METRIC in result:  # a diverged trial's last report has no metric; stock would KeyError
-                super().on_trial_result(trial_id, result)
-
-        def suggest(self, trial_id):
-            config = super().suggest(trial_id)
-            if isinstance(config, dict):
-                config["seed"] = trial_seed(seed, self._ot_trials[trial_id].number)
-            return config
-
     if arm == "stock":
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
         scheduler, trials = (
@@ -120,8 +108,11 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
         )
     else:
         sampler, scheduler, trials = optuna.samplers.RandomSampler(seed=seed), FIFOScheduler(), FIFO_TRIALS
-    searcher = Seeded(space=to_distributions(spec), metric=METRIC, mode=MODE, sampler=sampler)
-    trial_fn = make_trial_function("digits-mlp", METRIC, MODE, 1, os.getcwd())
+    searcher = SeededSearch(space=to_distributions(spec), metric=METRIC, mode=MODE, sampler=sampler, sweep_seed=seed)
+    # The trials' own output goes to a logs folder in the experiment's, as hpsearch's do.
+    trial_fn = make_trial_function(
+        "digits-mlp", METRIC, MODE, 1, os.getcwd(), str(workdir / "ray" / f"p4-{arm}-{seed}")
+    )
     tuner = tune.Tuner(
         trial_fn,
         param_space={**FIXED, "epochs": MAX_T, "split_seed": 0},
