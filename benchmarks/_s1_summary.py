@@ -15,6 +15,7 @@ ARMS = {
     "c": "promote --candidates 3 --reseeds 2",
     "d": "promote --candidates 3 --folds 5",
     "e": "promote --candidates 3 --reseeds 2 --ensemble 5",
+    "f": "promote --ensemble 8 (the sweep's 8 kept checkpoints, no retraining)",
     "budget": "hpsearch sweep, ASHA on training seconds",
 }
 RESAMPLES = 10_000  # bootstrap resamples of the seeds
@@ -122,23 +123,25 @@ def task_table(name: str, arms: dict[str, dict[int, dict]], mode: str) -> str:
             )
         row.append(f"{mean(recs, 'wall_s'):.0f}")
         lines.append("| " + " | ".join(row) + " |")
-    if "e" in arms:
-        kinds = [r.get("kind") for r in arms["e"].values()]
+    for arm in ("e", "f"):  # the ensemble arms: which model they registered, and the issue's target
+        if arm not in arms:
+            continue
+        kinds = [r.get("kind") for r in arms[arm].values()]
         lines += [
             "",
-            f"(e) registered the ensemble on {kinds.count('ensemble')} of {len(kinds)} seeds, the single best on "
-            "the others.",
+            f"({arm}) registered the ensemble on {kinds.count('ensemble')} of {len(kinds)} seeds, the single best "
+            "on the others.",
         ]
-    if "e" in arms and base:
-        lines += ["", target_reading(arms["e"], base, mode, accuracy)]
+        if base:
+            lines += ["", target_reading(arms[arm], base, mode, accuracy, arm)]
     return "\n".join(lines)
 
 
-def target_reading(ensemble: dict[int, dict], base: dict[int, dict], mode: str, accuracy: bool) -> str:
-    """The issue's target for arm (e) against (a), each part met or not."""
+def target_reading(ensemble: dict[int, dict], base: dict[int, dict], mode: str, accuracy: bool, arm="e") -> str:
+    """The issue's target for an ensemble arm against (a), each part met or not."""
     paired, share = compare(ensemble, base, mode), compute_share(ensemble)
     if paired is None:
-        return "target: no seed shared by (e) and (a)"
+        return f"target: no seed shared by ({arm}) and (a)"
     gain = (100 * paired["mean"]) if accuracy else -paired["mean"]
     parts = [
         (
@@ -160,7 +163,7 @@ def target_reading(ensemble: dict[int, dict], base: dict[int, dict], mode: str, 
     ]
     met = all(ok for _, ok in parts)
     return (
-        "target (e) vs (a): "
+        f"target ({arm}) vs (a): "
         + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in parts)
         + (" -> met" if met else " -> not met")
     )

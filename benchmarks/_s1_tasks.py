@@ -48,6 +48,8 @@ class Task:
             "asha": dict(ASHA),
             "resources": {"cpus": 1, "gpus": 0},
             "max_concurrent": CONCURRENT,
+            # Retention only (the sweep is the same): arm f's ensemble chooses among the sweep's best 8 models.
+            "keep_checkpoints": 8,
             "sampler": "tpe",
             "seed": seed,
             "split_seed": seed,

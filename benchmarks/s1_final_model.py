@@ -49,8 +49,9 @@ PROMOTE_ARGS = {
     "c": {"candidates": 3, "reseeds": 2},
     "d": {"candidates": 3, "folds": 5},
     "e": {"candidates": 3, "reseeds": 2, "ensemble": 5},  # c's retrainings, reused when c ran first
+    "f": {"ensemble": 8},  # the sweep's own kept checkpoints (keep_checkpoints: 8), nothing retrained
 }
-NEEDS_SWEEP = ("c", "d", "e", "budget")  # arms that read arm b's sweep
+NEEDS_SWEEP = ("c", "d", "e", "f", "budget")  # arms that read arm b's sweep
 
 
 class Seed:
