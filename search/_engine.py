@@ -261,7 +261,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
             }
         )
         print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
-    print(f"tracking: {store.tracking_uri}", file=out, flush=True)
+    print(f"tracking: {tracking.redacted(store.tracking_uri)}", file=out, flush=True)
     if cluster:
         print(cluster, file=out, flush=True)
     for note in plan.notes:

@@ -462,6 +462,7 @@ class MlflowServer:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         jobs: bool = False,
+        auth_db_uri: str | None = None,
     ):
         self.backend_uri = backend_uri
         self.artifacts_dir = Path(artifacts_dir)
@@ -474,6 +475,38 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self._log_dir = Path(tempfile.mkdtemp(prefix="hpmlf-"))
         self._starts = 0
+        self.admin: tuple[str, str] | None = None
+        if auth_db_uri is not None:  # `--app-name basic-auth`: every request needs a login
+            self._with_login(auth_db_uri)
+
+    def _with_login(self, auth_db_uri: str) -> None:
+        """The login-protected server a team runs: MLflow's basic-auth app, its users in `auth_db_uri`, an
+        admin whose password comes from MLFLOW_AUTH_ADMIN_PASSWORD (MLflow ships none)."""
+        self.admin = ("admin", secrets.token_urlsafe(16))
+        ini = self._log_dir / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {auth_db_uri}\nadmin_username = {self.admin[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        self.extra_env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=self.admin[1],
+            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),  # CSRF protection of its login forms
+        )
+
+    def create_user(self, username: str, password: str) -> None:
+        """A user of the login-protected server (the admin creates it), as a team's admin would."""
+        import base64
+
+        pair = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/users/create",
+            data=json.dumps({"username": username, "password": password}).encode(),
+            headers={"Authorization": f"Basic {pair}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=30).close()
 
     @property
     def uri(self) -> str:
@@ -504,6 +537,7 @@ class MlflowServer:
             str(self.port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if self.admin else []),
         ]
 
     def start(self) -> MlflowServer:

@@ -1,0 +1,208 @@
+"""A team on real machines: a login-protected MLflow server (`--app-name basic-auth`, on PostgreSQL), the
+suite's 2-node Ray cluster named by a config file that holds the token's path (never the token), a shared
+storage. A wrong or missing login is one line; no secret reaches anything printed, logged or recorded; a job
+is followed to its end; two teammates' studies share the cluster."""
+
+import json
+import re
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, spawn_cli
+from tests.userproject import make_project
+from tests.userproject import study_spec as spec
+
+USER = "alice"
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, mlflow_auth, ray2):
+    """The team's config file (the cluster, its token's path, the login-protected server, the storage) and
+    machines that use it: A (the project, with alice's login) and C (anywhere else, the same login)."""
+    root = tmp_path_factory.mktemp("team")
+    storage = root / "shared"
+    storage.mkdir()
+    token_file = root / "a" / "ray-token"
+    token_file.parent.mkdir()
+    token_file.write_text(ray2.token + "\n")
+    token_file.chmod(0o600)
+    config = root / "hpsearch.yaml"
+    config.write_text(
+        f"address: {ray2.address}\ntracking_uri: {mlflow_auth.uri}\nstorage: {storage}\nray_token_file: {token_file}\n"
+    )
+    password = secrets.token_urlsafe(12)
+    mlflow_auth.create_user(USER, password)
+    project = make_project(root / "a" / "project")
+    login = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": password}
+    elsewhere = root / "c"
+    elsewhere.mkdir()
+    base = {"HPSEARCH_CONFIG": str(config), "RAY_API_SERVER_ADDRESS": ray2.dashboard_address}
+    return {
+        "root": root,
+        "storage": storage,
+        "config": config,
+        "password": password,
+        "token": ray2.token,
+        "project": project,
+        "a": {**base, **login, "HPSEARCH_HOME": str(root / "a" / "home")},
+        "c": (elsewhere, {**base, **login, "HPSEARCH_HOME": str(root / "c" / "home")}),
+        "server": mlflow_auth,
+    }
+
+
+def write(project: Path, body: dict) -> str:
+    (project / f"{body['name']}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return f"{body['name']}.yaml"
+
+
+def client_as_admin(server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin[1])
+    return MlflowClient(server.uri)
+
+
+def jobs(ray2):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(ray2.dashboard_address, headers={"Authorization": f"Bearer {ray2.token}"})
+
+
+def wait_for_job(ray2, job_id: str, timeout: float) -> str:
+    client, deadline = jobs(ray2), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = str(client.get_job_status(job_id).value)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still running after {timeout:.0f} s:\n{client.get_job_logs(job_id)[-3000:]}")
+
+
+def submitted_job(result) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"as Ray job (\S+) to", result.stdout)
+    assert found, result.stdout
+    return found.group(1)
+
+
+def test_a_missing_or_wrong_login_is_one_line_naming_the_server_and_what_to_set(team, tmp_path):
+    project, storage = team["project"], team["storage"]
+    name = write(project, spec("login-refused", trials=2, fixed={"epochs": 2}))
+    home = tmp_path / "home"
+    no_login = {**team["a"], "HPSEARCH_HOME": str(home), "MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    wrong = {**no_login, "MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": "not-" + team["password"]}
+    before = sorted(storage.rglob("*"))
+    commands = [
+        ("run", name),
+        ("submit", name),
+        ("results", "login-refused"),
+        ("show", name),
+        ("studies",),
+        ("models",),
+        ("report", "login-refused"),
+    ]
+    for env, words in ((no_login, "asks for a login (HTTP 401) and none is set"), (wrong, "refused the login")):
+        for args in commands:
+            done = run_cli(*args, cwd=project, env=env, timeout=120)
+            assert done.returncode == 2, (args, done.stdout, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+            line = done.stderr.strip()
+            assert line.startswith("hpsearch: error: tracking server " + team["server"].uri), (args, line)
+            assert words in line and "MLFLOW_TRACKING_USERNAME" in line and "MLFLOW_TRACKING_PASSWORD" in line
+            assert team["password"] not in done.stdout + done.stderr
+    assert not home.exists()  # nothing written: no data directory, no lock, no job record
+    assert sorted(storage.rglob("*")) == before
+
+
+def _reader(proc) -> list[str]:
+    """The lines a spawned command prints, collected by a thread as they come."""
+    import threading
+
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: list[str], words: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(words in line for line in lines):
+        assert time.monotonic() < deadline, f"no {words!r} within {timeout:.0f} s:\n{''.join(lines)[-3000:]}"
+        time.sleep(0.3)
+
+
+def _files_holding(folders, needles: tuple[str, ...]) -> list[str]:
+    found = []
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                found += [f"{path}: {n[:4]}..." for n in needles if n.encode() in data]
+    return found
+
+
+def test_a_job_is_followed_to_its_end_and_no_secret_reaches_output_logs_records_or_the_report(
+    team, ray2, monkeypatch, tmp_path
+):
+    """A sweep and a submitted job against the login-protected server, the cluster's token named by the
+    config file; `logs --follow` from another machine (Ctrl-C leaves the job running; a second one follows it
+    to its end). Then the password and the token are looked for in everything the commands printed, the job's
+    output, its entrypoint, runtime_env and metadata, every file on the storage and in both data directories,
+    every MLflow param and tag, the report, and (the password) in Ray's own logs on the head."""
+    project, env = team["project"], team["a"]
+    other, env_c = team["c"]
+    needles = (team["password"], team["token"])
+    printed = []
+
+    def cli(*args, cwd=project, env=env):
+        done = run_cli(*args, cwd=cwd, env=env, timeout=600)
+        printed.append(done.stdout + done.stderr)
+        assert done.returncode == 0, (args, done.stdout[-3000:], done.stderr[-3000:])
+        return done
+
+    cli("run", write(project, spec("sec-run", trials=2, max_concurrent=2, fixed={"epochs": 2})))
+    job_file = write(project, spec("sec-job", trials=3, max_concurrent=2, fixed={"epochs": 10, "sleep": 0.5}))
+    job_id = submitted_job(cli("submit", job_file, "--address", ray2.dashboard_address))  # Ray's convention
+
+    first = spawn_cli("logs", "sec-job", "--follow", cwd=other, env=env_c)
+    lines = _reader(first)
+    _wait_for_line(lines, "ray: joined the cluster", 240)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: stops the following, not the job
+    assert first.wait(timeout=30) == 0, "".join(lines)
+    printed.append("".join(lines))
+    assert "stopped following; job " + job_id + " goes on" in "".join(lines)
+    assert str(jobs(ray2).get_job_status(job_id).value) == "RUNNING"
+
+    followed = cli("logs", "sec-job", "--follow", cwd=other, env=env_c)
+    assert "study sec-job finished" in followed.stdout, followed.stdout[-3000:]
+    assert followed.stdout.rstrip().endswith(f"==> job {job_id} ended: SUCCEEDED <=="), followed.stdout[-500:]
+    assert wait_for_job(ray2, job_id, 60) == "SUCCEEDED"
+    assert not list((team["storage"] / "control").glob(".sec-job.login"))  # the driver took it and deleted it
+
+    cli("show", job_file)  # a study given as its file, in every command that takes one
+    cli("logs", job_file)
+    results = cli("results", "sec-run", "--format", "json")
+    trial = json.loads(results.stdout)[0]["trial_id"]
+    cli("logs", "sec-run", trial, cwd=other, env=env_c)
+    report = tmp_path / "sec-run.html"
+    cli("report", "sec-run", "--output", report)
+    cli("studies", cwd=other, env=env_c)
+
+    info = jobs(ray2).get_job_info(job_id)
+    shown = [info.entrypoint, json.dumps(info.runtime_env), json.dumps(info.metadata), jobs(ray2).get_job_logs(job_id)]
+    client = client_as_admin(team["server"], monkeypatch)
+    for name in ("sec-run", "sec-job"):
+        exp = client.get_experiment_by_name(name)
+        for run in client.search_runs([exp.experiment_id], max_results=1000):
+            shown += [json.dumps(run.data.params), json.dumps(run.data.tags)]
+    leaks = [f"text {i}: {n[:4]}..." for i, text in enumerate(printed + shown) for n in needles if n in text]
+    homes = [env["HPSEARCH_HOME"], env_c["HPSEARCH_HOME"]]
+    leaks += _files_holding([team["storage"], *homes, report.parent], needles)
+    leaks += _files_holding([ray2.root], (team["password"],))  # Ray's logs on the head: what its agents log
+    assert len(shown) > 10 and report.stat().st_size > 10_000
+    assert not leaks, leaks
