@@ -402,14 +402,10 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
 
 
 def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from ._cluster import versions
 
     tags = {"hpsearch.split_seed": str(plan.spec.split_seed), "hpsearch.python": platform.python_version()}
-    for pkg in ("hpsearch", "torch", "ray", "optuna", "mlflow"):
-        try:
-            tags[f"hpsearch.version.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            tags[f"hpsearch.version.{pkg}"] = "unknown"
+    tags.update({f"hpsearch.version.{pkg}": v for pkg, v in versions().items()})
     commit = _git_commit(plan.trainable.code or plan.trainable.train)
     if commit:
         tags["hpsearch.git_commit"] = commit

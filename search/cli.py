@@ -170,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     _common(p)
 
+    p = sub.add_parser(
+        "doctor",
+        help="check a team's setup from this machine: the cluster and its token, each node's versions, clock, "
+        "storage and data root, the tracking store (a write), the job server",
+    )
+    p.add_argument(
+        "--address", help="the Ray cluster, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the config file)"
+    )
+    p.add_argument("--job-server", help="the head's job server, http://HOST:PORT (as `submit` finds it otherwise)")
+    p.add_argument("--data-root", help="a data root every node must read (the same path on each)")
+    _storage(p)
+    _common(p)
+
     p = sub.add_parser("trainables", help="registered trainables and their hyperparameters")
     p.add_argument("--format", choices=["table", "json"], default="table")
     return parser
@@ -540,6 +553,17 @@ def _check(args) -> int:
     return code
 
 
+def _doctor(args) -> int:
+    from ._doctor import doctor, exit_code
+
+    findings = doctor(args.address, args.tracking_uri, args.storage, args.job_server, args.data_root)
+    for f in findings:
+        print(f"[{f.status:>4}] {f.check}: {f.line}", flush=True)
+    code = exit_code(findings)
+    print("doctor: " + ("something to fix (the FAIL lines)" if code else "the setup works from this machine"))
+    return code
+
+
 def _report(args) -> int:
     from . import api
 
@@ -678,6 +702,7 @@ _COMMANDS = {
     "ui": _ui,
     "studies": _studies,
     "trainables": _trainables,
+    "doctor": _doctor,
 }
 
 if __name__ == "__main__":

@@ -761,9 +761,10 @@ class RayCluster:
                 )
             time.sleep(0.5)
 
-    def add_node(self, hide: tuple[str | os.PathLike, ...] | None = None) -> RayNode:
-        """Start one more worker node (a new machine) and wait until the cluster sees it."""
-        node = self._spawn(len(self.nodes), ["--address", self.address], hide=hide)
+    def add_node(self, hide: tuple[str | os.PathLike, ...] | None = None, env: dict[str, str] | None = None) -> RayNode:
+        """Start one more worker node (a new machine) and wait until the cluster sees it. `env`: that machine's
+        own environment variables (e.g. a PYTHONPATH with other packages first), over the cluster's."""
+        node = self._spawn(len(self.nodes), ["--address", self.address], hide=hide, env=env)
         self.wait_for_nodes()
         return node
 
@@ -905,7 +906,13 @@ class RayCluster:
             if Path("/tmp").resolve().is_relative_to(path) or Path(path) == Path("/"):
                 raise ValueError(f"cannot hide {path}: the nodes' temp dirs are under /tmp")
 
-    def _spawn(self, index: int, args: list[str], hide: tuple[str | os.PathLike, ...] | None = None) -> RayNode:
+    def _spawn(
+        self,
+        index: int,
+        args: list[str],
+        hide: tuple[str | os.PathLike, ...] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RayNode:
         head = index == 0
         hidden = () if head else tuple(str(Path(p).resolve()) for p in (self.hide_on_workers if hide is None else hide))
         self._check_hidden(hidden)
@@ -962,7 +969,7 @@ class RayCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.node_env},
+                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.node_env, **(env or {})},
                 start_new_session=True,
             )
         node = RayNode(index, temp_dir, resource, proc, log_file, hidden)

@@ -4,6 +4,7 @@ storage. A wrong or missing login is one line; no secret reaches anything printe
 is followed to its end; two teammates' studies share the cluster."""
 
 import json
+import os
 import re
 import secrets
 import signal
@@ -206,3 +207,66 @@ def test_a_job_is_followed_to_its_end_and_no_secret_reaches_output_logs_records_
     leaks += _files_holding([ray2.root], (team["password"],))  # Ray's logs on the head: what its agents log
     assert len(shown) > 10 and report.stat().st_size > 10_000
     assert not leaks, leaks
+
+
+def doctor(cwd, env, *args):
+    """`hpsearch doctor`: (the finished process, {check: [(status, line), ...]})."""
+    done = run_cli("doctor", *args, cwd=cwd, env=env, timeout=300)
+    found: dict[str, list] = {}
+    for line in done.stdout.splitlines():
+        parsed = re.match(r"\[\s*(ok|warn|FAIL)\] ([a-z ]+): (.*)", line)
+        if parsed:
+            found.setdefault(parsed.group(2), []).append((parsed.group(1), parsed.group(3)))
+    return done, found
+
+
+def failed(found: dict) -> set[str]:
+    return {check for check, lines in found.items() if any(status == "FAIL" for status, _ in lines)}
+
+
+def test_doctor_passes_on_the_team_setup_and_names_each_thing_broken_one_at_a_time(team, ray2, tmp_path):
+    from tests.services import can_unshare_mount
+
+    other, env = team["c"]
+    done, found = doctor(other, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(found) == {"ray", "versions", "clock", "storage", "hpsearch", "tracking", "job server"}, done.stdout
+    assert not failed(found) and "2 node(s) alive" in found["ray"][0][1], done.stdout
+    assert "token from the file " in found["ray"][0][1] and "took a write" in found["tracking"][0][1]
+    assert team["password"] not in done.stdout + done.stderr and team["token"] not in done.stdout + done.stderr
+
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    config = tmp_path / "wrong-token.yaml"
+    config.write_text(team["config"].read_text().replace(str(team["root"] / "a" / "ray-token"), str(wrong)))
+    done, found = doctor(other, {**env, "HPSEARCH_CONFIG": str(config)})
+    assert done.returncode == 1 and "ray" in failed(found) and "tracking" not in failed(found), done.stdout
+    assert "token" in found["ray"][0][1], found["ray"]
+
+    team["server"].stop()
+    try:
+        done, found = doctor(other, env)
+        assert done.returncode == 1 and failed(found) == {"tracking"}, done.stdout
+        assert f"tracking store {team['server'].uri} did not answer" in found["tracking"][0][1]
+    finally:
+        team["server"].start()
+
+    fake = tmp_path / "elsewhere-site" / "hpsearch-9.9.9.dist-info"  # another hpsearch, first on that node's path
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: hpsearch\nVersion: 9.9.9\n")
+    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    broken = [({"env": {"PYTHONPATH": path}}, "versions")]
+    if can_unshare_mount():
+        broken.append(({"hide": (team["storage"],)}, "storage"))  # a machine that does not mount the storage
+    for how, check in broken:
+        node = ray2.add_node(**how)
+        try:
+            done, found = doctor(other, env)
+            assert done.returncode == 1 and failed(found) == {check}, done.stdout
+            (line,) = [line for status, line in found[check] if status == "FAIL"]
+            assert node.node_id[:8] in line, line
+            assert check != "versions" or "hpsearch 9.9.9 (here 0.1.0)" in line, line
+        finally:
+            ray2.kill_node(node.index)
+            node.replaced = True  # gone for good: `restore()` does not bring this machine back
