@@ -270,3 +270,54 @@ def test_doctor_passes_on_the_team_setup_and_names_each_thing_broken_one_at_a_ti
         finally:
             ray2.kill_node(node.index)
             node.replaced = True  # gone for good: `restore()` does not bring this machine back
+
+
+def _epoch_spans(client, name: str) -> dict[str, tuple[int, int]]:
+    """{trial id: (first, last) time its epochs were recorded, ms}, for a study's trials."""
+    exp = client.get_experiment_by_name(name)
+    spans = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        if run.data.tags.get("hpsearch.kind") == "trial":
+            times = [m.timestamp for m in client.get_metric_history(run.info.run_id, "loss")]
+            spans[run.data.tags["hpsearch.trial_id"]] = (min(times), max(times))
+    return spans
+
+
+def test_two_teammates_studies_run_on_one_cluster_at_once(team, ray2, monkeypatch):
+    """Alice and Bob (each a login of their own, each a project of their own) submit different studies at the
+    same time: both finish with every trial once, each in its own experiment, each within its own
+    max_concurrent and neither waiting for the other; a third machine lists both; a second submit of a
+    running study is refused."""
+    project, alice = team["project"], team["a"]
+    other, env_c = team["c"]
+    bob_password = secrets.token_urlsafe(12)
+    team["server"].create_user("bob", bob_password)
+    bob_project = make_project(team["root"] / "b" / "project")
+    bob = {**alice, "HPSEARCH_HOME": str(team["root"] / "b" / "home")}
+    bob.update(MLFLOW_TRACKING_USERNAME="bob", MLFLOW_TRACKING_PASSWORD=bob_password)
+    # Trials of about 8 s each: long beside the seconds a busy head takes to start a job's driver and a trial.
+    fields = dict(trials=2, max_concurrent=1, fixed={"epochs": 12, "sleep": 0.7})
+    job_a = submitted_job(run_cli("submit", write(project, spec("pair-a", **fields)), cwd=project, env=alice))
+    job_b = submitted_job(run_cli("submit", write(bob_project, spec("pair-b", **fields)), cwd=bob_project, env=bob))
+
+    again = run_cli("submit", "pair-a.yaml", cwd=project, env=alice)
+    assert again.returncode == 2 and "is already running" in again.stderr, again.stdout + again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+    assert wait_for_job(ray2, job_a, 400) == "SUCCEEDED"
+    assert wait_for_job(ray2, job_b, 400) == "SUCCEEDED"
+    listed = run_cli("studies", "--format", "json", cwd=other, env=env_c)
+    assert listed.returncode == 0, listed.stderr
+    runs = {row["study"]: row["runs"] for row in json.loads(listed.stdout)}
+    assert runs.get("pair-a") == 1 and runs.get("pair-b") == 1, listed.stdout
+
+    client = client_as_admin(team["server"], monkeypatch)
+    spans = {name: _epoch_spans(client, name) for name in ("pair-a", "pair-b")}
+    for name, trials in spans.items():
+        assert len(trials) == 2, (name, trials)  # every trial once, in the study's own experiment
+        ordered = sorted(trials.values())
+        assert all(earlier[1] < later[0] for earlier, later in zip(ordered, ordered[1:])), (name, ordered)
+    together = [
+        (a, b) for a in spans["pair-a"].values() for b in spans["pair-b"].values() if a[0] < b[1] and b[0] < a[1]
+    ]
+    assert together, spans  # some trial of each ran at the same time: neither study waited for the other
