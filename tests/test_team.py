@@ -321,3 +321,54 @@ def test_two_teammates_studies_run_on_one_cluster_at_once(team, ray2, monkeypatc
         (a, b) for a in spans["pair-a"].values() for b in spans["pair-b"].values() if a[0] < b[1] and b[0] < a[1]
     ]
     assert together, spans  # some trial of each ran at the same time: neither study waited for the other
+
+
+def test_the_readme_team_walkthrough_and_submit_run_verbatim(team, ray2, tmp_path):
+    """README, "Beyond one machine": a teammate's config file (the `team-config` block, where the README
+    says to put it), the token's copy at ~/.ray/auth_token, a login in the environment, and then the
+    `team-walkthrough` and `team-submit` blocks run verbatim in bash from a project folder holding
+    my-study.yaml. Only the placeholders of the suite's cluster are swapped: HEAD:6379, TRACKING:5000 and
+    /shared/sweeps for the fixtures' addresses (their ports are free ones) and storage; the job server is
+    named by Ray's RAY_API_SERVER_ADDRESS, since the fixture's dashboard is not on port 8265."""
+    import subprocess
+    import sys
+
+    from tests.test_readme import _command
+
+    home = tmp_path / "teammate"  # HOME: the config and the token's copy go where the README puts them
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(ray2.token)
+    (home / ".ray" / "auth_token").chmod(0o600)
+    config = home / ".config" / "hpsearch" / "config.yaml"
+    config.parent.mkdir(parents=True)
+    text = _command("team-config", "yaml")
+    swaps = {"HEAD:6379": ray2.address, "http://TRACKING:5000": team["server"].uri, "/shared/sweeps": team["storage"]}
+    for placeholder, value in swaps.items():
+        assert placeholder in text, placeholder
+        text = text.replace(placeholder, str(value))
+    config.write_text(text)
+    project = make_project(tmp_path / "project")
+    write(project, spec("my-study", trials=2, max_concurrent=2, fixed={"epochs": 3}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPSEARCH_", "RAY_", "MLFLOW_TRACKING_"))}
+    env.update(HOME=str(home), RAY_API_SERVER_ADDRESS=ray2.dashboard_address)
+    env.update(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=team["password"])
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    out = {}
+    for marker in ("team-walkthrough", "team-submit"):
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _command(marker)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, (marker, done.stdout[-4000:], done.stderr[-4000:])
+        out[marker] = done.stdout
+    walk, submitted = out["team-walkthrough"], out["team-submit"]
+    assert "doctor: the setup works from this machine" in walk and "[FAIL]" not in walk, walk[:3000]
+    assert "ray: joined the cluster at " in walk and "2 node(s)" in walk
+    assert "study my-study finished" in walk and "promoted my-study version 1 as @champion" in walk
+    assert "submitted study my-study as Ray job " in submitted and "ended: SUCCEEDED <==" in submitted
+    assert "): SUCCEEDED" in submitted, submitted[-2000:]  # `show`'s first line: the job's state
+    assert team["password"] not in walk + submitted and ray2.token not in walk + submitted
