@@ -372,3 +372,32 @@ def test_the_readme_team_walkthrough_and_submit_run_verbatim(team, ray2, tmp_pat
     assert "submitted study my-study as Ray job " in submitted and "ended: SUCCEEDED <==" in submitted
     assert "): SUCCEEDED" in submitted, submitted[-2000:]  # `show`'s first line: the job's state
     assert team["password"] not in walk + submitted and ray2.token not in walk + submitted
+
+
+def test_the_config_names_the_token_file_and_never_holds_the_token(tmp_path, monkeypatch, cli):
+    """No cluster needed: a token pasted into the (shareable) config file is refused without being echoed,
+    a path that is no file is named; a good one points Ray at it (RAY_AUTH_TOKEN_PATH, RAY_AUTH_MODE)."""
+    from search._locations import use_token_file
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "HPSEARCH_STORAGE"):
+        monkeypatch.setenv(name, "")  # recorded, so what use_token_file sets is undone after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    config = tmp_path / "config.yaml"
+    monkeypatch.setenv("HPSEARCH_CONFIG", str(config))
+    token = secrets.token_hex(32)
+    config.write_text(f"ray_token_file: {token}\n")
+    code, out, err = cli("show", "some-study")
+    assert code == 2 and "ray_token_file: this looks like a token itself" in err and token not in out + err, err
+    config.write_text(f"ray_token_file: {tmp_path / 'nowhere'}\n")
+    code, out, err = cli("logs", "some-study")
+    assert code == 2 and f"{tmp_path / 'nowhere'} is not a file" in err, err
+    assert not (tmp_path / "home").exists()
+    (tmp_path / "token").write_text(token)
+    config.write_text(f"ray_token_file: {tmp_path / 'token'}\n")
+    assert use_token_file() == str(tmp_path / "token")
+    assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "token") and os.environ["RAY_AUTH_MODE"] == "token"
+    code, _, err = cli("submit", "digits-cnn", "--address", "http://127.0.0.1:8265", "--job-server", "http://x:1")
+    assert code == 2 and "names the job server, and so does --job-server" in err, err
+    code, _, err = cli("logs", "some-study", "some-trial", "--follow")
+    assert code == 2 and "--follow: follows the submitted job's driver" in err, err
