@@ -5,6 +5,7 @@ Set once, not on every command. Each location is taken from the first of:
 2. the environment (`HPSEARCH_ADDRESS`, `HPSEARCH_TRACKING_URI`, `HPSEARCH_STORAGE`);
 3. the config file: `$HPSEARCH_CONFIG`, else `~/.config/hpsearch/config.yaml` where it exists;
 4. the embedded default: a local Ray, sqlite and files under the data directory (`$HPSEARCH_HOME`).
+The config file may also name the Ray cluster's token file (`ray_token_file:`, see `use_token_file`).
 
 Imports nothing heavy (the error class only when there is an error): `hpsearch run` resolves its Ray address
 here before it starts Ray in the background, ahead of its heavy imports.

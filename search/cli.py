@@ -296,14 +296,10 @@ def _warm(args) -> dict:
 
 
 def _run(args) -> int:
-    import os
-
     from . import api
+    from ._jobs import take_login
 
-    if os.environ.get("HPSEARCH_LOGIN_FILE"):  # a submitted job's driver: the submitter's tracking login
-        from ._jobs import take_login
-
-        take_login()
+    take_login()  # in a submitted job's driver: the submitter's tracking login, from its file
 
     plan = api.plan(
         args.study,
