@@ -33,6 +33,10 @@ ANSWER_S = 5.0
 ACTIVE = ("PENDING", "RUNNING")
 AGENT_WAIT_S = 60.0  # how long a head that has just started may take to accept jobs
 ERROR_LINES = 12  # the last lines of a failed job's output that `show` prints
+NO_HPSEARCH = (
+    "hpsearch: error: the head has no `hpsearch` on the PATH its `ray start` ran with: start the head from the "
+    "activated environment (`hpsearch doctor` checks it), then submit again"
+)
 LOGIN_ENV = "HPSEARCH_LOGIN_FILE"  # the job's driver reads the submitter's tracking login from this file
 
 
@@ -306,8 +310,13 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
         env_vars["HPSEARCH_HOME"] = str(data_home())
     env_vars.update(hand_login(root, name))
     runtime_env = {"env_vars": env_vars, **(ship or {})}
-    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS.
-    entrypoint = f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
+    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS. It runs
+    # `hpsearch` from the PATH the head's `ray start` had: where there is none, one line says what to do
+    # (`show` prints it with the FAILED state) instead of the shell's "not found".
+    entrypoint = (
+        f"command -v hpsearch >/dev/null || {{ echo {shlex.quote(NO_HPSEARCH)} >&2; exit 127; }}; "
+        f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
+    )
     job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:

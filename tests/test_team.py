@@ -327,6 +327,10 @@ def test_the_readme_team_walkthrough_and_submit_run_verbatim(team, ray2, tmp_pat
     assert "): SUCCEEDED" in submitted, submitted[-2000:]  # `show`'s first line: the job's state
     job_id = re.search(r"as Ray job (\S+) to", submitted).group(1)
     assert not list((team["storage"] / "control").glob(".my-study.login"))  # the driver took it and deleted it
+    # A head whose `ray start` had no hpsearch on its PATH: the job's entrypoint says so in one line.
+    entrypoint = json.loads((team["storage"] / "control" / "my-study.job").read_text())["entrypoint"]
+    bare = subprocess.run(["sh", "-c", entrypoint], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert bare.returncode == 127 and bare.stderr.startswith("hpsearch: error: the head has no `hpsearch`"), bare
     # The teammate's own files too (the config, ~/.mlflow), less the token's copy the README puts in ~/.ray.
     folders = [project, *(p for p in home.iterdir() if p.name != ".ray")]
     _no_secret_anywhere(team, ray2, [*out.values(), *errors], job_id, folders, monkeypatch)
