@@ -332,6 +332,8 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
         except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
             # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                if LOGIN_ENV in env_vars:  # no job will read the login: it does not stay on the storage
+                    Path(env_vars[LOGIN_ENV]).unlink(missing_ok=True)
                 raise _server_error(url, origin, exc) from None
             time.sleep(2)
     record = {
