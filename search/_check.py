@@ -24,13 +24,17 @@ def middle(param):
     return int(round(value)) if param.type == "int" else value
 
 
-def check(study: str, **overrides) -> tuple[list[Check], dict]:
+def check(study: str, tracking_uri: str | None = None, **overrides) -> tuple[list[Check], dict]:
+    """`tracking_uri`: where an `encoder_from: STUDY` finds that study's best checkpoint; the flag, else
+    the environment's or the config file's, as every command resolves it."""
+    from ._locations import resolve
+
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     trainable, _, _ = study_trainable(spec, study)
     if trainable.setup is None:
         raise UserError(f"trainable {trainable.name} has no setup hook, which `check` needs (see README)")
     searched = {name: middle(p) for name, p in spec.space.items()}
-    inputs = trial_inputs(spec, trainable, study, tracking_uri=None)
+    inputs = trial_inputs(spec, trainable, study, tracking_uri=resolve(tracking_uri=tracking_uri).tracking_uri)
     config = {
         **trainable.defaults,
         **spec.fixed,

@@ -3,6 +3,7 @@ is checked on them before anything is recorded (resources a trial needs, the sto
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import socket
@@ -27,6 +28,21 @@ EXCLUDES = [
     "*.journal",
 ]
 PROBE_S = 120.0  # how long each node has to start a worker and answer the storage and data check
+VERSIONED = ("hpsearch", "torch", "ray", "optuna", "mlflow")  # what every node and driver must agree on
+
+
+def versions() -> dict[str, str]:
+    """This environment's versions of hpsearch and the libraries a sweep's machines must share (read from
+    the installed metadata: nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in VERSIONED:
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = "unknown"
+    return found
 
 
 def project_env(trainable, local_paths: list[Path]) -> dict | None:
@@ -70,11 +86,48 @@ def _fmt(resources: dict) -> str:
 _NOT_SHOWN = {"memory", "object_store_memory"}
 
 
+@contextlib.contextmanager
+def storage_marker(root: Path):
+    """A file the driver writes in the study state's folder (deleted after): a node that sees it sees the
+    storage."""
+    marker = root / "control" / f".probe-{uuid.uuid4().hex}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(socket.gethostname())
+    try:
+        yield marker
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def ask_every_node(nodes: list[dict], function, *args, timeout: float = PROBE_S) -> dict:
+    """`function(*args)` run once on each of `nodes` (entries of ray.nodes()), by a zero-CPU task pinned there
+    with NodeAffinitySchedulingStrategy: {node id: its answer, or the exception it raised}, for the nodes that
+    answered within `timeout`."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(function)
+    refs = {
+        n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            *args
+        )
+        for n in nodes
+    }
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    answers = {}
+    for node, ref in refs.items():
+        if ref in ready:
+            try:
+                answers[node] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - e.g. a node whose hpsearch lacks the function
+                answers[node] = exc
+    return answers
+
+
 def check_cluster(plan) -> str:
     """Refuse (UserError) a sweep the cluster cannot run: a trial's resources that no node has, a storage
     or a data root that some node does not see. Returns the line that says which cluster it joined."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     spec = plan.spec
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -92,25 +145,13 @@ def check_cluster(plan) -> str:
         f"ray: joined the cluster at {where}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, "
         f"{total.get('GPU', 0):g} GPU"
     )
-    marker = plan.state_root / "control" / f".probe-{uuid.uuid4().hex}"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(socket.gethostname())
-    paths = {"storage": str(marker)}
-    if plan.inputs.get("data_root"):
-        paths["data_root"] = str(plan.inputs["data_root"])
-    try:
-        probe = ray.remote(num_cpus=0)(_probe)
-        refs = {
-            n["NodeID"]: probe.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(paths)
-            for n in nodes
-        }
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_S)
-        answers = {node: ray.get(ref) for node, ref in refs.items() if ref in ready}
-    finally:
-        marker.unlink(missing_ok=True)
+    paths = {"data_root": str(plan.inputs["data_root"])} if plan.inputs.get("data_root") else {}
+    with storage_marker(plan.state_root) as marker:
+        answers = ask_every_node(nodes, _probe, {"storage": str(marker), **paths})
     for node, answer in answers.items():
+        if isinstance(answer, Exception):
+            first = next(iter(str(answer).strip().splitlines()), type(answer).__name__)
+            raise UserError(f"node {node[:8]} could not run the storage check: {first[:300]}")
         name = f"node {answer['ip']} ({node[:8]}, host {answer['host']})"
         if not answer["seen"]["storage"]:
             raise UserError(
@@ -122,7 +163,7 @@ def check_cluster(plan) -> str:
                 f"data_root: {paths['data_root']} cannot be read on {name}: put the data set there "
                 "(the same path on every node) or on shared storage"
             )
-    silent = len(refs) - len(answers)
+    silent = len(nodes) - len(answers)
     if silent:
         line += f" ({silent} node(s) did not answer the storage check within {PROBE_S:.0f} s)"
     return line

@@ -261,7 +261,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
             }
         )
         print(f"study {spec.name}: {spec.trials} trials of {plan.trainable.name}, run {recorder.parent_id}", file=out)
-    print(f"tracking: {store.tracking_uri}", file=out, flush=True)
+    print(f"tracking: {tracking.redacted(store.tracking_uri)}", file=out, flush=True)
     if cluster:
         print(cluster, file=out, flush=True)
     for note in plan.notes:
@@ -404,14 +404,10 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
 
 
 def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from ._cluster import versions
 
     tags = {"hpsearch.split_seed": str(plan.spec.split_seed), "hpsearch.python": platform.python_version()}
-    for pkg in ("hpsearch", "torch", "ray", "optuna", "mlflow"):
-        try:
-            tags[f"hpsearch.version.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            tags[f"hpsearch.version.{pkg}"] = "unknown"
+    tags.update({f"hpsearch.version.{pkg}": v for pkg, v in versions().items()})
     commit = _git_commit(plan.trainable.code or plan.trainable.train)
     if commit:
         tags["hpsearch.git_commit"] = commit

@@ -13,6 +13,7 @@ reads it), http://HEAD:8265 for a Ray address HEAD:PORT, and http://127.0.0.1:82
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -32,6 +33,11 @@ ANSWER_S = 5.0
 ACTIVE = ("PENDING", "RUNNING")
 AGENT_WAIT_S = 60.0  # how long a head that has just started may take to accept jobs
 ERROR_LINES = 12  # the last lines of a failed job's output that `show` prints
+NO_HPSEARCH = (
+    "hpsearch: error: the head has no `hpsearch` on the PATH its `ray start` ran with: start the head from the "
+    "activated environment (`hpsearch doctor` checks it), then submit again"
+)
+LOGIN_ENV = "HPSEARCH_LOGIN_FILE"  # the job's driver reads the submitter's tracking login from this file
 
 
 # ---- where the job server is
@@ -182,6 +188,46 @@ def active_job_error(study: str, record: dict, state: dict) -> UserError:
     )
 
 
+# ---- the submitter's tracking login, handed to the job's driver
+
+
+def hand_login(root: Path, study: str) -> dict:
+    """The submitter's login to the tracking server (MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN, or
+    ~/.mlflow/credentials), written to a file only its owner reads, in the study's state folder (which the
+    head sees); returns the job env_vars that name the file. Not the values themselves: a job's runtime_env is
+    shown by `ray job list` and the dashboard, and Ray's agents log it."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    login = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
+    login["MLFLOW_TRACKING_TOKEN"] = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    login = {k: v for k, v in login.items() if v}
+    if not login:
+        return {}
+    path = control_dir(root) / f".{study}.login"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        json.dump(login, f)
+    return {LOGIN_ENV: str(path)}
+
+
+def take_login() -> None:
+    """In the job's driver: the submitter's login into this process's environment, and its file deleted."""
+    path = Path(os.environ.pop(LOGIN_ENV, "") or "")
+    if not path.name:
+        return
+    try:
+        os.environ.update(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{LOGIN_ENV}: cannot read the submitter's tracking login at {path} ({exc}): the head must see the "
+            "storage as the submitting user does; or give the head's `ray start` MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD of its own"
+        ) from None
+    path.unlink(missing_ok=True)
+
+
 # ---- submitting
 
 
@@ -262,9 +308,15 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
         env_vars["HPSEARCH_STORAGE"] = str(root)
     if local:  # the head is this machine: the driver uses this data directory (and its default stores)
         env_vars["HPSEARCH_HOME"] = str(data_home())
+    env_vars.update(hand_login(root, name))
     runtime_env = {"env_vars": env_vars, **(ship or {})}
-    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS.
-    entrypoint = f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
+    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS. It runs
+    # `hpsearch` from the PATH the head's `ray start` had: where there is none, one line says what to do
+    # (`show` prints it with the FAILED state) instead of the shell's "not found".
+    entrypoint = (
+        f"command -v hpsearch >/dev/null || {{ echo {shlex.quote(NO_HPSEARCH)} >&2; exit 127; }}; "
+        f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
+    )
     job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
@@ -280,6 +332,8 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
         except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
             # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                if LOGIN_ENV in env_vars:  # no job will read the login: it does not stay on the storage
+                    Path(env_vars[LOGIN_ENV]).unlink(missing_ok=True)
                 raise _server_error(url, origin, exc) from None
             time.sleep(2)
     record = {
@@ -295,19 +349,56 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
     return {**record, "record": str(record_path(root, name))}
 
 
-def logs(root: Path, study: str) -> tuple[dict, str]:
-    """(the recorded job, its driver's output so far)."""
+def _recorded(root: Path, study: str) -> dict:
     record = read_record(root, study)
     if record is None:
         raise UserError(
             f"study {study!r} has no submitted job recorded under {control_dir(root)} (see `hpsearch "
-            f"submit`); give a TRIAL for a trial's output"
+            f"submit`; --storage names the shared storage it was submitted with); give a TRIAL for a trial's output"
         )
+    return record
+
+
+def logs(root: Path, study: str) -> tuple[dict, str]:
+    """(the recorded job, its driver's output so far)."""
+    record = _recorded(root, study)
     client = connect(record["job_server"])
     try:
         return record, client.get_job_logs(record["job_id"])
     except Exception as exc:  # noqa: BLE001
         raise _server_error(record["job_server"], "the recorded job server", exc) from None
+
+
+def follow(root: Path, study: str):
+    """(the recorded job, an iterator over its driver's output from the start, chunk by chunk, that ends when
+    the job does), as `ray job logs --follow` streams it over the job server's websocket."""
+    import asyncio
+
+    record = _recorded(root, study)
+    client = connect(record["job_server"])
+
+    def chunks():
+        stream = client.tail_job_logs(record["job_id"])
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(anext(stream))
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - the server went away mid-stream: one line
+                    raise _server_error(record["job_server"], "the recorded job server", exc) from None
+        finally:  # the job ended, or Ctrl-C: close the websocket (and the session) before the loop
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(stream.aclose())
+            loop.close()
+
+    return record, chunks()
 
 
 def stop(root: Path, study: str) -> dict | None:

@@ -5,6 +5,7 @@ Set once, not on every command. Each location is taken from the first of:
 2. the environment (`HPSEARCH_ADDRESS`, `HPSEARCH_TRACKING_URI`, `HPSEARCH_STORAGE`);
 3. the config file: `$HPSEARCH_CONFIG`, else `~/.config/hpsearch/config.yaml` where it exists;
 4. the embedded default: a local Ray, sqlite and files under the data directory (`$HPSEARCH_HOME`).
+The config file may also name the Ray cluster's token file (`ray_token_file:`, see `use_token_file`).
 
 Imports nothing heavy (the error class only when there is an error): `hpsearch run` resolves its Ray address
 here before it starts Ray in the background, ahead of its heavy imports.
@@ -24,6 +25,9 @@ FIELDS = {  # config-file key -> environment variable
     "tracking_uri": "HPSEARCH_TRACKING_URI",
     "storage": "HPSEARCH_STORAGE",
 }
+# The Ray cluster's token, as a path: the config file may be shared by the team, a token must never be in it.
+TOKEN_FIELD = "ray_token_file"
+SETTINGS = (*FIELDS, TOKEN_FIELD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +109,10 @@ def _read_config(path: Path) -> dict[str, str]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: must be a mapping of {', '.join(FIELDS)}")
-    unknown = sorted(set(map(str, data)) - set(FIELDS))
+        raise UserError(f"{path}: must be a mapping of {', '.join(SETTINGS)}")
+    unknown = sorted(set(map(str, data)) - set(SETTINGS))
     if unknown:
-        raise UserError(f"{path}: {', '.join(unknown)}: not a setting; known: {', '.join(FIELDS)}")
+        raise UserError(f"{path}: {', '.join(unknown)}: not a setting; known: {', '.join(SETTINGS)}")
     out = {}
     for key, value in data.items():
         if value is None:
@@ -138,3 +142,30 @@ def resolve(address: str | None = None, tracking_uri: str | None = None, storage
             continue
         origins.append((field, origin))
     return Locations(origins=tuple(origins), **values)
+
+
+def use_token_file() -> str | None:
+    """Where the config file names the Ray cluster's token file (`ray_token_file:`), point Ray at it
+    (RAY_AUTH_TOKEN_PATH, with RAY_AUTH_MODE=token), unless this machine's environment already gives a token;
+    returns the file in force, if any. A value that is not a file is refused: the token itself does not
+    belong in a file the team may share."""
+    import re
+
+    from studies import UserError
+
+    path = config_file()
+    named = (_read_config(path) if path else {}).get(TOKEN_FIELD)
+    if not named or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ.get("RAY_AUTH_TOKEN_PATH") or None
+    token_file = Path(named).expanduser()
+    if not token_file.is_file():
+        looks = re.fullmatch(r"[0-9a-fA-F]{32,}", named) is not None
+        raise UserError(
+            f"{path}: {TOKEN_FIELD}: "
+            + ("this looks like a token itself; " if looks else f"{token_file} is not a file; ")
+            + "give the path of a file holding the head's token (a copy of its ~/.ray/auth_token, chmod 600), "
+            "never the token"
+        )
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return str(token_file)

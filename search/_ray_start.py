@@ -172,10 +172,17 @@ def connect_error(address: str, exc: Exception) -> Exception:
 
     text = str(exc)
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    causes, cause = [], exc.__cause__ or exc.__context__
+    while cause is not None and len(causes) < 5:  # a wrong token: "Failed to connect", caused by the refusal
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join([text, *causes])
     if "auth" in text.lower() or "token" in text.lower() or "UNAUTHENTICATED" in text:
         return UserError(
-            f"--address {address}: the cluster requires token authentication ({first}). Set RAY_AUTH_MODE=token "
-            "and give the head's token: copy the head's ~/.ray/auth_token to this machine, or set RAY_AUTH_TOKEN"
+            f"--address {address}: the cluster requires token authentication and did not accept this machine's "
+            f"token ({first}). Give it the head's token: copy the head's ~/.ray/auth_token here and name the copy "
+            "with ray_token_file: in the config file (or RAY_AUTH_TOKEN_PATH, or set RAY_AUTH_TOKEN), with "
+            "RAY_AUTH_MODE=token"
         )
     if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
         return UserError(f"--address {address}: cannot join the Ray cluster: {first}")

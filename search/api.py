@@ -34,11 +34,11 @@ def results(study: str, top: int | None = None, tracking_uri: str | None = None,
     return studies.results(study, top=top, tracking_uri=_uri(tracking_uri), **query)
 
 
-def show(study: str, tracking_uri: str | None = None, run_id: str | None = None):
+def show(study: str, tracking_uri: str | None = None, run_id: str | None = None, storage: str | None = None):
     """`hpsearch show`: (summary, status) of the study's latest run, or of `run_id`. When the study's latest
-    submission (`hpsearch submit`) is recorded, status["job"] is its job's state (`job_state`); a job whose
-    driver has not recorded a run yet gives (None, status)."""
-    job = job_state(study) if run_id is None else None
+    submission (`hpsearch submit`) is recorded (on `storage`), status["job"] is its job's state (`job_state`);
+    a job whose driver has not recorded a run yet gives (None, status)."""
+    job = job_state(study, storage) if run_id is None else None
     try:
         summary, status = studies.summary(study, tracking_uri=_uri(tracking_uri), run_id=run_id)
     except UserError:
@@ -50,15 +50,29 @@ def show(study: str, tracking_uri: str | None = None, run_id: str | None = None)
     return summary, status
 
 
-def job_state(study: str) -> dict | None:
+def _state_root(storage: str | None):
+    """The folder holding the studies' shared state (and `submit`'s job records): `storage` resolved."""
+    return resolve(storage=storage).state_root(tracking.data_home())
+
+
+def job_state(study: str, storage: str | None = None) -> dict | None:
     """The state of the study's latest submitted job (job_id, job_server, submitted, state: PENDING, RUNNING,
     SUCCEEDED, FAILED, STOPPED or unknown, message, error_lines), or None when none is recorded."""
     from ._jobs import job_state as state
     from ._jobs import read_record
 
     studies.check_name(study)
-    record = read_record(resolve().state_root(tracking.data_home()), study)
+    record = read_record(_state_root(storage), study)
     return None if record is None else state(record)
+
+
+def follow(study: str, storage: str | None = None):
+    """`hpsearch logs STUDY --follow`: (the recorded job, an iterator over its driver's output, chunk by chunk,
+    from the start until the job ends)."""
+    from ._jobs import follow as follow_job
+
+    studies.check_name(study)
+    return follow_job(_state_root(storage), study)
 
 
 def plan(
@@ -229,7 +243,7 @@ def rollback(name: str, alias: str = "champion", tracking_uri: str | None = None
     known = {r["name"] for r in tracking.registered_models(store)}
     if name not in known:
         raise UserError(
-            f"no registered model {name!r} in {store.tracking_uri}"
+            f"no registered model {name!r} in {tracking.redacted(store.tracking_uri)}"
             + (f"; registered: {', '.join(sorted(known))}" if known else "")
         )
     info = tracking.rollback(store, name, alias)
@@ -265,7 +279,11 @@ def stop(study: str, storage: str | None = None) -> str:
 
 
 def logs(
-    study: str, trial: str | None = None, tracking_uri: str | None = None, run_id: str | None = None
+    study: str,
+    trial: str | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    storage: str | None = None,
 ) -> list[tuple[str, str]]:
     """`hpsearch logs`: (name, text) of a trial's output (stdout and stderr) and Ray's error file; without a
     trial, the output of the study's submitted job's driver (`hpsearch submit`)."""
@@ -277,7 +295,7 @@ def logs(
         from ._jobs import logs as job_logs
 
         studies.check_name(study)
-        record, text = job_logs(resolve().state_root(tracking.data_home()), study)
+        record, text = job_logs(_state_root(storage), study)
         return [(f"Ray job {record['job_id']} on {record['job_server']}", text)]
 
     store, parent = studies.study_run(study, _uri(tracking_uri), run_id)
@@ -314,7 +332,7 @@ def ui_command(
         studies.check_name(study)
         exp = store.experiment_id(study)
         if exp is None:
-            raise UserError(f"no records for study {study!r} in {store.tracking_uri}")
+            raise UserError(f"no records for study {study!r} in {tracking.redacted(store.tracking_uri)}")
         url += f"#/experiments/{exp}"
     command = [
         sys.executable,

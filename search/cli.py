@@ -29,6 +29,14 @@ def _reads_a_run(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        help="the shared storage the study's state is on, where `submit` records its job (default: "
+        "HPSEARCH_STORAGE, the config file, else the data directory)",
+    )
+
+
 def _positive_float(text: str) -> float:
     try:
         return float(text)
@@ -53,8 +61,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="start a new run even though the last one is unfinished")
     p.add_argument(
         "--address",
-        help="a Ray cluster to join, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the "
-        "config file, else a local Ray)",
+        help="a Ray cluster to join, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the config file, else a "
+        "local Ray); for submit also the head's job server, http://HOST:8265, as `ray job submit` takes it",
     )
     p.add_argument(
         "--storage",
@@ -90,17 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     _reads_a_run(p)
 
     p = sub.add_parser("show", help="a study's progress: counts by state, best so far, budget and ETA")
-    p.add_argument("study")
+    p.add_argument("study", help="a study name or its YAML file")
     p.add_argument("--format", choices=["table", "json"], default="table")
     _reads_a_run(p)
+    _storage(p)
 
     p = sub.add_parser("stop", help="end a running sweep cleanly, from another shell or machine")
-    p.add_argument("study")
-    p.add_argument(
-        "--storage",
-        help="the shared storage the sweep runs on (default: HPSEARCH_STORAGE, the config "
-        "file, else the data directory)",
-    )
+    p.add_argument("study", help="a study name or its YAML file")
+    _storage(p)
 
     p = sub.add_parser(
         "logs", help="a trial's output and traceback; without TRIAL, the submitted job's driver's output"
@@ -112,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trial id, as in `hpsearch results` (default: the output of the "
         "study's job's driver, after `hpsearch submit`)",
     )
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="stream the job driver's output until the job ends (Ctrl-C stops following, not the job)",
+    )
     _reads_a_run(p)
+    _storage(p)
 
     p = sub.add_parser("promote", help="register the study's best model and set an alias")
     p.add_argument("study")
@@ -153,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="preflight: data, shapes, overfit one batch, LR range test, time estimate")
     p.add_argument("study", help="a built-in study name or a path to a study YAML file")
     p.add_argument("--data-root", help="folder holding the data set (overrides the spec)")
+    _common(p)
 
     p = sub.add_parser("report", help="an HTML report: Optuna's plots, learning curves, diagnoses, best model")
     p.add_argument("study")
@@ -178,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     _common(p)
 
+    p = sub.add_parser(
+        "doctor",
+        help="check a team's setup from this machine: the cluster and its token, each node's versions, clock, "
+        "storage and data root, the tracking store (a write), the job server",
+    )
+    p.add_argument(
+        "--address", help="the Ray cluster, HOST:PORT of its head (default: HPSEARCH_ADDRESS, the config file)"
+    )
+    p.add_argument("--job-server", help="the head's job server, http://HOST:PORT (as `submit` finds it otherwise)")
+    p.add_argument("--data-root", help="a data root every node must read (the same path on each)")
+    _storage(p)
+    _common(p)
+
     p = sub.add_parser("trainables", help="registered trainables and their hyperparameters")
     p.add_argument("--format", choices=["table", "json"], default="table")
     return parser
@@ -196,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import _locations, _ray_start
 
     try:
+        _locations.use_token_file()
         address = _locations.resolve(args.address, args.tracking_uri, args.storage).address
     except Exception:  # a bad config file: the run reports it in one line, with no Ray started for it
         address = "unresolved"
@@ -208,10 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     return code  # not reached
 
 
+# The commands that read a study's records take its name or its YAML file (whose `name` it is).
+_READS_RECORDS = ("show", "stop", "logs", "results", "promote", "report", "ui")
+
+
 def _command(args, handler=None) -> int:
     from studies import UserError
 
     try:
+        from ._locations import use_token_file
+
+        use_token_file()  # the config's ray_token_file, for Ray and the job server alike
+        if args.command in _READS_RECORDS and getattr(args, "study", None):
+            from studies import study_name
+
+            args.study = study_name(args.study)
         return (handler or _COMMANDS[args.command])(args)
     except UserError as exc:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
@@ -280,6 +318,9 @@ def _warm(args) -> dict:
 
 def _run(args) -> int:
     from . import api
+    from ._jobs import take_login
+
+    take_login()  # in a submitted job's driver: the submitter's tracking login, from its file
 
     plan = api.plan(
         args.study,
@@ -319,12 +360,19 @@ def _run(args) -> int:
 def _submit(args) -> int:
     from . import api
 
+    address, job_server = args.address, args.job_server
+    if address and address.startswith(("http://", "https://")):  # `ray job submit --address`'s convention
+        if job_server:
+            from studies import UserError
+
+            raise UserError(f"--address {address} names the job server, and so does --job-server: give one")
+        address, job_server = None, address
     info = api.submit(
         args.study,
         tracking_uri=args.tracking_uri,
-        address=args.address,
+        address=address,
         storage=args.storage,
-        job_server=args.job_server,
+        job_server=job_server,
         **_warm(args),
         resume=args.resume,
         fresh=args.fresh,
@@ -399,7 +447,7 @@ def _show(args) -> int:
 
     from . import api
 
-    summary, status = api.show(args.study, tracking_uri=args.tracking_uri, run_id=args.run_id)
+    summary, status = api.show(args.study, tracking_uri=args.tracking_uri, run_id=args.run_id, storage=args.storage)
     if args.format == "json":
         fields = {} if summary is None else {**dataclasses.asdict(summary), "eta_s": summary.eta_s()}
         print(json.dumps({**status, **fields}, indent=2, default=str))
@@ -448,9 +496,33 @@ def _stop(args) -> int:
 def _logs(args) -> int:
     from . import api
 
-    for name, text in api.logs(args.study, args.trial, tracking_uri=args.tracking_uri, run_id=args.run_id):
+    if args.follow:
+        return _follow(args)
+    logs = api.logs(args.study, args.trial, tracking_uri=args.tracking_uri, run_id=args.run_id, storage=args.storage)
+    for name, text in logs:
         print(f"==> {name} <==")
         print(text.rstrip() or "(empty)")
+    return 0
+
+
+def _follow(args) -> int:
+    """`logs STUDY --follow`: the job driver's output as it comes, until the job ends; Ctrl-C ends only this."""
+    from studies import UserError
+
+    from . import api
+
+    if args.trial is not None:
+        raise UserError("--follow: follows the submitted job's driver; a trial's output is read without it")
+    record, chunks = api.follow(args.study, storage=args.storage)
+    print(f"==> Ray job {record['job_id']} on {record['job_server']} (Ctrl-C stops following, not the job) <==")
+    try:
+        for chunk in chunks:
+            print(chunk, end="", flush=True)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {record['job_id']} goes on (`hpsearch stop {args.study}` ends it)")
+        return 0
+    state = api.job_state(args.study, storage=args.storage)
+    print(f"==> job {record['job_id']} ended: {state['state'] if state else 'unknown'} <==")
     return 0
 
 
@@ -510,7 +582,7 @@ def _headline(tests: dict) -> str:
 def _check(args) -> int:
     from ._check import check, exit_code
 
-    checks, config = check(args.study, data_root=args.data_root)
+    checks, config = check(args.study, tracking_uri=args.tracking_uri, data_root=args.data_root)
     print(f"checking {args.study} with " + " ".join(f"{k}={v}" for k, v in sorted(config.items())))
     for c in checks:
         print(f"[{c.status:>4}] {c.name}")
@@ -518,6 +590,17 @@ def _check(args) -> int:
             print(f"       {line}")
     code = exit_code(checks)
     print("preflight failed" if code else "preflight passed")
+    return code
+
+
+def _doctor(args) -> int:
+    from ._doctor import doctor, exit_code
+
+    findings = doctor(args.address, args.tracking_uri, args.storage, args.job_server, args.data_root)
+    for f in findings:
+        print(f"[{f.status:>4}] {f.check}: {f.line}", flush=True)
+    code = exit_code(findings)
+    print("doctor: " + ("something to fix (the FAIL lines)" if code else "the setup works from this machine"))
     return code
 
 
@@ -686,6 +769,7 @@ _COMMANDS = {
     "ui": _ui,
     "studies": _studies,
     "trainables": _trainables,
+    "doctor": _doctor,
 }
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A study is plain data: loading one imports pydantic and yaml, not MLflow. The qu
 `study_run`, `flat_results`) read MLflow through `tracking`, so they are imported on first use.
 """
 
-from ._catalog import builtin_studies, load_study, sweep_study
+from ._catalog import builtin_studies, load_study, study_name, sweep_study
 from ._diagnose import Diagnosis, diagnose
 from ._figures import readable
 from ._spec import (
@@ -54,6 +54,7 @@ __all__ = [
     "spec_changes",
     "spec_digest",
     "spec_text",
+    "study_name",
     "study_run",
     "summary",
     "sweep_study",

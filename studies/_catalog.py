@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._spec import StudySpec, load_spec_file, with_overrides
+from ._spec import StudySpec, check_name, load_spec_file, with_overrides
 from .errors import UserError
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -15,10 +15,21 @@ def builtin_studies() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CATALOG_DIR.glob("*.yaml"))}
 
 
+def _is_file_ref(ref: str) -> bool:
+    path = Path(ref)
+    return path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref
+
+
+def study_name(ref: str) -> str:
+    """STUDY as the commands that read a study's records take it: a study's name, or the path of its YAML
+    file (whose `name` it is), so the file a team passed to `run` or `submit` works in `show`, `logs`..."""
+    return load_study(ref).name if _is_file_ref(ref) else check_name(ref)
+
+
 def load_study(ref: str) -> StudySpec:
     """STUDY as given to `hpsearch run`: a path to a YAML file, or a built-in study's name."""
     path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in ref:
+    if _is_file_ref(ref):
         if path.is_dir():
             raise UserError(f"{ref}: a folder, not a study file")
         if not path.is_file():

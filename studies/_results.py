@@ -36,7 +36,10 @@ def study_run(study: str, tracking_uri: str | None = None, run_id: str | None = 
     store = tracking.Store(tracking_uri)
     runs = tracking.parent_runs(store, study, limit=1)  # the latest only: a study may have many runs
     if not runs:
-        raise UserError(f"no records for study {study!r} in {store.tracking_uri}; run `hpsearch run {study}` first")
+        raise UserError(
+            f"no records for study {study!r} in {tracking.redacted(store.tracking_uri)}; "
+            f"run `hpsearch run {study}` first"
+        )
     if run_id is None or runs[0].info.run_id == run_id:
         return store, runs[0]
     runs = tracking.parent_runs(store, study, run_id=run_id)

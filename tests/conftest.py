@@ -115,6 +115,20 @@ def mlflow_pg(pg, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mlflow_auth(pg, tmp_path_factory):
+    """A login-protected MLflow server (`--app-name basic-auth`) on databases of `pg`: `.uri`, `.admin`
+    (user, password), `.create_user(name, password)`."""
+    from tests.services import mlflow_server
+
+    with mlflow_server(
+        pg.create_database("mlflow_team"),
+        tmp_path_factory.mktemp("mlflow-team-artifacts"),
+        auth_db_uri=pg.create_database("mlflow_users"),
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def ray2():
     """A 2-node Ray cluster (head + 1 worker, 1 CPU each) with token auth of its own: `.address`,
     `.dashboard_address`, `.env` (for driver subprocesses), `.node_ids()`, `.kill_node(i)`, `.add_node()`."""

@@ -462,6 +462,7 @@ class MlflowServer:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         jobs: bool = False,
+        auth_db_uri: str | None = None,
     ):
         self.backend_uri = backend_uri
         self.artifacts_dir = Path(artifacts_dir)
@@ -474,6 +475,38 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self._log_dir = Path(tempfile.mkdtemp(prefix="hpmlf-"))
         self._starts = 0
+        self.admin: tuple[str, str] | None = None
+        if auth_db_uri is not None:  # `--app-name basic-auth`: every request needs a login
+            self._with_login(auth_db_uri)
+
+    def _with_login(self, auth_db_uri: str) -> None:
+        """The login-protected server a team runs: MLflow's basic-auth app, its users in `auth_db_uri`, an
+        admin whose password comes from MLFLOW_AUTH_ADMIN_PASSWORD (MLflow ships none)."""
+        self.admin = ("admin", secrets.token_urlsafe(16))
+        ini = self._log_dir / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {auth_db_uri}\nadmin_username = {self.admin[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        self.extra_env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=self.admin[1],
+            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),  # CSRF protection of its login forms
+        )
+
+    def create_user(self, username: str, password: str) -> None:
+        """A user of the login-protected server (the admin creates it), as a team's admin would."""
+        import base64
+
+        pair = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/users/create",
+            data=json.dumps({"username": username, "password": password}).encode(),
+            headers={"Authorization": f"Basic {pair}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=30).close()
 
     @property
     def uri(self) -> str:
@@ -504,6 +537,7 @@ class MlflowServer:
             str(self.port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if self.admin else []),
         ]
 
     def start(self) -> MlflowServer:
@@ -727,9 +761,10 @@ class RayCluster:
                 )
             time.sleep(0.5)
 
-    def add_node(self, hide: tuple[str | os.PathLike, ...] | None = None) -> RayNode:
-        """Start one more worker node (a new machine) and wait until the cluster sees it."""
-        node = self._spawn(len(self.nodes), ["--address", self.address], hide=hide)
+    def add_node(self, hide: tuple[str | os.PathLike, ...] | None = None, env: dict[str, str] | None = None) -> RayNode:
+        """Start one more worker node (a new machine) and wait until the cluster sees it. `env`: that machine's
+        own environment variables (e.g. a PYTHONPATH with other packages first), over the cluster's."""
+        node = self._spawn(len(self.nodes), ["--address", self.address], hide=hide, env=env)
         self.wait_for_nodes()
         return node
 
@@ -871,7 +906,13 @@ class RayCluster:
             if Path("/tmp").resolve().is_relative_to(path) or Path(path) == Path("/"):
                 raise ValueError(f"cannot hide {path}: the nodes' temp dirs are under /tmp")
 
-    def _spawn(self, index: int, args: list[str], hide: tuple[str | os.PathLike, ...] | None = None) -> RayNode:
+    def _spawn(
+        self,
+        index: int,
+        args: list[str],
+        hide: tuple[str | os.PathLike, ...] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RayNode:
         head = index == 0
         hidden = () if head else tuple(str(Path(p).resolve()) for p in (self.hide_on_workers if hide is None else hide))
         self._check_hidden(hidden)
@@ -928,7 +969,7 @@ class RayCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.node_env},
+                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.node_env, **(env or {})},
                 start_new_session=True,
             )
         node = RayNode(index, temp_dir, resource, proc, log_file, hidden)

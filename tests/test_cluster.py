@@ -19,19 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import run_cli, spawn_cli
 from tests.services import can_unshare_mount
 from tests.userproject import make_project
-
-
-def study(name, **fields):
-    return {
-        "name": name,
-        "trainable": "userpkg.model:trainable",
-        "metric": "loss",
-        "mode": "min",
-        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
-        "asha": "off",
-        "resources": {"cpus": 1},
-        **fields,
-    }
+from tests.userproject import study_spec as study
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import re
 from tests.conftest import REPO
 
 
-def _command(marker: str) -> str:
+def _command(marker: str, language: str = "sh") -> str:
     text = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- {marker} -->\s*```sh\n(.+?)\n```", text, re.S)
+    match = re.search(rf"<!-- {marker} -->\s*```{language}\n(.+?)\n```", text, re.S)
     assert match, f"README has no {marker} command"
     return match.group(1).strip()
 
@@ -39,3 +39,34 @@ def test_the_own_model_example_runs_verbatim_in_a_fresh_folder(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "models:/" in done.stdout
     assert (tmp_path / "signals" / "hpsearch-runs" / "mlflow.db").exists()  # everything in the user's folder
+
+
+def _flags(text: str) -> set[str]:
+    return set(re.findall(r"--[a-z][a-z-]*", text))
+
+
+def test_the_command_table_and_the_location_flags_agree_with_every_help():
+    """README's "Commands": each command's row names its own flags, the location table the flags that say
+    where things are; together they are exactly what its --help offers."""
+    from search.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if getattr(a, "choices", None)]
+    helps = {
+        name: {o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+        for name, sub in commands.choices.items()
+    }
+    text = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `hpsearch ([a-z]+)([^`]*)` \|", text, re.M))
+    assert set(rows) == set(helps), set(rows) ^ set(helps)
+    own = {name: _flags(usage) for name, usage in rows.items()}
+    own["submit"] |= own["run"] if "the flags of run" in rows["submit"] else set()
+    located = {name: set() for name in helps}
+    table = re.findall(r"^\| `(--[a-z-]+) [^`]*` \([^)]*\) \| (.+) \|$", text, re.M)
+    assert {flag for flag, _ in table} == {"--address", "--tracking-uri", "--storage"}, table
+    for flag, where in table:
+        named = set(re.findall(r"`([a-z]+)`", where))
+        for name in set(helps) - named if where.startswith("every command but") else named:
+            located[name].add(flag)
+    for name, offered in helps.items():
+        assert own[name] | located[name] == offered, (name, sorted(own[name] | located[name]), sorted(offered))

@@ -21,20 +21,11 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_cli, write_study
 from tests.services import _kill_group, free_port
-from tests.userproject import make_project
+from tests.userproject import make_project, study_spec
 
 
 def spec(name, **fields):
-    return {
-        "name": name,
-        "trainable": "userpkg.model:train",
-        "metric": "loss",
-        "mode": "min",
-        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
-        "asha": "off",
-        "resources": {"cpus": 1},
-        **fields,
-    }
+    return study_spec(name, trainable="userpkg.model:train", **fields)
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_segmentation_sweep_scores_iou_and_dice(home, cli):
     )
 
 
-def test_autoencoder_then_a_classifier_on_its_frozen_encoder(home, cli):
+def test_autoencoder_then_a_classifier_on_its_frozen_encoder(home, cli, monkeypatch):
     """Reconstruction, then the notes' second stage naming the first study in `encoder_from`."""
     ae = _study(
         home / "ae.yaml",
@@ -194,3 +194,9 @@ def test_autoencoder_then_a_classifier_on_its_frozen_encoder(home, cli):
     classifier = tracking.load_best_checkpoint(store, parent_runs(store, "clf")[0].info.run_id)["model"]
     shared = [k for k in encoder if k.startswith("encoder.")]
     assert shared and all(torch.equal(encoder[k], classifier[k]) for k in shared)
+    # `check` finds `ae`'s best checkpoint in the tracking store that the environment names, as `run` does
+    # (it used to read only the data directory's).
+    monkeypatch.setenv("HPSEARCH_TRACKING_URI", store.tracking_uri)
+    monkeypatch.setenv("HPSEARCH_HOME", str(home.parent / "elsewhere"))
+    code, out, err = cli("check", clf)
+    assert code in (0, 1) and "[  ok] data" in out, out + err

@@ -63,3 +63,18 @@ def make_project(project: Path) -> Path:
     (project / "userpkg" / "__init__.py").write_text("")
     (project / "userpkg" / "model.py").write_text(textwrap.dedent(USER_MODEL))
     return project
+
+
+def study_spec(name: str, trainable: str = "userpkg.model:trainable", **fields) -> dict:
+    """A study of the package's trainable: x searched in [-1, 1], no ASHA, one CPU per trial; `fields` add to
+    or replace these."""
+    return {
+        "name": name,
+        "trainable": trainable,
+        "metric": "loss",
+        "mode": "min",
+        "space": {"x": {"type": "float", "low": -1.0, "high": 1.0}},
+        "asha": "off",
+        "resources": {"cpus": 1},
+        **fields,
+    }

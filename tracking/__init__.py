@@ -17,7 +17,7 @@ from ._models import (
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
 from ._runs import StudyRecorder, close_unfinished, log_values
-from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data_home
+from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data_home, redacted
 
 __all__ = [
     "ENSEMBLE",
@@ -41,6 +41,7 @@ __all__ = [
     "recorded_studies",
     "registered_models",
     "rollback",
+    "redacted",
     "register_model",
     "state_digest",
     "tags",

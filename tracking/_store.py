@@ -190,7 +190,7 @@ def _known_scheme(uri: str) -> None:
 def _unknown_scheme(uri: str, exc) -> TrackingUnusable:
     schemes = ", ".join(s + ":" for s in exc.supported_uri_schemes if s)
     return TrackingUnusable(
-        f"tracking store {_redacted(uri)}: not a URI MLflow can open; it takes a path, or one of the schemes {schemes}"
+        f"tracking store {redacted(uri)}: not a URI MLflow can open; it takes a path, or one of the schemes {schemes}"
     )
 
 
@@ -208,7 +208,7 @@ def _open(uri: str) -> MlflowClient:
         if not isinstance(exc, (MlflowException, OSError)) and not type(exc).__module__.startswith("sqlalchemy"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        raise TrackingUnusable(f"tracking store {_redacted(uri)}: cannot be opened: {first[:300]}") from None
+        raise TrackingUnusable(f"tracking store {redacted(uri)}: cannot be opened: {first[:300]}") from None
 
 
 def check_answers(uri: str, timeout: float = ANSWER_S) -> None:
@@ -225,6 +225,7 @@ def check_answers(uri: str, timeout: float = ANSWER_S) -> None:
                 urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
             except urllib.error.HTTPError:
                 pass  # it answered (a proxy or an older server without /health): reachable
+            _check_login(uri, timeout)
         elif scheme in ("postgresql", "mysql", "mssql"):
             import sqlalchemy
 
@@ -235,16 +236,63 @@ def check_answers(uri: str, timeout: float = ANSWER_S) -> None:
                     pass
             finally:
                 engine.dispose()
+    except TrackingUnusable:
+        raise
     except Exception as exc:  # any failure to answer: refused, timed out, unknown host, bad credentials
         reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()
         raise TrackingUnreachable(
-            f"tracking store {_redacted(uri)} did not answer within {timeout:.0f} s "
+            f"tracking store {redacted(uri)} did not answer within {timeout:.0f} s "
             f"({reason[0][:200] if reason else type(exc).__name__}): is the server running, and is the URI right?"
         ) from None
 
 
-def _redacted(uri: str) -> str:
-    """The URI without a password, for messages."""
+LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _check_login(uri: str, timeout: float) -> None:
+    """A server that asks for a login (`mlflow server --app-name basic-auth`) answers /health to anyone, and
+    MLflow's client turns a refused login into a long traceback mid-command: one authenticated read first,
+    with the credentials MLflow's client would send, says whether they are accepted."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from mlflow.utils.credentials import get_default_host_creds
+
+    creds = get_default_host_creds(uri)
+    headers = {}
+    if creds.username and creds.password:
+        pair = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {pair}"
+    elif creds.token:
+        headers["Authorization"] = f"Bearer {creds.token}"
+    probe = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers
+    )
+    try:
+        urllib.request.urlopen(probe, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            return  # it answered; an older server or a proxy may not take this read
+        raise TrackingUnusable(login_refused(uri, exc.code, bool(headers))) from None
+
+
+def login_refused(uri: str, code: int, given: bool) -> str:
+    """The one line for a tracking server that refused us: which server, and what to set (never a value)."""
+    username, password = LOGIN_VARIABLES
+    if not given:
+        return (
+            f"tracking server {redacted(uri)} asks for a login (HTTP {code}) and none is set: set {username} "
+            f"and {password} to a user of that server (or put them in ~/.mlflow/credentials)"
+        )
+    return (
+        f"tracking server {redacted(uri)} refused the login (HTTP {code}: wrong user or password, or no "
+        f"permission): check {username} and {password} (or ~/.mlflow/credentials)"
+    )
+
+
+def redacted(uri: str) -> str:
+    """The URI without a password, for messages and printed lines."""
     import re
 
     return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
