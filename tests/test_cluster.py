@@ -319,7 +319,8 @@ def test_promotion_by_folds_and_ensemble_runs_on_the_cluster(team, ray2):
     parent = [r for r in client.search_runs([client.get_experiment_by_name("cl-folds").experiment_id])][0]
     runs = [r for r in client.search_runs([parent.info.experiment_id]) if r.data.tags.get("hpsearch.kind") == "fold"]
     assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags["hpsearch.node"] for r in runs} == {n.node_id for n in ray2.nodes[:2]}  # both nodes
+    nodes = {r.data.tags["hpsearch.node"] for r in runs}  # on two nodes (an earlier test may have replaced one)
+    assert len(nodes) >= 2 and nodes <= {n.node_id for n in ray2.nodes if n.alive}, nodes
     version = client.get_model_version_by_alias("cl-folds", "champion")
     assert version.version == str(info["version"]) and version.tags["model_kind"] == info["kind"]
     assert version.tags["folds"] == "3" and "test_accuracy" in info["test_metrics"]
