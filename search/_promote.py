@@ -55,7 +55,14 @@ def promote(
     folds: int | None = None,
     ensemble: int | None = None,
 ) -> dict[str, Any]:
+    """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`, first
+    retrain the best K configurations, with `reseeds` other seeds (default 2) or on `folds` cross-validation
+    folds, and promote the best mean. With `ensemble`, also build an ensemble of at most that many picks on
+    held-out predictions and promote it when it is better there."""
+    from ._locations import resolve
+
     out = out or sys.stderr
+    tracking_uri = resolve(tracking_uri=tracking_uri).tracking_uri
     name = name or studies.check_name(study)
     check_flags(alias, name, candidates, reseeds, folds, ensemble)
     store, parent = studies.study_run(study, tracking_uri, run_id)

@@ -14,6 +14,7 @@ import tracking
 from studies import UserError
 from tracking import tags as T
 
+from . import _promote
 from ._locations import resolve
 
 if TYPE_CHECKING:
@@ -184,38 +185,8 @@ def run(
     )
 
 
-def promote(
-    study: str,
-    alias: str = "champion",
-    name: str | None = None,
-    tracking_uri: str | None = None,
-    run_id: str | None = None,
-    candidates: int | None = None,
-    reseeds: int | None = None,
-    out=None,
-    address: str | None = None,
-    folds: int | None = None,
-    ensemble: int | None = None,
-) -> dict[str, Any]:
-    """Register the study's best model in the Model Registry and point `alias` at it. With `candidates`, first
-    retrain the best K configurations, with `reseeds` other seeds (default 2) or on `folds` cross-validation
-    folds, and promote the best mean. With `ensemble`, also build an ensemble of at most that many picks on
-    held-out predictions and promote it when it is better there. See search/_promote.py."""
-    from ._promote import promote as promote_
-
-    return promote_(
-        study,
-        alias,
-        name,
-        _uri(tracking_uri),
-        run_id,
-        candidates,
-        reseeds,
-        out,
-        address,
-        folds=folds,
-        ensemble=ensemble,
-    )
+# `hpsearch promote`: search/_promote.py (imports neither torch nor Ray until it retrains or exports).
+promote = _promote.promote
 
 
 def report(
