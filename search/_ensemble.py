@@ -27,6 +27,7 @@ from tracking import tags as T
 from trainables import can_score, combine, greedy_select, held_score
 
 from ._reseed import Candidate, Retraining, load_state
+from ._single import logged_model
 
 ENSEMBLE = tracking.ENSEMBLE  # the hpsearch.kind of the child run an ensemble is logged with
 MEMBERS = "hpsearch.members"  # its members, as JSON (also a registry tag: `members`)
@@ -46,11 +47,19 @@ class Member:
     seed: int | None = None
     fold: str | None = None  # "i/k"
     _state: dict | None = None
+    _digest: str | None = None
 
     def state(self) -> dict | None:
         if self._state is None:
             self._state = self.load()
         return self._state
+
+    @property
+    def digest(self) -> str:
+        """Its checkpoint's digest (the ensemble's identity and lineage both need it)."""
+        if self._digest is None:
+            self._digest = tracking.state_digest(self.state())
+        return self._digest
 
 
 @dataclasses.dataclass
@@ -73,7 +82,7 @@ class Ensemble:
     @property
     def digest(self) -> str:
         """The ensemble's identity: its members' checkpoints and weights (the key of its test result)."""
-        parts = sorted(f"{tracking.state_digest(m.state())}:{w:.6f}" for m, w in zip(self.members, self.weights))
+        parts = sorted(f"{m.digest}:{w:.6f}" for m, w in zip(self.members, self.weights))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def lineage(self) -> list[dict]:
@@ -85,7 +94,7 @@ class Ensemble:
                 "seed": m.seed,
                 "fold": m.fold,
                 "weight": w,
-                "checkpoint_sha256": tracking.state_digest(m.state()),
+                "checkpoint_sha256": m.digest,
             }
             for m, w in zip(self.members, self.weights)
         ]
@@ -195,11 +204,9 @@ def log_ensemble(store, study: str, parent, trainable, ensemble: Ensemble, singl
     (model URI, test metrics, its run id, what it costs beside the single model `single`, a _single.Chosen)."""
     digest = ensemble.digest
     for run in tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id):
-        tags = run.data.tags
-        if tags.get(T.KIND) == ENSEMBLE and tags.get(T.CHECKPOINT_DIGEST) == digest and tags.get(T.MODEL_URI):
-            tests = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-            if tests and run.info.status == "FINISHED":  # promoted before: logged and tested already
-                return tags[T.MODEL_URI], tests, run.info.run_id, json.loads(tags.get("hpsearch.cost", "{}"))
+        logged = logged_model(run, digest) if run.info.status == "FINISHED" else None
+        if run.data.tags.get(T.KIND) == ENSEMBLE and logged is not None:  # promoted before: logged and tested
+            return *logged, run.info.run_id, json.loads(run.data.tags.get("hpsearch.cost", "{}"))
     module, example = served(trainable, ensemble)
     recorder = tracking.StudyRecorder(store, study, {})
     recorder.attach(parent)

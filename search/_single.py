@@ -62,16 +62,10 @@ def log_chosen(store, study: str, parent, chosen: Chosen, trainable) -> tuple[st
     """The chosen checkpoint as a servable model, tested once. Returns (model URI, test metrics, the run that
     holds them, the checkpoint's digest): the parent's own when it is the study's logged best."""
     digest = tracking.state_digest(chosen.state)
-    ptags = parent.data.tags
-    if ptags.get(T.CHECKPOINT_DIGEST) == digest and ptags.get(T.MODEL_URI):  # the study's best, logged already
-        tests = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
-        if tests:
-            return ptags[T.MODEL_URI], tests, parent.info.run_id, digest
-    run = store.client.get_run(chosen.run_id)
-    if run.data.tags.get(T.MODEL_URI) and run.data.tags.get(T.CHECKPOINT_DIGEST) == digest:
-        tests = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
-        if tests:  # promoted before: logged and tested already
-            return run.data.tags[T.MODEL_URI], tests, run.info.run_id, digest
+    for run in (parent, store.client.get_run(chosen.run_id)):  # the study's best, or promoted before
+        logged = logged_model(run, digest)
+        if logged is not None:
+            return *logged, run.info.run_id, digest
     if chosen.retraining is None:  # a retraining's checkpoint was logged when it was recorded
         payload = {"model": chosen.state, "config": chosen.config, "value": chosen.value}
         tracking.log_best_checkpoint(store, chosen.run_id, {**payload, "trial_id": chosen.candidate.trial_id})
@@ -83,3 +77,13 @@ def log_chosen(store, study: str, parent, chosen: Chosen, trainable) -> tuple[st
     tags = {T.TEST_DIGEST: digest, T.CHECKPOINT_DIGEST: digest, T.MODEL_URI: model_uri}
     tracking.log_values(store, chosen.run_id, metrics=tests, tags=tags)
     return model_uri, tests, chosen.run_id, digest
+
+
+def logged_model(run, digest: str) -> tuple[str, dict[str, float]] | None:
+    """(model URI, test metrics) where `run` already holds the servable model of the checkpoint (or ensemble)
+    with this digest, tested; None otherwise."""
+    tags = run.data.tags
+    tests = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
+    if tags.get(T.MODEL_URI) and tags.get(T.CHECKPOINT_DIGEST) == digest and tests:
+        return tags[T.MODEL_URI], tests
+    return None

@@ -23,7 +23,10 @@ def _is_file_ref(ref: str) -> bool:
 def study_name(ref: str) -> str:
     """STUDY as the commands that read a study's records take it: a study's name, or the path of its YAML
     file (whose `name` it is), so the file a team passed to `run` or `submit` works in `show`, `logs`..."""
-    return load_study(ref).name if _is_file_ref(ref) else check_name(ref)
+    # Only what is surely a file is read as one: anything else is a name, checked as one ('../etc' is refused as
+    # a name, not looked for as a file).
+    is_file = Path(ref).suffix in (".yaml", ".yml") or Path(ref).is_file()
+    return load_study(ref).name if is_file else check_name(ref)
 
 
 def load_study(ref: str) -> StudySpec:

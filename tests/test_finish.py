@@ -46,14 +46,22 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     # The fault: a running trial's run is deleted from the tracking store (from the MLflow UI, say), so the
     # store refuses the engine's next write to it, inside Tune's callback; and refuses it again when the
     # failing run closes its open trials.
+    # Trials of 14 x 0.8 s: MLflow shows a trial's end up to 5 s late, and the next two must still be running
+    # when the test sees the first two ended (with 6.4 s trials CI once found them all finished).
     home, path, env, proc = start(
-        tmp_path, trials=4, **with_faults(tmp_path, sleep=0.8), asha={"max_t": 8, "grace_period": 8}
+        tmp_path, trials=4, **with_faults(tmp_path, sleep=0.8), asha={"max_t": 14, "grace_period": 14}
     )
     try:
-        wait_for_trials(home, 2)  # the first two have ended, the next two have just started
-        store, parents, rows, _ = records(home)
+        wait_for_trials(home, 2)  # the first two have ended, the next two have started
+        deadline = time.monotonic() + 60
+        while True:
+            store, parents, rows, _ = records(home)
+            running = [r for r in rows if r["status"] == "RUNNING"]
+            if running or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         done_before = {r["trial_id"]: r["run_id"] for r in rows if r["status"] == "FINISHED"}
-        victim = next(r for r in rows if r["status"] == "RUNNING")
+        victim = running[0]
         store.client.delete_run(victim["run_id"])
         out, _ = proc.communicate(timeout=180)
     finally:
