@@ -36,7 +36,7 @@ def team(tmp_path_factory, mlflow_pg, ray2):
         project = make_project(root / name / "project")
         env = {**ray2.env, "HPSEARCH_HOME": str(root / name / "home"), "HPSEARCH_CONFIG": str(config)}
         machines[name] = (project, env)
-    return {"storage": storage, "client": MlflowClient(mlflow_pg.uri), **machines}
+    return {"storage": storage, "client": MlflowClient(mlflow_pg.uri, mlflow_pg.uri), **machines}
 
 
 def write(project: Path, spec: dict) -> str:

@@ -25,7 +25,7 @@ print("WHERE=" + json.dumps({
 def _client(server):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=server.uri)
+    return MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
 
 
 def test_mlflow_server_on_postgres_records_experiments_and_runs(mlflow_pg, pg):

@@ -44,7 +44,7 @@ def site(tmp_path_factory, mlflow_pg, ray2):
     env = {**ray2.env, "HPSEARCH_CONFIG": str(config), "RAY_API_SERVER_ADDRESS": ray2.dashboard_address}
     return {
         "storage": storage,
-        "client": MlflowClient(mlflow_pg.uri),
+        "client": MlflowClient(mlflow_pg.uri, mlflow_pg.uri),
         "project": project,
         "a": {**env, "HPSEARCH_HOME": str(root / "a" / "home")},
         "b": (elsewhere, {**env, "HPSEARCH_HOME": str(root / "b" / "home")}),

@@ -66,7 +66,7 @@ def client_as_admin(server, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin[1])
-    return MlflowClient(server.uri)
+    return MlflowClient(server.uri, server.uri)
 
 
 def jobs(ray2):
