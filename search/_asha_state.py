@@ -21,7 +21,7 @@ import ray
 from ray.tune.schedulers import ASHAScheduler
 
 from studies import UserError
-from trainables import EPOCH, TRAIN_SECONDS
+from studies.words import EPOCH, TRAIN_SECONDS
 
 from ._searcher import RAY_TRIAL_ID, RAY_VERSION, epoch_seconds
 

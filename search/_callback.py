@@ -12,12 +12,13 @@ import time
 
 from ray.tune import Callback
 
+from studies.words import PRUNED, RUNNING
 from tracking import StudyRecorder
 
 from ._asha_state import replay_rungs
 from ._outcomes import CheckpointCleanup, Outcomes
 from ._progress import Progress
-from ._states import PRUNED, TrialProgress, classify_error
+from ._states import TrialProgress, classify_error
 from ._trial_log import Reconciler, TrialLog
 
 
@@ -67,7 +68,7 @@ class SweepDisplay:
     def started(self, trial_id: str) -> None:
         if trial_id not in self._started_at:
             self._started_at[trial_id] = time.monotonic()
-            self.live.summary.counts["running"] += 1
+            self.live.summary.counts[RUNNING] += 1
 
     def count(self, state: str) -> None:
         self.live.summary.counts[state] += 1
@@ -75,7 +76,7 @@ class SweepDisplay:
     def ended(self, trial_id: str, state: str, outcomes: Outcomes) -> None:
         summary = self.live.summary
         if trial_id in self._started_at:
-            summary.counts["running"] -= 1
+            summary.counts[RUNNING] -= 1
             self.durations.append(time.monotonic() - self._started_at.pop(trial_id))
             summary.mean_trial_s = sum(self.durations) / len(self.durations)
         self.count(state)

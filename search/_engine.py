@@ -171,7 +171,7 @@ def _unfinished_run(study: str, tracking_uri: str | None, state_root: Path, fini
     status = runs[0].info.status
     if status in ("RUNNING", "KILLED", "FAILED"):
         return runs[0]
-    if finishing and status == "FINISHED" and T.finishing_left(runs[0].data.tags):
+    if finishing and status == "FINISHED" and tracking.finishing_left(runs[0].data.tags):
         return runs[0]
     return None
 
@@ -406,14 +406,14 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
 def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
     from ._cluster import versions
 
-    tags = {"hpsearch.split_seed": str(plan.spec.split_seed), "hpsearch.python": platform.python_version()}
-    tags.update({f"hpsearch.version.{pkg}": v for pkg, v in versions().items()})
+    tags = {T.SPLIT_SEED: str(plan.spec.split_seed), T.PYTHON: platform.python_version()}
+    tags.update({T.VERSION + pkg: v for pkg, v in versions().items()})
     commit = _git_commit(plan.trainable.code or plan.trainable.train)
     if commit:
-        tags["hpsearch.git_commit"] = commit
+        tags[T.GIT_COMMIT] = commit
     if plan.trainable.data_info is not None:
         for k, v in plan.trainable.data_info(fixed).items():
-            tags[f"hpsearch.data.{k}"] = str(v)
+            tags[T.DATA + k] = str(v)
     return tags
 
 

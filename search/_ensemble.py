@@ -22,7 +22,7 @@ import numpy as np
 
 import tracking
 from studies import UserError
-from studies._better import better
+from studies.words import COMPLETED, FAILED, better
 from tracking import tags as T
 from trainables import can_score, combine, greedy_select, held_score
 
@@ -30,7 +30,6 @@ from ._reseed import Candidate, Retraining, load_state
 from ._single import logged_model
 
 ENSEMBLE = tracking.ENSEMBLE  # the hpsearch.kind of the child run an ensemble is logged with
-MEMBERS = "hpsearch.members"  # its members, as JSON (also a registry tag: `members`)
 # Metrics an ensemble's test evaluation reports, where its task can score them.
 _TEST_METRICS = ("val_loss", "val_accuracy", "val_iou", "val_dice", "val_mse", "val_mae", "val_psnr")
 
@@ -203,10 +202,10 @@ def log_ensemble(store, study: str, parent, trainable, ensemble: Ensemble, singl
     """The ensemble as one servable model on a child run of its own (kind `ensemble`), tested once. Returns
     (model URI, test metrics, its run id, what it costs beside the single model `single`, a _single.Chosen)."""
     digest = ensemble.digest
-    for run in tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id):
+    for run in tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id):
         logged = logged_model(run, digest) if run.info.status == "FINISHED" else None
         if run.data.tags.get(T.KIND) == ENSEMBLE and logged is not None:  # promoted before: logged and tested
-            return *logged, run.info.run_id, json.loads(run.data.tags.get("hpsearch.cost", "{}"))
+            return *logged, run.info.run_id, json.loads(run.data.tags.get(T.COST, "{}"))
     module, example = served(trainable, ensemble)
     recorder = tracking.StudyRecorder(store, study, {})
     recorder.attach(parent)
@@ -220,11 +219,11 @@ def log_ensemble(store, study: str, parent, trainable, ensemble: Ensemble, singl
             T.TEST_DIGEST: digest,
             T.CHECKPOINT_DIGEST: digest,
             T.MODEL_URI: model_uri,
-            MEMBERS: json.dumps(ensemble.lineage()),
-            "hpsearch.cost": json.dumps(cost),
+            T.MEMBERS: json.dumps(ensemble.lineage()),
+            T.COST: json.dumps(cost),
         }
         tracking.log_values(store, run_id, metrics=tests, tags=tags)
-        recorder.trial_ended(name, "completed", {T.BEST_VALUE: ensemble.held_out})
+        recorder.trial_ended(name, COMPLETED, {T.BEST_VALUE: ensemble.held_out})
     except BaseException:
         store.client.set_terminated(run_id, status="KILLED")
         raise
@@ -276,7 +275,7 @@ def _cost(module, single, ensemble: Ensemble, example) -> dict:
 def kept_members(store, parent, rows: list[dict], keep: int, checkpoint_of) -> list[Member]:
     """The sweep's own best checkpoints that are still kept (its best `keep` trials that did not fail)."""
     found = []
-    ranked = [r for r in rows if r["state"] != "failed" and r["metric"] is not None][:keep]
+    ranked = [r for r in rows if r["state"] != FAILED and r["metric"] is not None][:keep]
     for row in ranked:
         load = checkpoint_of(row)
         if load is None:

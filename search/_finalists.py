@@ -18,12 +18,11 @@ from collections.abc import Mapping
 
 import tracking
 from studies import readable
-from studies._better import rank_key
+from studies.words import rank_key
 from tracking import ENSEMBLE
 from tracking import tags as T
 
-from ._reseed import FOLD, RESEED, RESEED_OF
-from ._reseed import FOLD_TAG as FOLD_OF
+from ._reseed import FOLD, RESEED
 
 NOTHING = "Nothing was promoted with evidence yet: no finished retraining (`hpsearch promote --candidates K` "
 NOTHING += "with --reseeds or --folds) in this run, and the study's latest registered version is no ensemble."
@@ -57,13 +56,13 @@ def finalists(store, parent, singles: Mapping[str, float | None], mode: str) -> 
     """One Finalist per configuration and kind of retraining found under `parent`, best mean first."""
     values: dict[tuple[str, str], list[float]] = {}
     folds: dict[tuple[str, str], int] = {}
-    for run in T.child_runs(store, parent.info.experiment_id, parent.info.run_id):
+    for run in tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id):
         tags, value = run.data.tags, run.data.metrics.get(T.BEST_VALUE)
-        key = (tags.get(RESEED_OF), tags.get(T.KIND))
+        key = (tags.get(T.RESEED_OF), tags.get(T.KIND))
         if key[1] not in (RESEED, FOLD) or key[0] is None or run.info.status != "FINISHED" or value is None:
             continue
         values.setdefault(key, []).append(value)
-        k = tags.get(FOLD_OF, "").partition("/")[2]
+        k = tags.get(T.FOLD_OF, "").partition("/")[2]
         if k.isdigit():
             folds[key] = int(k)
     found = [Finalist(t, kind, singles.get(t), tuple(v), folds.get((t, kind))) for (t, kind), v in values.items()]

@@ -14,9 +14,6 @@ from typing import Any
 import tracking
 from tracking import tags as T
 
-COUNT = "hpsearch.count."  # + state: the sweep's trials by state, on the parent run
-NO_MODEL_TAG = "hpsearch.no_model"  # why the run has no servable model: what `promote` says
-
 
 @dataclasses.dataclass(frozen=True)
 class Best:
@@ -40,7 +37,7 @@ def record_sweep(recorder, callback) -> tuple[Best | None, dict[str, int]]:
     """At the sweep's end, in one write: the counts, the best trial, where its checkpoint is, and that the sweep
     is over. From here on a `--resume` only finishes."""
     best_id, counts = callback.best_trial(), callback.counts()
-    tags: dict[str, Any] = {COUNT + k: v for k, v in counts.items()}
+    tags: dict[str, Any] = {T.COUNT + k: v for k, v in counts.items()}
     tags[T.SWEPT] = "1"
     if best_id is None:
         recorder.set_parent_tags(tags)
@@ -65,7 +62,7 @@ def record_sweep(recorder, callback) -> tuple[Best | None, dict[str, int]]:
 def recorded_sweep(store, run) -> tuple[Best | None, dict[str, int]]:
     """What `record_sweep` wrote, read back for a `--resume` that only finishes."""
     tags = run.data.tags
-    counts = {k.removeprefix(COUNT): int(v) for k, v in tags.items() if k.startswith(COUNT)}
+    counts = {k.removeprefix(T.COUNT): int(v) for k, v in tags.items() if k.startswith(T.COUNT)}
     best_id = tags.get(T.BEST_TRIAL)
     if best_id is None:
         return None, counts
@@ -110,7 +107,7 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
             'evaluation or servable model; report checkpoint={"model": model.state_dict(), ...}'
         )
         print(reason, file=out)
-        recorder.set_parent_tags({NO_MODEL_TAG: reason})
+        recorder.set_parent_tags({T.NO_MODEL: reason})
         for step in left:
             record(step, "none: the checkpoint has no state_dict")
         return result
@@ -135,7 +132,7 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
     if "export" in left:
         result.model_uri = _export(plan, store, recorder, best, state, record, out)
         if result.model_uri and done.get(T.FINISH + "export", "").startswith("failed"):
-            recorder.client.delete_tag(recorder.parent_id, NO_MODEL_TAG)  # an earlier attempt's, now untrue
+            recorder.client.delete_tag(recorder.parent_id, T.NO_MODEL)  # an earlier attempt's, now untrue
     if "test" in left:
         result.test_metrics = _test(plan, store, recorder, best, state, digest, record, out)
     if result.left:
@@ -172,7 +169,7 @@ def _state(store, recorder, best: Best, logged: bool) -> tuple[dict | None, str]
 def _export(plan, store, recorder, best: Best, state, record, out) -> str | None:
     if plan.trainable.export is None:
         why = f"trainable {plan.trainable.name} has no export hook (trainables.from_model gives one)"
-        recorder.set_parent_tags({NO_MODEL_TAG: why})
+        recorder.set_parent_tags({T.NO_MODEL: why})
         record("export", f"none: {why}")
         return None
     try:
@@ -185,7 +182,7 @@ def _export(plan, store, recorder, best: Best, state, record, out) -> str | None
             "hook that returns one that is"
         )
         print(f"no servable model: {why}", file=out)
-        recorder.set_parent_tags({NO_MODEL_TAG: why})
+        recorder.set_parent_tags({T.NO_MODEL: why})
         record("export", f"failed: {_line(exc)}")
         return None
     recorder.set_parent_tags({T.MODEL_URI: model_uri})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-JOURNAL_TAG = "hpsearch.optuna_journal"  # on the parent run: the journal file of its Optuna study
+from tracking import tags as T
 
 
 def journal_path(root: Path, study: str) -> Path:
@@ -16,5 +16,5 @@ def journal_path(root: Path, study: str) -> Path:
 
 def run_journal(run, home: Path) -> Path:
     """The journal a parent run (an mlflow Run) used; runs from before the tag used the data directory's."""
-    recorded = run.data.tags.get(JOURNAL_TAG)
-    return Path(recorded) if recorded else journal_path(home, run.data.tags.get("hpsearch.study", ""))
+    recorded = run.data.tags.get(T.OPTUNA_JOURNAL)
+    return Path(recorded) if recorded else journal_path(home, run.data.tags.get(T.STUDY, ""))

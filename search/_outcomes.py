@@ -3,9 +3,9 @@ the best of them. Plain data: both are saved with Ray's experiment snapshots and
 
 from __future__ import annotations
 
-from studies._better import rank_key
+from studies.words import COMPLETED, FAILED, PRUNED, STOPPED, rank_key
 
-from ._states import COMPLETED, FAILED, PRUNED, STOPPED, TrialProgress
+from ._states import TrialProgress
 
 
 class Outcomes:

@@ -18,7 +18,7 @@ from typing import Any
 import studies
 import tracking
 from studies import UserError
-from studies._better import rank_key
+from studies.words import FINISHED, rank_key
 from tracking import tags as T
 
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -67,11 +67,11 @@ def promote(
     check_flags(alias, name, candidates, reseeds, folds, ensemble)
     store, parent = studies.study_run(study, tracking_uri, run_id)
     rows = tracking.trial_rows(store, parent)
-    if not any(r["state"] in ("completed", "pruned", "stopped") for r in rows):
+    if not any(r["state"] in FINISHED for r in rows):
         raise UserError(f"study {study!r} has no completed or pruned trial to promote (run {parent.info.run_id})")
     ptags = parent.data.tags
-    if not ptags.get(T.MODEL_URI) and (candidates is None or ptags.get("hpsearch.no_model")):
-        why = ptags.get("hpsearch.no_model", "the trainable has no export hook")  # retraining would not help
+    if not ptags.get(T.MODEL_URI) and (candidates is None or ptags.get(T.NO_MODEL)):
+        why = ptags.get(T.NO_MODEL, "the trainable has no export hook")  # retraining would not help
         raise UserError(f"study {study!r}: run {parent.info.run_id} logged no servable model: {why}")
     if candidates is None and ensemble is None:
         return _register(store, study, parent, name, alias, _study_best(parent, rows), {})
@@ -221,9 +221,9 @@ def _register(store, study: str, parent, name: str, alias: str, chosen: dict, ev
         **{
             k.removeprefix("hpsearch."): v
             for k, v in ptags.items()
-            if k.startswith(("hpsearch.data.", "hpsearch.version.")) or k == "hpsearch.git_commit"
+            if k.startswith((T.DATA, T.VERSION)) or k == T.GIT_COMMIT
         },
-        "split_seed": ptags.get("hpsearch.split_seed", ""),
+        "split_seed": ptags.get(T.SPLIT_SEED, ""),
         **{k: repr(v) for k, v in chosen["test_metrics"].items()},
         **_evidence_tags(winner, evidence),
     }

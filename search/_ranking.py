@@ -32,10 +32,9 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from studies._better import best_of, rank_key
-from trainables import STOP_DIVERGED
+from studies.words import STOP_DIVERGED, best_of, rank_key
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+OPTUNA_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REASON = "hpsearch_reason"  # an Optuna user attribute: why a trial told FAIL failed (what `hpsearch results` says)
 OF_THE_CONFIG = (STOP_DIVERGED, "oom")  # the reasons (prefixes) of failures that the configuration causes
 
@@ -100,13 +99,13 @@ class RankedSampler(BaseSampler):
     def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
         if self._cached is not None and self._cached[0] == trial.number:
             return self._cached[1]
-        everything = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
+        everything = study.get_trials(deepcopy=False, states=(*OPTUNA_FINISHED, TrialState.FAIL, TrialState.RUNNING))
         late = study.user_attrs
         for i, t in enumerate(everything):
             if t.state == TrialState.FAIL and late_reason(t.number) in late:
                 everything[i] = copy.copy(t)
                 everything[i].user_attrs = {**t.user_attrs, REASON: late[late_reason(t.number)]}
-        counted = [t for t in everything if t.state in FINISHED or failed_by_config(t)]
+        counted = [t for t in everything if t.state in OPTUNA_FINISHED or failed_by_config(t)]
         ranked = rank_by_best(counted, "max" if study.direction == StudyDirection.MAXIMIZE else "min")
         trials = [
             FrozenTrial(

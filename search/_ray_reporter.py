@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from trainables import TRAIN_SECONDS, Reporter, get_trainable
+from studies.words import NODE_KEY, TRAIN_SECONDS
+from trainables import Reporter, get_trainable
 
 from ._locations import trial_log
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CLOCK_FILE = "hpsearch-clock.json"  # beside the trainable's checkpoint: its TRAIN_SECONDS, restored with it
-NODE_KEY = "hpsearch_node"  # in each result: the Ray node the trial runs on (a tag on its child run)
 
 
 class TrainClock:

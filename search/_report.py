@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 import studies
 import tracking
 from studies import UserError, diagnose, readable
+from studies.words import FAILED
 from tracking import tags as T
 from trainables import get_trainable
 
@@ -43,7 +44,7 @@ def build_report(
 
     sections: list[tuple[str, str]] = []
     figures = _optuna_figures(store, parent, study, mode)
-    ranked = frame[frame["metric"].notna() & (frame["state"] != "failed")].head(TOP)
+    ranked = frame[frame["metric"].notna() & (frame["state"] != FAILED)].head(TOP)
     curves, diagnoses = _curves(store, ranked, metric)
     figures.append(("Learning curves of the top trials (train and validation loss)", curves))
     best = _best_model_figures(store, parent)
@@ -180,7 +181,7 @@ def _best_model_figures(store, parent) -> list[tuple[str, go.Figure | None]]:
     if T.CHECKPOINT_DIGEST not in tags:
         return [("Best model", None)]
     payload = tracking.load_best_checkpoint(store, parent.info.run_id)
-    trainable = get_trainable(tags.get("hpsearch.trainable") or parent.data.params["trainable"])
+    trainable = get_trainable(tags.get(T.TRAINABLE) or parent.data.params["trainable"])
     if trainable.samples is None or trainable.export is None:
         return []
     config = payload["config"]

@@ -27,14 +27,11 @@ from collections.abc import Callable
 import studies
 import tracking
 from studies import UserError
-from studies._better import best_of, rank_key
+from studies.words import COMPLETED, FAILED, best_of, rank_key
 from tracking import tags as T
 from trainables import FOLD_KEY, fold_plan, get_trainable
 
-RESEED, FOLD = "reseed", "fold"  # the hpsearch.kind of a retraining's child run
-RESEED_OF = "hpsearch.reseed_of"  # the trial whose configuration it retrains
-FOLD_TAG = "hpsearch.fold"  # "i/k" on a fold's run (1-based)
-FOLDS_DIGEST = "hpsearch.folds_sha256"  # the fold assignment's digest: the same data, k and split_seed
+RESEED, FOLD = T.RESEED_RUN, T.FOLD_RUN  # the kind of a retraining's child run
 _SEED_STEP = 7919  # retraining s (or fold s-1) of a trial seeded n trains with seed n + 7919 s
 
 
@@ -82,7 +79,7 @@ class Candidate:
     def values(self) -> list[float]:
         """The evidence: with folds, one value per fold; with reseeds, the original trial's value when it ran to
         max_t (a pruned trial's is from fewer epochs than a retraining), then one per retraining seed."""
-        own = [self.original] if self.folds is None and self.state == "completed" and self.original is not None else []
+        own = [self.original] if self.folds is None and self.state == COMPLETED and self.original is not None else []
         return own + [r.value for r in self.retrainings if r.value is not None]
 
     @property
@@ -130,7 +127,7 @@ def find_candidates(study: str, candidates: int, tracking_uri=None, run_id=None)
     """(store, parent run, the study's best K configurations as Candidates, best first)."""
     store, parent = studies.study_run(study, tracking_uri, run_id)
     frame = studies.results(study, tracking_uri=tracking_uri, run_id=parent.info.run_id)
-    ranked = frame[(frame["state"] != "failed") & frame["metric"].notna()]
+    ranked = frame[(frame["state"] != FAILED) & frame["metric"].notna()]
     if ranked.empty:
         raise UserError(f"study {study!r} has no completed or pruned trial to retrain (run {parent.info.run_id})")
     dirs = {r["trial_id"]: r["trial_dir"] for r in tracking.trial_rows(store, parent)}
@@ -217,7 +214,7 @@ def _recorded(store, parent, digest: str | None) -> dict[str, tuple[str, float, 
     """This parent run's recorded retrainings, by exact configuration: (run id, value, True). A run a killed
     promotion left RUNNING is closed as KILLED (it is retrained)."""
     found = {}
-    for run in tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id):
+    for run in tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
         if tags.get(T.KIND) not in (RESEED, FOLD):
             continue
@@ -226,7 +223,7 @@ def _recorded(store, parent, digest: str | None) -> dict[str, tuple[str, float, 
             continue
         if run.info.status != "FINISHED" or T.BEST_VALUE not in run.data.metrics:
             continue
-        if tags.get(T.KIND) == FOLD and tags.get(FOLDS_DIGEST) != digest:
+        if tags.get(T.KIND) == FOLD and tags.get(T.FOLDS_DIGEST) != digest:
             continue  # folds of other data (or another k): not the same retraining
         found[tags.get(T.PARAMS, "")] = (run.info.run_id, run.data.metrics[T.BEST_VALUE], True)
     return found
@@ -261,7 +258,7 @@ def retrain_candidates(
         _own_checkpoints_kept(found, parent)
     keep = parent.data.params.get("keep_checkpoints", "3")
     for c in found if folds is None else []:
-        if c.checkpoint is None and c.state == "completed":
+        if c.checkpoint is None and c.state == COMPLETED:
             print(
                 f"  {c.trial_id}: its own checkpoint is gone (keep_checkpoints: {keep} keeps the best {keep} trials'); "
                 "its retrainings' checkpoints stand in",
@@ -361,9 +358,9 @@ def _record(store, parent, study: str, job: Retraining, results: list[dict], met
     recorder = tracking.StudyRecorder(store, study, {})
     recorder.attach(parent)
     config = {**job.config, "seed": job.seed}
-    tags = {RESEED_OF: job.trial_id, T.NODE: job.node or ""}
+    tags = {T.RESEED_OF: job.trial_id, T.NODE: job.node or ""}
     if job.fold is not None:
-        tags |= {FOLD_TAG: f"{job.fold + 1}/{job.folds}", FOLDS_DIGEST: job.folds_digest}
+        tags |= {T.FOLD_OF: f"{job.fold + 1}/{job.folds}", T.FOLDS_DIGEST: job.folds_digest}
     run_id = recorder.trial_started(job.name, config, kind=job.kind, tags=tags)
     try:
         for i, result in enumerate(results):
@@ -376,7 +373,7 @@ def _record(store, parent, study: str, job: Retraining, results: list[dict], met
         if job.state is not None:
             payload = {"model": job.state, "config": config, "metric": metric, "mode": mode, "value": job.value}
             tracking.log_best_checkpoint(store, run_id, {**payload, "trial_id": job.trial_id})
-        recorder.trial_ended(job.name, "completed", {T.BEST_VALUE: job.value})
+        recorder.trial_ended(job.name, COMPLETED, {T.BEST_VALUE: job.value})
     except BaseException:
         store.client.set_terminated(run_id, status="KILLED")
         raise

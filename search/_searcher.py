@@ -17,11 +17,11 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables import EPOCH, TRAIN_SECONDS
+from studies.words import COMPLETED, EPOCH, PRUNED, TRAIN_SECONDS
 
 from ._ranking import REASON, RankedSampler, late_reason
 from ._space import grid, is_conditional
-from ._states import COMPLETED, LOST, PRUNED, TrialProgress
+from ._states import LOST, TrialProgress
 
 RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
 RAY_VERSION = "hpsearch_ray_version"  # an Optuna study user attribute: the Ray that started the sweep

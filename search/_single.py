@@ -8,7 +8,7 @@ import dataclasses
 
 import tracking
 from studies import UserError
-from studies._better import rank_key
+from studies.words import COMPLETED, rank_key
 from tracking import tags as T
 
 from ._reseed import Candidate, Retraining, load_state
@@ -38,7 +38,7 @@ def best_checkpoint(
     model saw other data), or `own_only` (the study's best, promoted as it is), its own trial's."""
     own = own_only or candidate.folds is not None
     options: list[tuple[float, Retraining | None]] = []
-    if candidate.checkpoint is not None and (own or candidate.state == "completed"):
+    if candidate.checkpoint is not None and (own or candidate.state == COMPLETED):
         options.append((candidate.original, None))
     if not own:
         options += [(r.value, r) for r in candidate.retrainings if r.value is not None and r.run_id is not None]

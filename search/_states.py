@@ -6,11 +6,19 @@ import dataclasses
 import math
 import re
 
-from studies._better import better
-from trainables import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS
+from studies.words import (
+    COMPLETED,
+    EPOCH,
+    FAILED,
+    PRUNED,
+    STOP_DIVERGED,
+    STOP_EARLY,
+    STOP_KEY,
+    STOPPED,
+    TRAIN_SECONDS,
+    better,
+)
 
-COMPLETED, PRUNED, STOPPED, FAILED, RUNNING = "completed", "pruned", "stopped", "failed", "running"
-ENDED = (COMPLETED, PRUNED, STOPPED, FAILED)
 LOST = "lost in a crash: it started after the last saved experiment state"
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 
+from studies.words import EPOCH, FAILED, NODE_KEY, STOP_KEY
 from tracking import StudyRecorder
 from tracking import tags as T
-from trainables import EPOCH, STOP_KEY
 
 from ._outcomes import Outcomes
-from ._ray_reporter import NODE_KEY
-from ._states import FAILED, LOST, TrialProgress
+from ._states import LOST, TrialProgress
 
 # Keys Ray adds to every result; everything else numeric that a trial reports is one of its metrics.
 _RAY_KEYS = {

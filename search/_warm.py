@@ -7,6 +7,7 @@ from typing import Any
 
 import studies
 from studies import CategoricalParam, IntParam, StudySpec, UserError
+from studies.words import FINISHED
 
 from ._space import applies
 
@@ -19,7 +20,7 @@ def warm_points(spec: StudySpec, other: str, count: int, tracking_uri: str | Non
     if count < 1:
         raise UserError(f"--warm-count: must be >= 1 (got {count})")
     frame = studies.results(other, tracking_uri=tracking_uri)
-    rows = frame[frame["state"].isin(["completed", "pruned", "stopped"])].head(count)
+    rows = frame[frame["state"].isin(FINISHED)].head(count)
     if rows.empty:
         raise UserError(f"--warm-start: study {other!r} has no completed or pruned trial to start from")
     points, changes = [], defaultdict(list)

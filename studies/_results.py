@@ -9,10 +9,10 @@ import pandas as pd
 import tracking
 from tracking import tags as T
 
-from ._better import rank_key
 from ._spec import check_name
-from ._summary import STATES, StudySummary
+from ._summary import StudySummary
 from .errors import UserError
+from .words import FAILED, FINISHED, STATES, rank_key
 
 COLUMNS = [
     "rank",
@@ -70,7 +70,7 @@ def results(
     best = parent.data.tags.get(T.BEST_TRIAL)
 
     def key(row):
-        value = None if row["state"] == "failed" else row["metric"]
+        value = None if row["state"] == FAILED else row["metric"]
         # Among equal values, the trial the run chose (whose checkpoint was logged and tested) ranks first.
         return *rank_key(value, mode), row["trial_id"] != best, row["trial_id"]
 
@@ -128,7 +128,7 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
     end_ms = info.end_time or int(time.time() * 1000)
     done = frame[frame["seconds"].notna()]
     counts = {s: int((frame["state"] == s).sum()) for s in STATES}
-    ok = frame[frame["state"].isin(["completed", "pruned", "stopped"]) & frame["metric"].notna()]
+    ok = frame[frame["state"].isin(FINISHED) & frame["metric"].notna()]
     best = ok.iloc[0] if not ok.empty else None
     hours = params.get("hours")
     result = StudySummary(
@@ -151,7 +151,7 @@ def summary(study: str, tracking_uri: str | None = None, run_id: str | None = No
         "run_name": info.run_name,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.start_time / 1000)),
     }
-    status["resume"] = T.resume_note(study, info.status, parent.data.tags)  # what `run --resume` would complete
+    status["resume"] = tracking.resume_note(study, info.status, parent.data.tags)  # what `run --resume` would complete
     if params.get("budget") == "seconds":
         status["asha"] = (
             f"asha: rungs in seconds of each trial's own training: max_t {params['max_t']} s, grace_period "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-STATES = ("running", "completed", "pruned", "stopped", "failed")
+from .words import RUNNING, STATES
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class StudySummary:
             return 0.0
         estimates = []
         if self.mean_trial_s:
-            running = self.counts.get("running", 0)
+            running = self.counts.get(RUNNING, 0)
             estimates.append(self.mean_trial_s * (left - running / 2) / max(self.concurrency, 1))
         if self.hours:
             estimates.append(max(self.hours * 3600 - self.elapsed_s, 0.0))

@@ -15,8 +15,9 @@ import yaml
 import tracking
 from search import api
 from search._ray_reporter import TrainClock
-from search._states import COMPLETED, PRUNED, TrialProgress
+from search._states import TrialProgress
 from studies import UserError, parse_spec, spec_changes, spec_text
+from studies.words import COMPLETED, PRUNED
 from tests.conftest import REPO, run_cli, sigterm, spawn_cli
 from trainables import TRAIN_SECONDS, MemoryReporter
 

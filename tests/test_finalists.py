@@ -11,7 +11,7 @@ import pytest
 import studies
 import tracking
 from search._finalists import finalists_html
-from search._reseed import RESEED_OF
+from tracking.tags import RESEED_OF
 
 STUDY = "fin"
 TRIALS = {"t0": 0.9895833333333334, "t1": 0.9791666666666666, "t2": 0.5}

@@ -126,7 +126,7 @@ def test_promotion_retrains_as_ray_tasks_in_parallel(tmp_path, monkeypatch):
     pids = {int(r.data.metrics["pid"]) for r in runs}
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans  # they overlapped
     assert os.getpid() not in pids and len(pids) == 2  # in two worker processes, not in pytest's
-    assert {r.data.tags[_reseed.RESEED_OF] for r in runs} == {c.trial_id for c in ranked}
+    assert {r.data.tags[tracking.tags.RESEED_OF] for r in runs} == {c.trial_id for c in ranked}
     assert tracking.parent_runs(store, "clocked")[0].info.run_id == parent.info.run_id
 
 

@@ -1,10 +1,7 @@
 """Everything MLflow: runs, metrics, artifacts, checkpoints, the registry. The only package importing mlflow."""
 
-from . import _runs as tags
+from . import tags
 from ._models import (
-    ENSEMBLE,
-    MODEL_KIND,
-    SINGLE,
     load_best_checkpoint,
     load_model,
     log_best_checkpoint,
@@ -16,8 +13,9 @@ from ._models import (
     state_digest,
 )
 from ._query import cached_test_metrics, parent_runs, recorded_studies, trial_rows
-from ._runs import StudyRecorder, close_unfinished, log_values
+from ._runs import StudyRecorder, child_runs, close_unfinished, finishing_left, log_values, resume_note
 from ._store import HOME_ENV, Store, TrackingUnreachable, TrackingUnusable, data_home, redacted
+from .tags import ENSEMBLE, MODEL_KIND, SINGLE
 
 __all__ = [
     "ENSEMBLE",
@@ -28,6 +26,9 @@ __all__ = [
     "TrackingUnreachable",
     "TrackingUnusable",
     "StudyRecorder",
+    "child_runs",
+    "finishing_left",
+    "resume_note",
     "cached_test_metrics",
     "close_unfinished",
     "data_home",

@@ -17,6 +17,7 @@ import mlflow
 
 from . import _runs
 from ._store import Store
+from .tags import ENSEMBLE, MODEL_KIND, SINGLE
 
 if TYPE_CHECKING:  # torch only where a checkpoint or a model is handled: the query commands never load it
     import numpy as np
@@ -24,7 +25,6 @@ if TYPE_CHECKING:  # torch only where a checkpoint or a model is handled: the qu
 
 CHECKPOINT_ARTIFACT = "checkpoint/best_checkpoint.pt"
 MODEL_NAME = "model"
-MODEL_KIND, SINGLE, ENSEMBLE = "model_kind", "single", "ensemble"  # a registered version's tag and its values
 HELD_OUT = ("held_out_single", "held_out_ensemble")  # the two held-out values an ensemble was chosen on
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from mlflow.entities import Run, ViewType
 
-from . import _runs as t
+from . import tags as t
+from ._runs import child_runs, paged
 from ._store import Store
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -32,7 +33,7 @@ def parent_runs(store: Store, study: str, limit: int | None = None, run_id: str 
             return []
         where += f" and attributes.run_id = '{run_id}'"
     return list(
-        t.paged(
+        paged(
             store.client.search_runs,
             [exp],
             filter_string=where,
@@ -46,7 +47,7 @@ def parent_runs(store: Store, study: str, limit: int | None = None, run_id: str 
 def trial_rows(store: Store, parent: Run) -> list[dict[str, Any]]:
     """One plain dict per trial of a parent run (unsorted)."""
     rows = []
-    for run in t.child_runs(store, parent.info.experiment_id, parent.info.run_id):
+    for run in child_runs(store, parent.info.experiment_id, parent.info.run_id):
         tags = run.data.tags
         if tags.get(t.KIND, "trial") != "trial":  # promote's retrainings (kind "reseed") are not search trials
             continue
@@ -88,11 +89,11 @@ def recorded_studies(store: Store) -> dict[str, int]:
     if not store.exists():
         return {}
     client = store.client
-    names = {exp.experiment_id: exp.name for exp in t.paged(client.search_experiments)}
+    names = {exp.experiment_id: exp.name for exp in paged(client.search_experiments)}
     ids = list(names)
     counts: Counter[str] = Counter()
     for i in range(0, len(ids), _EXPERIMENTS_PER_SEARCH):
-        for run in t.paged(
+        for run in paged(
             client.search_runs,
             ids[i : i + _EXPERIMENTS_PER_SEARCH],
             filter_string=f"tags.`{t.KIND}` = 'study'",

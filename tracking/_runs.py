@@ -17,36 +17,23 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from ._store import Store
-
-# Tag names: the contract between the writer here and the readers in _query.py.
-KIND = "hpsearch.kind"  # "study" on a parent run, "trial" on a child run
-STUDY = "hpsearch.study"
-TRIAL_ID = "hpsearch.trial_id"
-STATE = "hpsearch.state"  # completed | pruned | failed | running
-REASON = "hpsearch.reason"  # why a trial failed or stopped itself
-EPOCHS = "hpsearch.epochs"
-BEST_EPOCH = "hpsearch.best_epoch"
-TRAIN_SECONDS = "hpsearch.train_seconds"  # a trial's seconds of its own training (ASHA's axis under budget: seconds)
-METRIC = "hpsearch.metric"
-MODE = "hpsearch.mode"
-MODEL_URI = "hpsearch.model_uri"
-BEST_TRIAL = "hpsearch.best_trial"
-CHECKPOINT_DIGEST = "hpsearch.checkpoint_sha256"
-TEST_DIGEST = "hpsearch.test_checkpoint_sha256"
-OPTUNA_STUDY = "hpsearch.optuna_study"  # the Optuna study (in optuna/STUDY.journal) of this invocation
-OPTUNA_JOURNAL = "hpsearch.optuna_journal"  # that journal's path (search/_journal.py)
-NODE = "hpsearch.node"  # the Ray node a trial ran on (its last attempt)
-RAY_EXPERIMENT = "hpsearch.ray_experiment"  # Ray Tune's experiment folder of this invocation
-TRIAL_DIR = "hpsearch.trial_dir"  # where Ray keeps the trial's stdout, stderr, error.txt and checkpoint
-SPEC_DIGEST = "hpsearch.spec_sha256"  # the effective study spec's hash: a --resume must match it
-ELAPSED = "hpsearch.elapsed_s"  # seconds the study has run, over all its resumes (for --hours)
-RESUMES = "hpsearch.resumes"  # how many times the run was resumed
-PARAMS = "hpsearch.params"  # the trial's exact config as JSON (params are strings; this keeps types)
-BEST_VALUE = "best_value"  # a metric on child runs (the trial's best) and the parent (the study's best)
-SWEPT = "hpsearch.swept"  # on the parent once its sweep has ended: what is left is finishing the best model
-BEST_CHECKPOINT = "hpsearch.best_checkpoint"  # the folder of the best trial's Ray checkpoint, which finishing reads
-FINISH = "hpsearch.finish."  # + a step below: "done", "none: why" (nothing to do), "failed: why" (--resume retries)
-FINISH_STEPS = {"checkpoint": "no best checkpoint logged", "test": "no test evaluation", "export": "no servable model"}
+from .tags import (
+    BEST_TRIAL,
+    BEST_VALUE,
+    FINISH,
+    FINISH_STEPS,
+    KIND,
+    PARAMS,
+    REASON,
+    RESUMES,
+    STATE,
+    STUDY,
+    STUDY_RUN,
+    SWEPT,
+    TRIAL_DIR,
+    TRIAL_ID,
+    TRIAL_RUN,
+)
 
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call
 # Rows per search request, for every search (runs, experiments, registered models, model versions): reads
@@ -166,7 +153,7 @@ class StudyRecorder:
     def start(self, params: Mapping[str, Any], spec_text: str, run_name: str) -> str:
         client = self.client
         exp = self._experiment_id = self.store.experiment_id(self.study, create=True)
-        tags = {**self.tags, KIND: "study", STUDY: self.study, MLFLOW_RUN_NAME: run_name}
+        tags = {**self.tags, KIND: STUDY_RUN, STUDY: self.study, MLFLOW_RUN_NAME: run_name}
         run = client.create_run(exp, tags=tags, run_name=run_name)
         self.parent_id = run.info.run_id
         client.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in params.items()])
@@ -183,7 +170,7 @@ class StudyRecorder:
         self._recorded = {
             run.data.tags[TRIAL_ID]: (run.info.run_id, run.info.status)
             for run in child_runs(self.store, parent.info.experiment_id, parent_id)
-            if TRIAL_ID in run.data.tags and run.data.tags.get(KIND, "trial") == "trial"
+            if TRIAL_ID in run.data.tags and run.data.tags.get(KIND, TRIAL_RUN) == TRIAL_RUN
         }
 
     def unfinished_trials(self) -> list[str]:
@@ -244,7 +231,7 @@ class StudyRecorder:
         trial_id: str,
         params: Mapping[str, Any],
         trial_dir: str | None = None,
-        kind: str = "trial",
+        kind: str = TRIAL_RUN,
         tags: Mapping[str, str] | None = None,
     ) -> str:
         """Open (or reattach) the trial's child run; returns its run id. `kind` other than "trial" (promote's

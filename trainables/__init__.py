@@ -1,5 +1,7 @@
 """Model/dataset pairs and the training loop. Imports torch, never ray or mlflow."""
 
+from studies.words import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS
+
 from ._check import Setup
 from ._ensemble import Ensemble, Selection, combine, greedy_select
 from ._factory import from_model
@@ -8,7 +10,7 @@ from ._held import Held, can_score, held_score
 from ._loop import Split
 from ._lru import release_caches
 from ._registry import Trainable, get_trainable, is_import_path, list_trainables, register
-from ._reporter import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS, MemoryReporter, Reporter
+from ._reporter import MemoryReporter, Reporter
 
 __all__ = [
     "EPOCH",

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from studies._better import better
+from studies.words import STOP_DIVERGED, better
 
 from ._device import default_device
 from ._digits import _digits  # the splits, cached per process
 from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
-from ._reporter import STOP_DIVERGED, Reporter
+from ._reporter import Reporter
 
 # The feature classifier per split seed, and the real splits' features: kept like the other per-worker data
 # (release_caches empties them).

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from studies.words import better
+
 from ._tasks import CUSTOM, TASKS
 
 # Averaged as probabilities; every other task's outputs are averaged as they are.
@@ -89,9 +91,10 @@ class Selection:
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
+    """`better`, where a NaN score never wins and anything beats a NaN best."""
     if math.isnan(value):
         return False
-    return best is None or math.isnan(best) or (value > best if mode == "max" else value < best)
+    return best is None or math.isnan(best) or better(value, best, mode)
 
 
 def greedy_select(

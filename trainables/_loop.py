@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from studies._better import better
+from studies.words import STOP_DIVERGED, STOP_EARLY, better
 
 from . import _device
 from ._device import DEVICE_DEFAULTS, DEVICE_HYPERPARAMETERS, Prep, default_device
 from ._optim import OPTIM_DEFAULTS, OPTIM_HYPERPARAMETERS, OPTIMIZERS, Schedule, make_optimizer
-from ._reporter import STOP_DIVERGED, STOP_EARLY, Reporter
+from ._reporter import Reporter
 from ._tasks import Score, loss_fn
 
 __all__ = ["EVAL_BATCH", "OPTIMIZERS", "Prep", "Split", "default_device", "evaluate", "fit", "make_optimizer"]

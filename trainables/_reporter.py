@@ -13,19 +13,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from studies.words import EPOCH, STOP_DIVERGED, STOP_EARLY, STOP_KEY, TRAIN_SECONDS
+
 from ._lru import DATA_CONFIGS_KEPT, LRU
-
-# Why a trial ended by its own decision. A trial that reports fewer epochs than the study's max_t
-# without one of these was stopped by the scheduler (pruned).
-STOP_EARLY = "early_stopping"  # patience ran out: counts as a finished (completed) trial
-STOP_DIVERGED = "diverged"  # NaN/inf loss: counts as failed, never as a good value
-
-# Keys the reporter adds to every report; trainables must not use them for their own metrics.
-EPOCH = "epoch"
-STOP_KEY = "stop_reason"
-# Added by the engine's reporter: seconds of the trial's own training so far, ASHA's time axis under
-# `asha: {budget: seconds}` (search/_ray_reporter.py).
-TRAIN_SECONDS = "train_seconds"
 
 # Data sets built in this process, shared by the trials the process runs (Ray reuses workers): the last few
 # data configurations, so a sweep that searches them does not grow the worker.
