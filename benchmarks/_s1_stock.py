@@ -18,7 +18,7 @@ import torch
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search._searcher import trial_seed
+from search.sampling._searcher import trial_seed
 from trainables import Reporter, get_trainable
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -81,7 +81,7 @@ def run_stock(study: dict, metric: str, mode: str, test_key: str, workdir: Path)
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
 
-    from search._space import to_distributions
+    from search.sampling._space import to_distributions
     from studies import parse_spec
 
     spec = parse_spec(study, "s1")

@@ -19,8 +19,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.p1_throughput import course_epoch  # noqa: E402
-from trainables import MemoryReporter, from_model  # noqa: E402
+from benchmarks.p1_throughput import course_epoch
+from trainables import MemoryReporter, from_model
 from trainables._loop import default_device
 
 

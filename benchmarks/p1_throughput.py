@@ -29,9 +29,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.synth import images, model  # noqa: E402
-from trainables import MemoryReporter  # noqa: E402
-from trainables._loop import default_device  # noqa: E402
+from benchmarks.synth import images, model
+from trainables import MemoryReporter
+from trainables._loop import default_device
 
 MEAN, STD = 0.5, 0.25
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._sweep import run_study  # noqa: E402
+from benchmarks._sweep import run_study
 
 
 def aggregate(log_dir: Path) -> tuple[float, int]:

@@ -89,8 +89,8 @@ def run_tuner(seed: int, arm: str, workdir: Path) -> list[float]:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from benchmarks._s1_stock import SeededSearch  # stock bookkeeping; only the per-trial seed, as hpsearch's
-    from search._ray_reporter import make_trial_function
-    from search._space import to_distributions
+    from search.sampling._space import to_distributions
+    from search.scheduling._ray_reporter import make_trial_function
     from studies import parse_spec
 
     spec = parse_spec(spec_dict(f"p4-{arm}", "tpe", ASHA_TRIALS, GRACE), "p4")
@@ -197,7 +197,7 @@ def main() -> None:
     FIFO_TRIALS, BUDGET = args.fifo_trials, args.fifo_trials * MAX_T
     ASHA_TRIALS = max(ASHA_TRIALS, 13 * FIFO_TRIALS)  # ASHA trials average under 3 epochs: enough to spend it
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    from search import _tune  # noqa: F401  (sets Ray's environment before ray starts)
+    from search.scheduling import _tune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

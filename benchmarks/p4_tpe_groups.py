@@ -5,7 +5,7 @@ for the first n trials (n = 20, 40, 60, 80, all) prints TPE's good group two way
 - as Optuna's own `_split_trials` forms it from the states in storage (a private function: this is a
   diagnostic, not a product path): how many of its trials are COMPLETE and how many PRUNED, their values,
   and the best epoch-1 values of the trials it left out;
-- as the sampler hpsearch uses under ASHA sees it (search/_ranking.py): the good group's best values and
+- as the sampler hpsearch uses under ASHA sees it (search/sampling/_ranking.py): the good group's best values and
   how many of its trials are COMPLETE.
 
     python benchmarks/p4_tpe_groups.py 19
@@ -30,8 +30,8 @@ def main() -> None:
     from optuna.trial import TrialState
 
     from benchmarks import p4_search
-    from search import _tune
-    from search._ranking import rank_by_best
+    from search.sampling._ranking import rank_by_best
+    from search.scheduling import _tune
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -46,9 +46,9 @@ def measure(trials: int, tracking_uri: str | None = None, label: str = "P5") -> 
     the per-trial seconds of each part."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HPSEARCH_HOME"] = str(Path(tmp) / "home")
-        from search._searcher import StudySearch, make_sampler
-        from search._space import to_distributions
-        from search._tune import optuna_storage
+        from search.sampling._searcher import StudySearch, make_sampler
+        from search.sampling._space import to_distributions
+        from search.scheduling._tune import optuna_storage
         from studies import parse_spec
         from tracking import Store, StudyRecorder
 

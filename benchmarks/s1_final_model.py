@@ -115,7 +115,7 @@ def promotion_epochs(uri: str | None, study: str, since: float) -> int:
     retrainings), each an epoch per value of the study's metric. Retrainings it reused are older."""
     import studies
     import tracking
-    from search._reseed import FOLD, RESEED
+    from search.review._reseed import FOLD, RESEED
 
     store, parent = studies.study_run(study, uri)
     metric = parent.data.tags.get(tracking.tags.METRIC, "")
@@ -197,7 +197,7 @@ def missing_feature(arm: str) -> str | None:
         try:
             budget = {"budget": "seconds", "max_t": 9.5, "grace_period": 1.5, "max_epochs": 9}
             parse_spec({"name": "probe", "trainable": "digits-mlp", "asha": budget}, "s1")
-        except Exception as exc:  # noqa: BLE001 - the study refuses the field: the feature is not here
+        except Exception as exc:
             return f"the study has no asha budget ({str(exc).splitlines()[0]})"
     return None
 
@@ -236,7 +236,7 @@ def run_seed(s: Seed, arms: list[str], out: Path) -> None:
         started = time.monotonic()
         try:
             record = run_arm(s, arm)
-        except Exception:  # noqa: BLE001 - one arm's failure is reported; the others still run
+        except Exception:
             print(f"{s.task.name} seed {s.seed} arm {arm}: FAILED (see {s.log})", flush=True)
             traceback.print_exc()
             continue
@@ -300,7 +300,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text("")  # nor a config file of the user's
     os.environ["HPSEARCH_CONFIG"] = str(work / "config.yaml")
-    from search import _tune
+    from search.scheduling import _tune
 
     _tune.connect(None)  # one local Ray for every sweep and promotion of this process
     records = read_records(args.out)

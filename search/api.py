@@ -14,13 +14,13 @@ import tracking
 from studies import UserError
 from tracking import tags as T
 
-from . import _promote
-from ._locations import resolve
+from .cluster._locations import resolve
+from .review import _promote
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ._engine import Outcome, Plan
+    from .engine._sweep import Outcome, Plan
 
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -59,8 +59,8 @@ def _state_root(storage: str | None):
 def job_state(study: str, storage: str | None = None) -> dict | None:
     """The state of the study's latest submitted job (job_id, job_server, submitted, state: PENDING, RUNNING,
     SUCCEEDED, FAILED, STOPPED or unknown, message, error_lines), or None when none is recorded."""
-    from ._jobs import job_state as state
-    from ._jobs import read_record
+    from .cluster._jobs import job_state as state
+    from .cluster._jobs import read_record
 
     studies.check_name(study)
     record = read_record(_state_root(storage), study)
@@ -70,7 +70,7 @@ def job_state(study: str, storage: str | None = None) -> dict | None:
 def follow(study: str, storage: str | None = None):
     """`hpsearch logs STUDY --follow`: (the recorded job, an iterator over its driver's output, chunk by chunk,
     from the start until the job ends)."""
-    from ._jobs import follow as follow_job
+    from .cluster._jobs import follow as follow_job
 
     studies.check_name(study)
     return follow_job(_state_root(storage), study)
@@ -87,10 +87,10 @@ def plan(
     fresh: bool = False,
     **overrides: Any,
 ) -> Plan:
-    """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search._engine.plan."""
+    """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search.engine._sweep.plan."""
     studies.sweep_study(study, **overrides)  # a malformed study: refused before the engine's imports
     tracking.Store(_uri(tracking_uri)).check()
-    from ._engine import plan as plan_sweep
+    from .engine._sweep import plan as plan_sweep
 
     return plan_sweep(
         study,
@@ -106,8 +106,8 @@ def plan(
 
 
 def execute(plan: Plan, out=None) -> Outcome:
-    """Run a planned sweep; see search._engine.execute."""
-    from ._engine import execute as run_sweep
+    """Run a planned sweep; see search.engine._sweep.execute."""
+    from .engine._sweep import execute as run_sweep
 
     return run_sweep(plan, out=out)
 
@@ -128,7 +128,7 @@ def submit(
     as a Ray Job and return at once. Returns the submission's record (job_id, job_server, study, ...)."""
     from pathlib import Path
 
-    from ._jobs import submit as send
+    from .cluster._jobs import submit as send
 
     checked = plan(
         study,
@@ -185,7 +185,7 @@ def run(
     )
 
 
-# `hpsearch promote`: search/_promote.py (imports neither torch nor Ray until it retrains or exports).
+# `hpsearch promote`: search/review/_promote.py (imports neither torch nor Ray until it retrains or exports).
 promote = _promote.promote
 
 
@@ -197,7 +197,7 @@ def report(
     import os
     import sys
 
-    from ._report import build_report
+    from .review._report import build_report
 
     if os.getcwd() not in sys.path:  # a `pkg.module:function` trainable resolves from where hpsearch started
         sys.path.insert(0, os.getcwd())
@@ -233,13 +233,13 @@ def models(tracking_uri: str | None = None) -> pd.DataFrame:
 def stop(study: str, storage: str | None = None) -> str:
     """`hpsearch stop`: ask a sweep running in another shell (or on another machine that shares the storage)
     to end cleanly. Returns the request file. Refuses when no sweep of the study is running there."""
-    from ._studylock import read_lock, request_stop
+    from .cluster._studylock import read_lock, request_stop
 
     studies.check_name(study)
     locations = resolve(storage=storage)
     root = locations.state_root(tracking.data_home())
     if read_lock(root, study) is None:
-        from ._jobs import stop as stop_job
+        from .cluster._jobs import stop as stop_job
 
         job = stop_job(root, study)  # submitted, and its driver has not taken the lock yet
         if job is not None:
@@ -260,10 +260,10 @@ def logs(
     trial, the output of the study's submitted job's driver (`hpsearch submit`)."""
     from pathlib import Path
 
-    from ._locations import trial_log
+    from .cluster._locations import trial_log
 
     if trial is None:
-        from ._jobs import logs as job_logs
+        from .cluster._jobs import logs as job_logs
 
         studies.check_name(study)
         record, text = job_logs(_state_root(storage), study)

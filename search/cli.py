@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     # `hpsearch run` as its own process (not main([...]) called by a program or a test, whose process may hold
     # a Ray of its own and lives on): Ray starts in the background while the driver imports its libraries and
     # plans, and the process exits without tearing its modules down.
-    from . import _locations, _ray_start
+    from .cluster import _locations
+    from .scheduling import _ray_start
 
     try:
         _locations.use_token_file()
@@ -243,7 +244,7 @@ def _command(args, handler=None) -> int:
     from studies import UserError
 
     try:
-        from ._locations import use_token_file
+        from .cluster._locations import use_token_file
 
         use_token_file()  # the config's ray_token_file, for Ray and the job server alike
         if args.command in _READS_RECORDS and getattr(args, "study", None):
@@ -318,7 +319,7 @@ def _warm(args) -> dict:
 
 def _run(args) -> int:
     from . import api
-    from ._jobs import take_login
+    from .cluster._jobs import take_login
 
     take_login()  # in a submitted job's driver: the submitter's tracking login, from its file
 
@@ -332,7 +333,7 @@ def _run(args) -> int:
         fresh=args.fresh,
         **_overrides(args),
     )
-    from . import _ray_start
+    from .scheduling import _ray_start
 
     if _ray_start.joined:  # `hpsearch run` found a cluster running on this machine (`ray start --head`)
         print(
@@ -580,7 +581,7 @@ def _headline(tests: dict) -> str:
 
 
 def _check(args) -> int:
-    from ._check import check, exit_code
+    from .engine._check import check, exit_code
 
     checks, config = check(args.study, tracking_uri=args.tracking_uri, data_root=args.data_root)
     print(f"checking {args.study} with " + " ".join(f"{k}={v}" for k, v in sorted(config.items())))
@@ -594,7 +595,7 @@ def _check(args) -> int:
 
 
 def _doctor(args) -> int:
-    from ._doctor import doctor, exit_code
+    from .cluster._doctor import doctor, exit_code
 
     findings = doctor(args.address, args.tracking_uri, args.storage, args.job_server, args.data_root)
     for f in findings:

@@ -1,7 +1,7 @@
 """What a study is: a YAML file validated into a frozen pydantic model.
 
 Bounds are inclusive everywhere (`low` and `high` can both be sampled); the one conversion to Optuna's
-distributions lives in `search/_space.py`.
+distributions lives in `search/sampling/_space.py`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ASHA's rungs rebuilt on resume from the per-epoch values in the Optuna journal (search/_asha_state.py),
+"""ASHA's rungs rebuilt on resume from the per-epoch values in the Optuna journal (search/scheduling/_asha_state.py),
 checked against a real ASHAScheduler that saw the same results live."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from optuna.distributions import FloatDistribution
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-from search._asha_state import _Trial, check_replay, replay_rungs
-from search._searcher import RAY_TRIAL_ID, RAY_VERSION
+from search.sampling._searcher import RAY_TRIAL_ID, RAY_VERSION
+from search.scheduling._asha_state import _Trial, check_replay, replay_rungs
 from studies import UserError
 
 MAX_T = 9
@@ -106,7 +106,7 @@ def test_a_ray_whose_asha_no_longer_takes_the_replay_is_refused_in_one_line_nami
 
 
 def test_the_check_before_a_resume_replays_into_a_scratch_asha_of_the_spec():
-    from search._searcher import StudySearch
+    from search.sampling._searcher import StudySearch
     from studies import parse_spec
 
     spec = parse_spec(

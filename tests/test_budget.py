@@ -14,8 +14,8 @@ import yaml
 
 import tracking
 from search import api
-from search._ray_reporter import TrainClock
-from search._states import TrialProgress
+from search.engine._states import TrialProgress
+from search.scheduling._ray_reporter import TrainClock
 from studies import UserError, parse_spec, spec_changes, spec_text
 from studies.words import COMPLETED, PRUNED
 from tests.conftest import REPO, run_cli, sigterm, spawn_cli
@@ -100,7 +100,7 @@ def test_the_clock_leaves_out_the_time_a_report_waits_and_carries_a_checkpoints_
 
 
 def test_check_says_what_a_time_budget_buys():
-    from search._check import _estimate
+    from search.engine._check import _estimate
 
     timed = parse_spec(
         {**BASE, "space": SPACE, "hours": 1, "asha": {"budget": "seconds", "max_t": 60, "max_epochs": 50}}, "b.yaml"
@@ -202,7 +202,7 @@ def test_optuna_holds_the_states_and_each_epochs_seconds_beside_its_value(timed)
     times = histories(home, frame)
     states = dict(zip(frame["trial_id"], frame["state"]))
     want = {COMPLETED: optuna.trial.TrialState.COMPLETE, PRUNED: optuna.trial.TrialState.PRUNED}
-    from search._searcher import RAY_TRIAL_ID, epoch_seconds
+    from search.sampling._searcher import RAY_TRIAL_ID, epoch_seconds
 
     assert len(study.trials) == len(frame)
     for trial in study.trials:
@@ -241,8 +241,8 @@ def live_timed_sweep(trials: int = 24, seed: int = 0):
     from optuna.distributions import FloatDistribution
     from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-    from search._asha_state import _Trial, make_asha
-    from search._searcher import StudySearch
+    from search.sampling._searcher import StudySearch
+    from search.scheduling._asha_state import _Trial, make_asha
 
     rng = random.Random(seed)
     asha = spec(budget="seconds", max_t=9.0, grace_period=1.0, reduction_factor=3, max_epochs=40).asha
@@ -272,7 +272,7 @@ def live_timed_sweep(trials: int = 24, seed: int = 0):
 
 def timed_decisions(scheduler, new: int = 12) -> list[str]:
     """What ASHA decides for new trials, each at its own cost per epoch: it depends on every rung."""
-    from search._asha_state import _Trial
+    from search.scheduling._asha_state import _Trial
 
     out = []
     for i in range(new):
@@ -286,7 +286,7 @@ def timed_decisions(scheduler, new: int = 12) -> list[str]:
 
 
 def test_the_rungs_in_seconds_are_rebuilt_from_the_journal_as_the_live_asha_had_them():
-    from search._asha_state import _Trial, check_replay, make_asha, replay_rungs
+    from search.scheduling._asha_state import _Trial, check_replay, make_asha, replay_rungs
 
     live, study, still_running, asha = live_timed_sweep()
     assert still_running
@@ -352,7 +352,7 @@ def test_sigterm_then_resume_continues_each_trials_seconds_from_its_checkpoint(t
         optuna.storages.journal.JournalFileBackend(str(home / "optuna" / "resumed.journal"))
     )
     (summary,) = optuna.get_all_study_summaries(storage)
-    from search._searcher import epoch_seconds
+    from search.sampling._searcher import epoch_seconds
 
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
     assert all(set(epoch_seconds(t)) == set(t.intermediate_values) for t in trials)

@@ -10,7 +10,7 @@ import pytest
 
 import studies
 import tracking
-from search._finalists import finalists_html
+from search.review._finalists import finalists_html
 from tracking.tags import RESEED_OF
 
 STUDY = "fin"

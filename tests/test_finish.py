@@ -71,7 +71,7 @@ def test_an_error_in_the_engine_leaves_a_failed_run_that_resume_completes(tmp_pa
     assert "stopped by an error (below); its trials are kept: continue with `hpsearch run crashy --resume`" in out
     assert "(recording the run's end failed too: MlflowException" in out  # the second error is said, not raised
     raised = out[out.rindex("Traceback") :]
-    assert "search/_callback.py" in raised, raised  # the error raised is the first one, from the callback
+    assert "search/scheduling/_callback.py" in raised, raised  # the error raised is the first one, from the callback
     assert f"The run {victim['run_id']} must be in the 'active' state" in raised
     _, parents, rows, _ = records(home)
     assert parents[0].info.status == "FAILED"

@@ -12,15 +12,15 @@ from ray.tune.search.optuna import OptunaSearch
 def test_the_private_internals_hpsearch_relies_on_are_there():
     missing = []
     searcher = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="m", mode="max")
-    for attr in ("_ot_trials", "_ot_study", "_completed_trials"):  # search/_searcher.py save/restore
+    for attr in ("_ot_trials", "_ot_study", "_completed_trials"):  # search/sampling/_searcher.py save/restore
         if not hasattr(searcher, attr):
             missing.append(f"ray.tune.search.optuna.OptunaSearch.{attr}")
-    if "_local_tuner" not in inspect.getsource(tune.Tuner.__init__):  # search/_tune.py, on --resume
+    if "_local_tuner" not in inspect.getsource(tune.Tuner.__init__):  # search/scheduling/_tune.py, on --resume
         missing.append("ray.tune.Tuner._local_tuner")
     for attr in ("_tune_config", "get_run_config"):
         if attr not in inspect.getsource(TunerInternal):
             missing.append(f"ray.tune.impl.tuner_internal.TunerInternal.{attr}")
-    if not hasattr(optuna.Study, "_get_trials"):  # search/_ranking.py: the view TPE reads trials through
+    if not hasattr(optuna.Study, "_get_trials"):  # search/sampling/_ranking.py: the view TPE reads trials through
         missing.append("optuna.Study._get_trials")
     assert not missing, (
         "hpsearch relies on private internals that the installed versions lack: "

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from search import _studylock
-from search._locations import resolve
+from search.cluster import _studylock
+from search.cluster._locations import resolve
 from studies import UserError
 from tests.conftest import run_cli, write_study
 
@@ -164,7 +164,7 @@ def test_a_live_lock_is_refused_and_only_its_holder_releases_it(tmp_path):
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from search._studylock import StudyLock\n"
+                "import sys, time; from pathlib import Path; from search.cluster._studylock import StudyLock\n"
                 f"StudyLock(Path({str(tmp_path)!r}), 'held').acquire(); print('held', flush=True); time.sleep(60)"
             ),
         ],

@@ -112,7 +112,7 @@ def _clocked_study(tmp_path, monkeypatch, sleep: float):
 
 def test_promotion_retrains_as_ray_tasks_in_parallel(tmp_path, monkeypatch):
     import tracking
-    from search import _reseed
+    from search.review import _reseed
 
     _clocked_study(tmp_path, monkeypatch, sleep=1.5)
     out = io.StringIO()
@@ -131,7 +131,7 @@ def test_promotion_retrains_as_ray_tasks_in_parallel(tmp_path, monkeypatch):
 
 
 def test_a_failing_retraining_is_reported_and_does_not_crash_the_promotion(tmp_path, monkeypatch):
-    from search import _reseed
+    from search.review import _reseed
 
     fail_file = _clocked_study(tmp_path, monkeypatch, sleep=0.0)
     rows = api.results("clocked")
@@ -234,7 +234,7 @@ def test_a_winner_whose_best_is_its_own_trial_is_promoted_from_its_kept_checkpoi
 
 
 def test_a_generator_cannot_be_ensembled():
-    from search._ensemble import refuse
+    from search.review._ensemble import refuse
     from studies import UserError
     from trainables import get_trainable
 

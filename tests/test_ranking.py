@@ -1,4 +1,4 @@
-"""The ranked view TPE is fitted on (search/_ranking.py), on Optuna studies built trial by trial.
+"""The ranked view TPE is fitted on (search/sampling/_ranking.py), on Optuna studies built trial by trial.
 
 The study below is P4's seed-19 situation in miniature: asynchronous ASHA let the first trial run to max_t
 with no rival, although it is at chance level, while later trials near x = 0.8 were better at every rung
@@ -13,8 +13,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search._ranking import REASON, RankedSampler, rank_by_best
-from search._states import LOST
+from search.engine._states import LOST
+from search.sampling._ranking import REASON, RankedSampler, rank_by_best
 from trainables import EPOCH, STOP_DIVERGED, STOP_KEY
 
 X = {"x": FloatDistribution(0.0, 1.0)}
@@ -98,7 +98,7 @@ def test_optunas_own_tpe_samples_near_the_chance_level_complete_trials():
 
 
 def test_a_sweep_with_tpe_uses_the_ranked_view_with_or_without_asha():
-    from search._searcher import make_sampler
+    from search.sampling._searcher import make_sampler
     from studies import parse_spec
 
     base = {
@@ -147,8 +147,8 @@ STARTUP = 10  # TPE's random start (Optuna's n_startup_trials)
 
 def lr_searcher(ranked: bool = True, trials: int = 30, seed: int = 0):
     """hpsearch's searcher on a study that searches lr and x, driven below as Ray would drive it (with no Ray)."""
-    from search._searcher import StudySearch, make_sampler
-    from search._space import to_distributions
+    from search.sampling._searcher import StudySearch, make_sampler
+    from search.sampling._space import to_distributions
     from studies import parse_spec
 
     spec = parse_spec(

@@ -126,7 +126,7 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
 def test_report_shows_the_finalists_promotion_left(reported, monkeypatch):
     """Last: it adds retrainings (as `promote --candidates` records them) and writes the report again."""
     import tracking
-    from search._reseed import RESEED
+    from search.review._reseed import RESEED
     from tracking.tags import RESEED_OF
 
     monkeypatch.setenv("HPSEARCH_HOME", str(reported["root"] / "home"))

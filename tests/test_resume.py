@@ -184,7 +184,7 @@ def test_a_second_run_is_refused_then_sigterm_then_fresh(tmp_path):
 def test_a_trial_the_crash_left_without_a_ray_id_is_failed_under_the_id_mlflow_records_it_by():
     """A kill between Optuna's ask and the searcher naming the trial leaves a RUNNING trial with no Ray id; the
     resume fails it under `optuna-N`, the id the MLflow run it gets is tagged with, so the two stores agree."""
-    from search._searcher import RAY_TRIAL_ID, fail_running
+    from search.sampling._searcher import RAY_TRIAL_ID, fail_running
 
     study = optuna.create_study()
     named, unnamed = study.ask(), study.ask()

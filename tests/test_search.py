@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search import api
-from search._progress import Progress
+from search.engine._progress import Progress
 from studies import STATES, StudySummary
 
 BASE = {
@@ -68,7 +68,7 @@ def test_grid_sampler_covers_the_grid_once(study, tmp_path):
 
 def test_tpe_under_asha_samples_from_the_ranked_view_once_its_random_start_is_over(study, tmp_path):
     """A real sweep past TPE's 10 random trials: the 11th on are TPE's own multivariate samples, fitted on the
-    ranked view (search/_ranking.py), whose constant-liar note reaches the real storage; states stay true."""
+    ranked view (search/sampling/_ranking.py), whose constant-liar note reaches the real storage; states stay true."""
     asha = {"max_t": 9, "grace_period": 1, "reduction_factor": 3}
     outcome = api.run(study("s-ranked", trials=13, max_concurrent=1, asha=asha), out=io.StringIO())
     assert outcome.exit_code == 0
@@ -261,7 +261,7 @@ def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_p
 
 
 def test_a_failed_trials_reason_is_its_exception_line_not_a_hint_after_it():
-    from search._states import classify_error
+    from search.engine._states import classify_error
 
     cuda = (
         "ray::ImplicitFunc.train() (pid=1967)\ntorch.AcceleratorError: Caught AcceleratorError in DataLoader worker "

@@ -3,7 +3,7 @@
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from search._space import to_distributions
+from search.sampling._space import to_distributions
 from studies import parse_spec
 
 SPEC = parse_spec(

@@ -343,7 +343,7 @@ def test_run_joins_a_ray_cluster_already_running_on_this_machine(tmp_path):
 def test_a_stale_cluster_file_is_not_joined_and_costs_no_wait(tmp_path, monkeypatch):
     """/tmp/ray/ray_current_cluster left behind by a cluster that is gone (a reboot, kill -9): `run` starts
     its own Ray at once instead of waiting for minutes in ray.init."""
-    from search import _ray_start
+    from search.scheduling import _ray_start
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     assert _ray_start.running_local_cluster() is None  # no file

@@ -356,7 +356,7 @@ def _no_secret_anywhere(team, ray2, printed: list[str], job_id: str, folders: li
 def test_the_config_names_the_token_file_and_never_holds_the_token(tmp_path, monkeypatch, cli):
     """No cluster needed: a token pasted into the (shareable) config file is refused without being echoed,
     a path that is no file is named; a good one points Ray at it (RAY_AUTH_TOKEN_PATH, RAY_AUTH_MODE)."""
-    from search._locations import use_token_file
+    from search.cluster._locations import use_token_file
 
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "HPSEARCH_STORAGE"):
         monkeypatch.setenv(name, "")  # recorded, so what use_token_file sets is undone after the test

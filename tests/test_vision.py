@@ -63,7 +63,7 @@ def torch_hub(tmp_path):
 def test_every_builtin_study_plans_and_trains_from_its_data_root(home, monkeypatch, torch_hub):
     """Each built-in study is planned (its data set read through torchvision's loaders from a data root of
     tiny files) and its trainable trains one epoch of one configuration from the study (the check's)."""
-    from search._check import middle
+    from search.engine._check import middle
     from trainables import MemoryReporter
 
     root = home / "data"

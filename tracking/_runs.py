@@ -207,11 +207,11 @@ class StudyRecorder:
         for trial_id in list(self._children):
             try:
                 self.trial_ended(trial_id, "failed", {}, reason="interrupted", status="KILLED")
-            except Exception as exc:  # noqa: BLE001 - raised below, after the parent's own status
+            except Exception as exc:
                 errors.append(exc)
         try:
             self.client.set_terminated(self.parent_id, status=status)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
         if errors:
             raise errors[0]

@@ -19,14 +19,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from studies.words import COMPLETED, EPOCH, PRUNED, TRAIN_SECONDS
 
+from ..engine._states import LOST, TrialProgress
 from ._ranking import REASON, RankedSampler, late_reason
 from ._space import grid, is_conditional
-from ._states import LOST, TrialProgress
 
 RAY_TRIAL_ID = "ray_trial_id"  # an Optuna user attribute: the Ray (and MLflow) id of the trial
 RAY_VERSION = "hpsearch_ray_version"  # an Optuna study user attribute: the Ray that started the sweep
 # + an epoch: an Optuna trial user attribute, that epoch's TRAIN_SECONDS, written beside its intermediate value
-# under `asha: {budget: seconds}`, so that a resume replays ASHA's rungs in seconds (search/_asha_state.py).
+# under `asha: {budget: seconds}`, so that a resume replays ASHA's rungs in seconds (search/scheduling/_asha_state.py).
 SECONDS_AT = f"{TRAIN_SECONDS}@"
 
 

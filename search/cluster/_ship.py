@@ -119,7 +119,7 @@ def ask_every_node(nodes: list[dict], function, *args, timeout: float = PROBE_S)
         if ref in ready:
             try:
                 answers[node] = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - e.g. a node whose hpsearch lacks the function
+            except Exception as exc:
                 answers[node] = exc
     return answers
 

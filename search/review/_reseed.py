@@ -172,7 +172,7 @@ def _ray_checkpoint(trial_dir: str | None):
     """The checkpoint file Ray keeps in a trial's folder (one per trial: its latest, which is its best)."""
     from pathlib import Path
 
-    from ._ray_reporter import CHECKPOINT_FILE
+    from ..scheduling._ray_reporter import CHECKPOINT_FILE
 
     if not trial_dir or not Path(trial_dir).is_dir():
         return None
@@ -298,14 +298,14 @@ def _run_missing(store, parent, study: str, found: list[Candidate], digest, out,
         return
     import ray
 
-    from . import _ray_start
+    from ..scheduling import _ray_start
 
     params = parent.data.params  # strings; the sweep's resources per trial
     ours = not ray.is_initialized()
     if ours:
         ship = None
         if address is not None or os.environ.get("RAY_ADDRESS"):  # a cluster: the user's project travels too
-            from ._cluster import project_env
+            from ..cluster._ship import project_env
 
             ship = project_env(get_trainable(params["trainable"]), [tracking.data_home()])
         _ray_start.init_ray(address, ship)
@@ -385,6 +385,6 @@ def load_state(store, job: Retraining) -> dict | None:
     if job.state is None and job.run_id is not None:
         try:
             job.state = tracking.load_best_checkpoint(store, job.run_id)["model"]
-        except Exception:  # noqa: BLE001 - a record without a checkpoint (a trainable that saves no model)
+        except Exception:
             return None
     return job.state

@@ -15,11 +15,11 @@ from ray.tune import Callback
 from studies.words import PRUNED, RUNNING
 from tracking import StudyRecorder
 
+from ..engine._outcomes import CheckpointCleanup, Outcomes
+from ..engine._progress import Progress
+from ..engine._states import TrialProgress, classify_error
+from ..engine._trial_log import Reconciler, TrialLog
 from ._asha_state import replay_rungs
-from ._outcomes import CheckpointCleanup, Outcomes
-from ._progress import Progress
-from ._states import TrialProgress, classify_error
-from ._trial_log import Reconciler, TrialLog
 
 
 def _ask_tune_to_stop() -> bool:

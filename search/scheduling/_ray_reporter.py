@@ -17,7 +17,7 @@ from ray import tune
 from studies.words import NODE_KEY, TRAIN_SECONDS
 from trainables import Reporter, get_trainable
 
-from ._locations import trial_log
+from ..cluster._locations import trial_log
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CLOCK_FILE = "hpsearch-clock.json"  # beside the trainable's checkpoint: its TRAIN_SECONDS, restored with it

@@ -6,22 +6,22 @@ import logging
 import math
 import os
 
-import optuna  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
+import optuna
+import ray
+from ray import tune
 
-from studies import STATES, StudySummary  # noqa: E402
+from studies import STATES, StudySummary
 
-# Tune's settings (environment variables) are set by _ray_start, before Ray starts: its processes inherit them.
-from . import _ray_start  # noqa: E402  (first: it sets Tune's environment before ray is imported)
-from ._asha_state import check_replay, make_asha  # noqa: E402
-from ._callback import TrackingCallback  # noqa: E402
-from ._control import Halt, Interrupted, Signals, stop_file  # noqa: E402
-from ._journal import journal_path  # noqa: E402
-from ._progress import Progress  # noqa: E402
-from ._ray_reporter import make_trial_function  # noqa: E402
-from ._searcher import StudySearch, make_sampler  # noqa: E402
-from ._space import DefineByRun, is_conditional, to_distributions  # noqa: E402
+from ..cluster._studylock import stop_file
+from ..engine._control import Halt, Interrupted, Signals
+from ..engine._progress import Progress
+from ..sampling._journal import journal_path
+from ..sampling._searcher import StudySearch, make_sampler
+from ..sampling._space import DefineByRun, is_conditional, to_distributions
+from . import _ray_start
+from ._asha_state import check_replay, make_asha
+from ._callback import TrackingCallback
+from ._ray_reporter import make_trial_function
 
 
 class _HideRestoreHints(logging.Filter):
@@ -51,7 +51,7 @@ def optuna_storage(journal) -> optuna.storages.BaseStorage:
 
 def abandon_optuna_study(journal, optuna_study: str, reason: str) -> int:
     """Fail the trials an unresumed run left RUNNING in Optuna (a --fresh run replaces it)."""
-    from ._searcher import fail_running
+    from ..sampling._searcher import fail_running
 
     storage = optuna_storage(journal)
     try:

@@ -13,7 +13,7 @@ from ray.tune.stopper import Stopper
 
 from studies import UserError
 
-from ._studylock import StudyLock, read_lock, request_stop, running_error, stop_file  # noqa: F401  (re-exported)
+from ..cluster._studylock import StudyLock
 
 MIN_FREE_ENV = "HPSEARCH_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 500  # a sweep writes checkpoints and logs all night; refuse to start nearly full

@@ -1,6 +1,6 @@
 """What every machine sees of a running sweep: its lock (one `hpsearch run` of a study at a time) and the
 stop requests of `hpsearch stop`. Both live in the study's state folder, which is on the shared storage when
-there is one (search/_locations.py), so a second machine finds them. Plain files, standard library only:
+there is one (search/cluster/_locations.py), so a second machine finds them. Plain files, standard library only:
 the query and control commands import this without Ray.
 
 The lock is a series of generations, `control/STUDY.lock.N`, each created with an atomic exclusive

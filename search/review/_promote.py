@@ -2,8 +2,8 @@
 
 Without flags, the study's best checkpoint (logged and tested when the sweep finished). With `--candidates K`
 the best K configurations are retrained first (`--reseeds S` other seeds, or `--folds F` cross-validation folds:
-search/_reseed.py) and the best mean wins; its best checkpoint is tested once (search/_single.py). With
-`--ensemble N` an ensemble is chosen on held-out predictions too (search/_ensemble.py), and whichever of the
+search/review/_reseed.py) and the best mean wins; its best checkpoint is tested once (search/review/_single.py). With
+`--ensemble N` an ensemble is chosen on held-out predictions too (search/review/_ensemble.py), and whichever of the
 single model and the ensemble is better there is tested, once, and registered.
 """
 
@@ -59,7 +59,7 @@ def promote(
     retrain the best K configurations, with `reseeds` other seeds (default 2) or on `folds` cross-validation
     folds, and promote the best mean. With `ensemble`, also build an ensemble of at most that many picks on
     held-out predictions and promote it when it is better there."""
-    from ._locations import resolve
+    from ..cluster._locations import resolve
 
     out = out or sys.stderr
     tracking_uri = resolve(tracking_uri=tracking_uri).tracking_uri
@@ -101,8 +101,8 @@ def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensem
     held-out data, and log and test the chosen one once. Returns (what is registered, the evidence)."""
     from trainables import get_trainable
 
+    from ..cluster._locations import resolve
     from . import _ensemble, _reseed, _single
-    from ._locations import resolve
 
     try:
         trainable = get_trainable(parent.data.params["trainable"])

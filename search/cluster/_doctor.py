@@ -17,7 +17,9 @@ from pathlib import Path
 
 from studies import UserError
 
-from . import _cluster, _jobs, _locations, _ray_start
+from ..scheduling import _ray_start
+from . import _jobs, _locations
+from . import _ship as _cluster
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 # How far a node's clock may be from this machine's. A stale lock is taken over after 60 s of heartbeat
@@ -80,7 +82,7 @@ def _connect(address: str, origin: str) -> Finding | None:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except UserError as exc:
         return Finding(FAIL, "ray", str(exc))
-    except Exception as exc:  # noqa: BLE001 - ray.init's failures, said in one line
+    except Exception as exc:
         return Finding(FAIL, "ray", str(_ray_start.connect_error(address, exc)).splitlines()[0])
     return None
 
@@ -184,7 +186,7 @@ def _tracking(uri: str | None) -> Finding:
         client.delete_experiment(client.create_experiment(name))
     except (tracking.TrackingUnreachable, tracking.TrackingUnusable) as exc:
         return Finding(FAIL, "tracking", str(exc))
-    except Exception as exc:  # noqa: BLE001 - MLflow refused the write: one line
+    except Exception as exc:
         first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)[:300]
         return Finding(FAIL, "tracking", f"tracking store {shown} answers but refused a write: {first}")
     return Finding(OK, "tracking", f"{shown} answers and took a write (a throwaway experiment, deleted)")

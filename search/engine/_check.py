@@ -27,7 +27,7 @@ def middle(param):
 def check(study: str, tracking_uri: str | None = None, **overrides) -> tuple[list[Check], dict]:
     """`tracking_uri`: where an `encoder_from: STUDY` finds that study's best checkpoint; the flag, else
     the environment's or the config file's, as every command resolves it."""
-    from ._locations import resolve
+    from ..cluster._locations import resolve
 
     spec = studies.with_overrides(studies.load_study(study), **overrides)
     trainable, _, _ = study_trainable(spec, study)

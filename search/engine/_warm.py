@@ -9,7 +9,7 @@ import studies
 from studies import CategoricalParam, IntParam, StudySpec, UserError
 from studies.words import FINISHED
 
-from ._space import applies
+from ..sampling._space import applies
 
 SKIP = {"epochs", "split_seed", "seed"}  # set by the engine for every trial, never warm-started
 

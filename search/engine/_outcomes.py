@@ -32,7 +32,7 @@ class Outcomes:
     def decide(
         self, trial_id: str, config: dict, errored: bool, error: str | None = None, halted: str | None = None
     ) -> tuple[str, str | None]:
-        """The (state, reason) of a trial that has ended (search/_states.py decides)."""
+        """The (state, reason) of a trial that has ended (search/engine/_states.py decides)."""
         return self.of(trial_id).outcome(errored, self.length(config), error, halted, self.max_seconds)
 
     def settle(self, trial_id: str, outcome: tuple[str, str | None]) -> bool:

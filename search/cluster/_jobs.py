@@ -113,7 +113,7 @@ def connect(url: str, origin: str = "the recorded job server"):
         ) from None
     try:
         return JobSubmissionClient(url, headers=_headers())
-    except Exception as exc:  # noqa: BLE001 - a connection, version or authentication failure, said in one line
+    except Exception as exc:
         raise _server_error(url, origin, exc) from None
 
 
@@ -166,7 +166,7 @@ def job_state(record: dict, logs: bool = True) -> dict:
     except UserError as exc:
         state["message"] = str(exc)
         return state
-    except Exception as exc:  # noqa: BLE001 - e.g. the job is unknown to a head that restarted
+    except Exception as exc:
         state["message"] = next(iter(str(exc).strip().splitlines()), type(exc).__name__)[:300]
         return state
     state["state"] = str(getattr(info.status, "value", info.status))
@@ -174,7 +174,7 @@ def job_state(record: dict, logs: bool = True) -> dict:
     if state["state"] == "FAILED" and logs:
         try:
             lines = [ln for ln in client.get_job_logs(record["job_id"]).splitlines() if ln.strip()]
-        except Exception:  # noqa: BLE001 - the state is still worth showing
+        except Exception:
             lines = []
         state["error_lines"] = lines[-ERROR_LINES:]
     return state
@@ -251,7 +251,7 @@ def _working_dir(plan, project: Path, study_file: bool) -> dict | None:
     in it (the same excludes as a sweep's own shipping: environments, checkpoints, the data directory...)."""
     from tracking import data_home
 
-    from ._cluster import EXCLUDES, project_env
+    from ._ship import EXCLUDES, project_env
 
     local = [data_home(), plan.state_root, *(Path(v) for k, v in plan.inputs.items() if v and k != "download")]
     ship = project_env(plan.trainable, local)
@@ -329,7 +329,7 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
                 entrypoint_num_cpus=0,
             )
             break
-        except Exception as exc:  # noqa: BLE001 - an upload or server refusal, said in one line
+        except Exception as exc:
             # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 if LOGIN_ENV in env_vars:  # no job will read the login: it does not stay on the storage
@@ -365,7 +365,7 @@ def logs(root: Path, study: str) -> tuple[dict, str]:
     client = connect(record["job_server"])
     try:
         return record, client.get_job_logs(record["job_id"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _server_error(record["job_server"], "the recorded job server", exc) from None
 
 
@@ -386,7 +386,7 @@ def follow(root: Path, study: str):
                     yield loop.run_until_complete(anext(stream))
                 except StopAsyncIteration:
                     return
-                except Exception as exc:  # noqa: BLE001 - the server went away mid-stream: one line
+                except Exception as exc:
                     raise _server_error(record["job_server"], "the recorded job server", exc) from None
         finally:  # the job ended, or Ctrl-C: close the websocket (and the session) before the loop
             pending = asyncio.all_tasks(loop)

@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from studies import UserError
 from studies.words import EPOCH, TRAIN_SECONDS
 
-from ._searcher import RAY_TRIAL_ID, RAY_VERSION, epoch_seconds
+from ..sampling._searcher import RAY_TRIAL_ID, RAY_VERSION, epoch_seconds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`hpsearch report STUDY`: one self-contained HTML page for the morning after, logged to the parent run.
 
-Optuna's own plots (optuna.visualization), the finalists' evidence from promotion (search/_finalists.py),
+Optuna's own plots (optuna.visualization), the finalists' evidence from promotion (search/review/_finalists.py),
 the top trials' learning curves with a diagnosis in the course notes' terms, the best model's confusion
 matrix and sample predictions on the validation split (the test split stays untouched), and the spec, budget
 and counts. Every figure in the text is written by one rule, `studies.readable`.
@@ -103,9 +103,9 @@ def build_report(
 
 
 def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.Figure | None]]:
-    from ._journal import run_journal
-    from ._ranking import best_reached
-    from ._tune import optuna_storage
+    from ..sampling._journal import run_journal
+    from ..sampling._ranking import best_reached
+    from ..scheduling._tune import optuna_storage
 
     name = parent.data.tags.get(T.OPTUNA_STUDY)
     journal = run_journal(parent, store.home)
@@ -251,5 +251,5 @@ def _spec_text(store, parent) -> str:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             return Path(store.client.download_artifacts(parent.info.run_id, "study.yaml", tmp)).read_text()
-    except Exception:  # noqa: BLE001 - an older run without the artifact still gets its page
+    except Exception:
         return json.dumps(dict(parent.data.params), indent=2)

@@ -22,13 +22,14 @@ from tracking import Store, StudyRecorder, data_home
 from tracking import tags as T
 from trainables import Trainable, release_caches
 
-from . import _ray_start
-from ._control import Interrupted, StudyLock, check_free_disk, read_lock, running_error
+from ..cluster._locations import Locations, resolve
+from ..cluster._studylock import StudyLock, read_lock, running_error
+from ..sampling._journal import journal_path, run_journal
+from ..sampling._space import grid_size
+from ..scheduling import _ray_start
+from ._control import Interrupted, check_free_disk
 from ._finish import Finished, finish, record_sweep, recorded_sweep
 from ._inputs import study_trainable, trial_inputs
-from ._journal import journal_path, run_journal
-from ._locations import Locations, resolve
-from ._space import grid_size
 from ._warm import warm_points
 
 
@@ -136,7 +137,7 @@ def plan(
         check_free_disk(state_root)
     ship = None
     if address is not None or os.environ.get("RAY_ADDRESS"):
-        from ._cluster import project_env
+        from ..cluster._ship import project_env
 
         ship = project_env(trainable, [data_home(), state_root, *(Path(v) for v in inputs.values() if v)])
     return Plan(
@@ -229,8 +230,8 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     if plan.ship is not None or plan.address is not None or os.environ.get("RAY_ADDRESS"):
         # Join the cluster and check it before anything is recorded: resources a trial needs, storage and
         # data every node sees.
-        from ._cluster import check_cluster
-        from ._tune import connect
+        from ..cluster._ship import check_cluster
+        from ..scheduling._tune import connect
 
         connect(plan.address, plan.ship)
         cluster = check_cluster(plan)
@@ -271,7 +272,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
     try:
         callback = None
         if not swept:
-            from ._tune import run_tune
+            from ..scheduling._tune import run_tune
 
             callback = run_tune(
                 plan,
@@ -286,7 +287,7 @@ def _execute(plan: Plan, out, lock: StudyLock | None = None) -> Outcome:
                 lock=lock,
             )
             if callback.error is not None:
-                raise callback.error  # a hook's error, raised once Tune had saved its state (search/_callback.py)
+                raise callback.error  # a hook's error, raised once Tune had saved its state (scheduling/_callback.py)
         with _interruptible():
             if callback is None:
                 best, counts = recorded_sweep(store, plan.resume_run)
@@ -369,7 +370,7 @@ def _interruptible():
 
 def _abandon(run, store, study: str, out) -> None:
     """--fresh: close the unfinished run it replaces, in MLflow and in Optuna, so nothing stays RUNNING."""
-    from ._tune import abandon_optuna_study
+    from ..scheduling._tune import abandon_optuna_study
 
     reason = "not resumed: a --fresh run replaced it"
     closed = tracking.close_unfinished(store, run.info.run_id, reason)
@@ -404,7 +405,7 @@ def _spec_params(spec: StudySpec, plan: Plan) -> dict[str, Any]:
 
 
 def _provenance(plan: Plan, fixed: dict) -> dict[str, str]:
-    from ._cluster import versions
+    from ..cluster._ship import versions
 
     tags = {T.SPLIT_SEED: str(plan.spec.split_seed), T.PYTHON: platform.python_version()}
     tags.update({T.VERSION + pkg: v for pkg, v in versions().items()})

@@ -96,7 +96,7 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
         return result
     try:
         state, saved = _state(store, recorder, best, logged="checkpoint" not in left)
-    except Exception as exc:  # noqa: BLE001 - its checkpoint gone or unreadable: every step waits for --resume
+    except Exception as exc:
         _said(out, "reading the best checkpoint", exc)
         for step in left:
             record(step, f"failed: {_line(exc)}")
@@ -126,7 +126,7 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
             tracking.log_best_checkpoint(store, recorder.parent_id, payload)
             recorder.set_parent_tags({T.CHECKPOINT_DIGEST: digest})
             record("checkpoint", "done")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _said(out, "logging the best checkpoint", exc)
             record("checkpoint", f"failed: {_line(exc)}")
     if "export" in left:
@@ -155,7 +155,7 @@ def _state(store, recorder, best: Best, logged: bool) -> tuple[dict | None, str]
     else:
         from ray import tune
 
-        from ._ray_reporter import CHECKPOINT_FILE
+        from ..scheduling._ray_reporter import CHECKPOINT_FILE
 
         with tune.Checkpoint(best.checkpoint).as_directory() as path:
             saved = torch.load(Path(path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
@@ -175,7 +175,7 @@ def _export(plan, store, recorder, best: Best, state, record, out) -> str | None
     try:
         model, example = plan.trainable.export(best.config, state)
         model_uri = tracking.log_servable_model(store, recorder.parent_id, model, example)
-    except Exception as exc:  # noqa: BLE001 - the checkpoint is logged; only the servable model is missing
+    except Exception as exc:
         why = (
             f"exporting the best model failed ({_line(exc)}); the best checkpoint is logged. Make the model "
             "traceable by torch.export (no data-dependent Python control flow), or give the trainable an export "
@@ -201,7 +201,7 @@ def _test(plan, store, recorder, best: Best, state, digest: str, record, out) ->
         )
         recorder.log_parent_metrics(metrics)
         recorder.set_parent_tags({T.TEST_DIGEST: digest})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _said(out, "the test evaluation", exc)
         record("test", f"failed: {_line(exc)}")
         return {}
