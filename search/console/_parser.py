@@ -47,7 +47,7 @@ def _storage(p: argparse.ArgumentParser) -> None:
 
 
 def _format(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table or json (default table)")
 
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
@@ -132,7 +132,9 @@ def _result_commands(sub) -> None:
     p.add_argument("--state", help=f"only trials in this state: {', '.join(STATES)}")
     p.add_argument("--where", help='a pandas query over columns and params, e.g. "lr < 0.01 and epochs > 3"')
     p.add_argument("--sort", help="order by a column or param instead of the rank; NAME:desc for descending")
-    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument(
+        "--format", choices=["table", "csv", "json", "parquet"], default="table", help="the output (default table)"
+    )
     p.add_argument("--output", help="write to this file instead of stdout (required for parquet)")
     _reads_a_run(p)
 
