@@ -24,7 +24,7 @@ from torch import nn
 from studies._better import better
 
 from ._device import default_device
-from ._digits import _digits  # the splits, cached per process
+from ._digits_pairs import digits_data  # the splits, cached per process
 from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
 from ._reporter import STOP_DIVERGED, Reporter
@@ -109,7 +109,7 @@ def build_discriminator(config: dict) -> nn.Module:
 
 def _images(split_seed: int, split: str) -> torch.Tensor:
     """A split's digits as (N, 1, 8, 8) in [-1, 1]."""
-    x = _digits(split_seed).raw[split][0]
+    x = digits_data(split_seed).raw[split][0]
     return torch.from_numpy(x).reshape(-1, 1, 8, 8) / (PIXEL_MAX / 2) - 1
 
 
@@ -123,7 +123,7 @@ def _judge(split_seed: int) -> nn.Module:
 def _train_judge(split_seed: int) -> nn.Module:
     """A small CNN trained once per process on the training split (fixed seed, 10 epochs, 97% val accuracy);
     its 64-unit penultimate layer is the feature space. The trial's own random streams are left untouched."""
-    x, y = _images(split_seed, "train"), torch.from_numpy(_digits(split_seed).raw["train"][1])
+    x, y = _images(split_seed, "train"), torch.from_numpy(digits_data(split_seed).raw["train"][1])
     # Its own random stream, and gradients on even when first asked for under no_grad (the engine's test evaluation).
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(0)
@@ -304,7 +304,7 @@ def samples(config: dict, split: str) -> tuple[np.ndarray, None, tuple[int, ...]
 
 
 def data_info(config: dict) -> dict[str, Any]:
-    data = _digits(int(_with_defaults(config)["split_seed"]))
+    data = digits_data(int(_with_defaults(config)["split_seed"]))
     return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
 
 

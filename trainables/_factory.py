@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._check import Setup
 from ._folds import fold_of, folded, plan, pool, unfolded
 from ._held import Held, held_out
 from ._loop import (
@@ -33,6 +32,7 @@ from ._loop import (
     fit,
     make_optimizer,
 )
+from ._preflight import Setup
 from ._registry import Trainable
 from ._reporter import _WORKER_CACHE, MemoryReporter, Reporter
 from ._tasks import CUSTOM, DEFAULT_METRIC, TASK_METRICS, TASKS, loss_fn

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._digits import N_CLASSES, _data
+from ._digits_pairs import N_CLASSES, digits_for
 from ._factory import from_model
 from ._registry import register
 
@@ -56,7 +56,7 @@ class Standardise(nn.Module):
 
 
 def _splits(config: dict):
-    digits = _data(config)
+    digits = digits_for(config)
 
     def split(name: str):
         x, y = digits.raw[name]

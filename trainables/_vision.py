@@ -1,4 +1,4 @@
-"""Image trainables: a model family (trainables/_models.py) on an image data set (trainables/_datasets.py).
+"""Image trainables: a model family (trainables/_families.py) on an image data set (trainables/_datasets.py).
 
 Every pair comes from the public factory a user's own model does (`trainables.from_model`): classification,
 segmentation (U-Net) or reconstruction (autoencoder), plus the notes' second stage, a classifier on a
@@ -16,9 +16,9 @@ from torch import nn
 
 from ._datasets import ImageData, load_dataset
 from ._factory import from_model
+from ._families import FAMILIES, EncoderClassifier, build_model
 from ._folds import FOLD_KEY
 from ._lru import DATA_CONFIGS_KEPT, LRU
-from ._models import FAMILIES, EncoderClassifier, build_model
 from ._registry import Trainable, register
 
 # ImageNet's statistics: what torchvision's pretrained weights were trained to see.
@@ -54,7 +54,7 @@ def _load(name: str, root: str | None, split_seed: int, image_size: int, downloa
     )
 
 
-def _data(dataset: str, config: dict) -> ImageData:
+def _image_data(dataset: str, config: dict) -> ImageData:
     """The configured data set, read once per process (a Ray worker keeps it for its later trials)."""
     return _load(
         dataset,
@@ -84,14 +84,14 @@ def image_trainable(
     }
 
     def model(config: dict) -> nn.Module:
-        data = _data(dataset, config)
+        data = _image_data(dataset, config)
         in_shape = tuple(data.x["train"].shape[1:])
         if stage2:
             return _encoder_classifier(config, in_shape, len(data.classes))
         return build_model(family, config, in_shape, len(data.classes))
 
     def splits(config: dict):
-        data = _data(dataset, config)
+        data = _image_data(dataset, config)
         return (
             (data.x["train"], data.y["train"]),
             (data.x["val"], data.y["val"]),
@@ -99,7 +99,7 @@ def image_trainable(
         )
 
     def stats(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        data = _data(dataset, config)
+        data = _image_data(dataset, config)
         if family == "transfer" and not stage2 and config.get("pretrained") and data.x["train"].shape[1] == 3:
             return IMAGENET_MEAN, IMAGENET_STD
         if FOLD_KEY in config:
@@ -118,7 +118,7 @@ def image_trainable(
     )
 
     def data_info(config: dict) -> dict[str, Any]:
-        data = _data(dataset, {**trainable.defaults, **config})
+        data = _image_data(dataset, {**trainable.defaults, **config})
         return {
             "dataset": data.name,
             "fingerprint": data.fingerprint,
