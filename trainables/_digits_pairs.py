@@ -97,7 +97,7 @@ def build_mlp(config: dict) -> nn.Module:
     layers: list[nn.Module] = []
     width = 64
     for _ in range(int(config["layers"])):
-        # The notes: dropout before large fully connected layers, not before the input's convolutions.
+        # Dropout where the parameters are (the large fully connected layers), not on the input's pixels.
         layers += [nn.Linear(width, int(config["hidden"])), nn.ReLU(), nn.Dropout(float(config["dropout"]))]
         width = int(config["hidden"])
     layers.append(nn.Linear(width, N_CLASSES))
