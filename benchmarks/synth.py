@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from trainables import Reporter
+from trainables._families import build_model
 from trainables._loop import Prep, Split, fit
-from trainables._models import build_model
 
 ARCH = {"channels_l0": 32, "n_blocks": 3, "norm": "layer"}
 SHAPE = (3, 32, 32)

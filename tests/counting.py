@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from trainables._digits import DigitsData, digits_mlp
+from trainables._digits_pairs import DigitsData, digits_mlp
 
 _split = DigitsData.split
 

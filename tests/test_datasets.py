@@ -273,7 +273,7 @@ def test_shapes_are_made_from_the_split_seed():
 def test_digits_splits_match_the_digits_trainables():
     from sklearn.datasets import load_digits
 
-    from trainables._digits import DigitsData
+    from trainables._digits_pairs import DigitsData
 
     digits = load_digits()
     for seed in (0, 3):

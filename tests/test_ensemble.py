@@ -99,7 +99,7 @@ LOAD = textwrap.dedent(
 
 def test_an_ensemble_of_digits_models_is_logged_and_served_by_mlflow_from_raw_pixels(tmp_path):
     import tracking
-    from trainables._digits import DigitsData
+    from trainables._digits_pairs import DigitsData
 
     mlp = get_trainable("digits-mlp")
     members, weights = [], [0.25, 0.75]

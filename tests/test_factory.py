@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from tests.conftest import run_cli, spawn_cli
-from trainables import MemoryReporter, from_model
-from trainables._check import data_sanity, overfit_one_batch
+from trainables import MemoryReporter, data_sanity, from_model, overfit_one_batch
 from trainables._userdata import Stream
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainables import FOLD_KEY, MemoryReporter, can_score, fold_plan, from_model, get_trainable, held_score
 from trainables import release_caches as _release
-from trainables._digits import DigitsData
+from trainables._digits_pairs import DigitsData
 
 QUICK = {"epochs": 1, "batch_size": 64}
 

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainables._models import (
+from trainables._families import (
     FAMILIES,
     EncoderClassifier,
     PretrainedWeightsMissing,

@@ -138,7 +138,7 @@ def test_promote_registers_the_model_with_alias_and_it_predicts_the_test_split(s
     version = swept["client"].get_model_version_by_alias("tiny", "champion")
     assert version.tags["study"] == "tiny" and version.tags["trial_id"] == swept["rows"][0]["trial_id"]
 
-    from trainables._digits import DigitsData
+    from trainables._digits_pairs import DigitsData
 
     mlflow.set_tracking_uri(swept["uri"])
     mlflow.set_registry_uri(swept["uri"])  # another test in this process may have pointed it elsewhere

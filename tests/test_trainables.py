@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables import STOP_DIVERGED, STOP_EARLY, MemoryReporter, get_trainable
-from trainables._digits import DigitsData, build_cnn, build_mlp
+from trainables._digits_pairs import DigitsData, build_cnn, build_mlp
 
 FAST = {"epochs": 3, "lr": 3e-3, "batch_size": 64}
 

@@ -195,11 +195,11 @@ def _flowers102(req: Request) -> Loaded:
 # ---- data that needs no files ------------------------------------------------------------------------------
 
 
-def _digits(req: Request) -> Loaded:
+def _digit_images(req: Request) -> Loaded:
     """8x8, pixels 0..16 scaled to 0..255; the same splits as the digits trainables for the same split_seed."""
     from sklearn.datasets import load_digits
 
-    from . import _digits as digits_trainables
+    from . import _digits_pairs as digits_trainables
 
     digits = load_digits()
     x = np.round(digits.data * 255 / 16).astype(np.uint8).reshape(-1, 1, 8, 8)
@@ -255,7 +255,7 @@ _LOADERS: dict[str, Callable[[Request], Loaded]] = {
     "cifar10": _cifar10,
     "flowers102": _flowers102,
     "imagefolder": imagefolder,
-    "digits": _digits,
+    "digits": _digit_images,
     "shapes": _shapes,
     "segfolder": segfolder,
 }

@@ -1,7 +1,7 @@
-"""The course notes' DCGAN (seed 003) on scikit-learn's 8x8 digits, through the plain `train(config, reporter)` route.
+"""A DCGAN (Radford et al., 2015) on scikit-learn's 8x8 digits, through the plain `train(config, reporter)` route.
 
-Two networks, two Adam optimizers and the notes' adversarial step: the discriminator learns real (label 1) from
-generated (label 0), then the generator learns to have its images called real. Weights start as the notes say:
+Two networks, two Adam optimizers and the usual adversarial step: the discriminator learns real (label 1) from
+generated (label 0), then the generator learns to have its images called real. Weights start as the DCGAN paper's:
 conv and transposed-conv weights normal(0, 0.02), BatchNorm weights normal(1, 0.02) and biases 0.
 
 The metric, `val_fid` (minimised), is the Fréchet distance between real and generated digits in the feature
@@ -14,6 +14,7 @@ output goes straight into a promoted digits-cnn or digits-mlp model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 from studies.words import STOP_DIVERGED, better
 
 from ._device import default_device
-from ._digits import _digits  # the splits, cached per process
+from ._digits_pairs import digits_data  # the splits, cached per process
 from ._lru import DATA_CONFIGS_KEPT, LRU
 from ._registry import Trainable, register
 from ._reporter import Reporter
@@ -41,11 +42,11 @@ SAMPLES = 16  # generated digits the report draws
 REPORTED = ("val_fid", "d_loss", "g_loss", "d_real", "d_fake")  # each epoch's metrics: what a study may select on
 
 HYPERPARAMETERS = {
-    "lr": "Adam learning rate of both networks (the notes: 1e-3)",
-    "beta1": "Adam's first-moment decay of both networks (the notes and the DCGAN paper: 0.5, not 0.9)",
-    "beta2": "Adam's second-moment decay of both networks (the notes: 0.999)",
+    "lr": "Adam learning rate of both networks (default 1e-3)",
+    "beta1": "Adam's first-moment decay of both networks (the DCGAN paper's 0.5: Adam's usual 0.9 oscillates)",
+    "beta2": "Adam's second-moment decay of both networks (Adam's usual 0.999)",
     "batch_size": "real digits per adversarial step (as many generated ones)",
-    "latent": "size of the generator's noise vector (the notes: 100 for 64x64 faces; 8x8 digits need fewer)",
+    "latent": "size of the generator's noise vector (the DCGAN paper: 100 for 64x64 images; 8x8 digits need fewer)",
     "width": "channels of the generator's and discriminator's widest conv layer",
     "split_seed": "seed of the data splits",
 }
@@ -66,7 +67,7 @@ def _with_defaults(config: dict) -> dict:
 
 
 def _init(module: nn.Module) -> None:
-    """The notes' DCGAN initialisation."""
+    """The DCGAN paper's initialisation: conv weights normal(0, 0.02), BatchNorm weights normal(1, 0.02)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, nn.BatchNorm2d):
@@ -109,7 +110,7 @@ def build_discriminator(config: dict) -> nn.Module:
 
 def _images(split_seed: int, split: str) -> torch.Tensor:
     """A split's digits as (N, 1, 8, 8) in [-1, 1]."""
-    x = _digits(split_seed).raw[split][0]
+    x = digits_data(split_seed).raw[split][0]
     return torch.from_numpy(x).reshape(-1, 1, 8, 8) / (PIXEL_MAX / 2) - 1
 
 
@@ -123,7 +124,7 @@ def _judge(split_seed: int) -> nn.Module:
 def _train_judge(split_seed: int) -> nn.Module:
     """A small CNN trained once per process on the training split (fixed seed, 10 epochs, 97% val accuracy);
     its 64-unit penultimate layer is the feature space. The trial's own random streams are left untouched."""
-    x, y = _images(split_seed, "train"), torch.from_numpy(_digits(split_seed).raw["train"][1])
+    x, y = _images(split_seed, "train"), torch.from_numpy(digits_data(split_seed).raw["train"][1])
     # Its own random stream, and gradients on even when first asked for under no_grad (the engine's test evaluation).
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(0)
@@ -192,61 +193,25 @@ def train(config: dict, reporter: Reporter) -> None:
     split_seed = int(config["split_seed"])
     real = reporter.cached(("dcgan-real", split_seed, str(device)), lambda: _images(split_seed, "train").to(device))
     _judge(split_seed)  # the ruler: trained by the worker's first trial, reused by the later ones
-    latent, batch_size, epochs = int(config["latent"]), int(config["batch_size"]), int(config["epochs"])
-    betas = (float(config["beta1"]), float(config["beta2"]))
+    batch_size, epochs = int(config["batch_size"]), int(config["epochs"])
     # The study's metric when it is one this trainable reports, else val_fid: what "best" and checkpoints follow.
     metric, mode = (reporter.metric, reporter.mode) if reporter.metric in REPORTED else ("val_fid", "min")
 
     torch.manual_seed(reporter.seed)
-    generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=float(config["lr"]), betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=float(config["lr"]), betas=betas)
+    gan = _Gan.build(config, device)
     progress: dict[str, Any] = {"epoch": 0, "best": None}
     saved = reporter.restore()
     if saved is not None:
-        generator.load_state_dict(saved["model"])
-        discriminator.load_state_dict(saved["discriminator"])
-        opt_g.load_state_dict(saved["opt_g"])
-        opt_d.load_state_dict(saved["opt_d"])
-        torch.set_rng_state(saved["rng"])
-        progress = dict(saved["progress"])
-
-    bce = nn.functional.binary_cross_entropy_with_logits
+        progress = gan.resume(saved)
     steps = max(1, len(real) // batch_size)  # full batches only: BatchNorm on a batch of one is undefined
     for epoch in range(progress["epoch"] + 1, epochs + 1):
-        generator.train(), discriminator.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # d_loss, g_loss, D(real), D(fake)
-        order = torch.randperm(len(real)).to(device)
-        for step in range(steps):
-            x = real[order[step * batch_size : (step + 1) * batch_size]]
-            ones, zeros = torch.ones(len(x), 1, device=device), torch.zeros(len(x), 1, device=device)
-            fake = generator(torch.randn(len(x), latent, 1, 1).to(device))
-            # The discriminator: real digits are 1, generated ones 0 (detached: this step leaves the generator be).
-            d_real, d_fake = discriminator(x), discriminator(fake.detach())
-            d_loss = bce(d_real, ones) + bce(d_fake, zeros)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # The generator: its digits labelled real, judged by the discriminator it just lost to.
-            g_loss = bce(discriminator(fake), ones)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            sums += torch.stack(
-                [
-                    d_loss.detach(),
-                    g_loss.detach(),
-                    torch.sigmoid(d_real).mean().detach(),
-                    torch.sigmoid(d_fake).mean().detach(),
-                ]
-            ).double()
-        d_mean, g_mean, p_real, p_fake = (sums / steps).tolist()
+        d_mean, g_mean, p_real, p_fake = gan.epoch(real, batch_size, steps, int(config["latent"]))
         if not (math.isfinite(d_mean) and math.isfinite(g_mean)):
             reporter.report(epoch, {"d_loss": d_mean, "g_loss": g_mean}, stop=STOP_DIVERGED)
             return
-        # The notes' goal: D(real) and D(fake) both near 0.5, the discriminator unable to tell them apart.
+        # The goal: D(real) and D(fake) both near 0.5, the discriminator unable to tell them apart.
         metrics = {
-            "val_fid": _fid(generator, config, "val"),
+            "val_fid": _fid(gan.generator, config, "val"),
             "d_loss": d_mean,
             "g_loss": g_mean,
             "d_real": p_real,
@@ -258,16 +223,84 @@ def train(config: dict, reporter: Reporter) -> None:
         if better(value, progress["best"], mode):
             # Only when the best improves: the engine keeps the latest checkpoint as the trial's best.
             progress["best"] = value
-            checkpoint = {
-                "model": generator.state_dict(),  # what the engine tests and exports
-                "discriminator": discriminator.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "rng": torch.get_rng_state(),
-                "progress": dict(progress),
-                "config": dict(config),
-            }
+            checkpoint = gan.checkpoint(progress, config)
         reporter.report(epoch, metrics, checkpoint=checkpoint)
+
+
+@dataclasses.dataclass
+class _Gan:
+    """The two networks and their two Adam optimizers, as one trial trains them."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+    @classmethod
+    def build(cls, config: dict, device: torch.device) -> _Gan:
+        betas, lr = (float(config["beta1"]), float(config["beta2"])), float(config["lr"])
+        generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
+        return cls(
+            generator,
+            discriminator,
+            torch.optim.Adam(generator.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas),
+        )
+
+    def resume(self, saved: dict) -> dict[str, Any]:
+        """Back to where the checkpoint left off; returns the progress it had."""
+        self.generator.load_state_dict(saved["model"])
+        self.discriminator.load_state_dict(saved["discriminator"])
+        self.opt_g.load_state_dict(saved["opt_g"])
+        self.opt_d.load_state_dict(saved["opt_d"])
+        torch.set_rng_state(saved["rng"])
+        return dict(saved["progress"])
+
+    def checkpoint(self, progress: dict, config: dict) -> dict[str, Any]:
+        return {
+            "model": self.generator.state_dict(),  # what the engine tests and exports
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": torch.get_rng_state(),
+            "progress": dict(progress),
+            "config": dict(config),
+        }
+
+    def epoch(self, real: torch.Tensor, batch_size: int, steps: int, latent: int) -> list[float]:
+        """One pass of adversarial steps over the real digits; the means of d_loss, g_loss, D(real), D(fake)."""
+        device = real.device
+        self.generator.train(), self.discriminator.train()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # d_loss, g_loss, D(real), D(fake)
+        order = torch.randperm(len(real)).to(device)
+        for step in range(steps):
+            sums += self._step(real[order[step * batch_size : (step + 1) * batch_size]], latent).double()
+        return (sums / steps).tolist()
+
+    def _step(self, x: torch.Tensor, latent: int) -> torch.Tensor:
+        """The discriminator's step, then the generator's; their losses and D's mean outputs, on the device."""
+        bce = nn.functional.binary_cross_entropy_with_logits
+        ones, zeros = torch.ones(len(x), 1, device=x.device), torch.zeros(len(x), 1, device=x.device)
+        fake = self.generator(torch.randn(len(x), latent, 1, 1).to(x.device))
+        # The discriminator: real digits are 1, generated ones 0 (detached: this step leaves the generator be).
+        d_real, d_fake = self.discriminator(x), self.discriminator(fake.detach())
+        d_loss = bce(d_real, ones) + bce(d_fake, zeros)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        # The generator: its digits labelled real, judged by the discriminator it just lost to.
+        g_loss = bce(self.discriminator(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        return torch.stack(
+            [
+                d_loss.detach(),
+                g_loss.detach(),
+                torch.sigmoid(d_real).mean().detach(),
+                torch.sigmoid(d_fake).mean().detach(),
+            ]
+        )
 
 
 def _load_generator(config: dict, state: dict) -> nn.Module:
@@ -304,7 +337,7 @@ def samples(config: dict, split: str) -> tuple[np.ndarray, None, tuple[int, ...]
 
 
 def data_info(config: dict) -> dict[str, Any]:
-    data = _digits(int(_with_defaults(config)["split_seed"]))
+    data = digits_data(int(_with_defaults(config)["split_seed"]))
     return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
 
 
@@ -323,7 +356,7 @@ digits_dcgan = register(
         reports=REPORTED,
         # No setup hook: `check`'s one-batch overfit and LR range test need one loss to drive down, and a GAN's
         # two losses fight each other by design.
-        description="DCGAN on 8x8 sklearn digits (the notes' init, two Adams; val_fid, the Fréchet distance "
+        description="DCGAN on 8x8 sklearn digits (the DCGAN paper's init, two Adams; val_fid, the Fréchet distance "
         "in a small digits classifier's features)",
     )
 )

@@ -1,11 +1,11 @@
 """Where the work runs: data kept on the device, augmentation there, mixed precision, compiled graphs.
 
-The course's loop decodes and normalises every batch on the host and copies it over. Here a data set that fits
-moves to the device once per worker process, as uint8, and every batch is gathered, augmented and normalised
+A textbook DataLoader loop decodes and normalises every batch on the host and copies it over. Here a data set that
+fits moves to the device once per worker process, as uint8, and every batch is gathered, augmented and normalised
 there. On a GPU the whole training step (batch gather, augmentation, forward, loss, backward, clipping and the
-optimizer's update) is recorded once per trial as one CUDA graph and replayed for every batch: one launch instead
-of hundreds. An inductor-compiled model (fused kernels) is built once per worker and architecture; later trials
-copy their fresh weights into it instead of paying the compilation again.
+optimizer's update) is recorded once per trial as one CUDA graph and replayed for every batch: one launch instead of
+hundreds. An inductor-compiled model (fused kernels) is built once per worker and architecture; later trials copy
+their fresh weights into it instead of paying the compilation again.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class StepGraph:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.step(self.idx)
             self.graph = graph
-        except Exception as e:  # noqa: BLE001 - any failure to record means: run eagerly, say why
+        except Exception as e:  # any failure to record means: run eagerly, say why
             self.failure = (f"{type(e).__name__}: {e}".splitlines() or ["unknown"])[0][:300]
             self.optimizer.zero_grad(set_to_none=True)
         finally:

@@ -1,5 +1,5 @@
 """Reading the model families' hyperparameters out of a config: each error is one line naming the field and what
-would be valid. Its own module so that the families (`_models`) and the transfer family (`_transfer`) share it
+would be valid. Its own module so that the families (`_families`) and the transfer family (`_transfer`) share it
 without importing each other."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The course's training loop, once, for every trainable: classification, segmentation, reconstruction.
+"""One training loop for every trainable: classification, segmentation, reconstruction.
 
 Per epoch: model.train(), for each batch zero_grad -> forward -> loss -> backward -> optional
 clip_grad_norm -> step; then model.eval() and validate. Report every epoch; checkpoint when the study
@@ -44,7 +44,7 @@ LOOP_HYPERPARAMETERS = {
 LOOP_DEFAULTS = {
     **OPTIM_DEFAULTS,
     "batch_size": 64,
-    "clip_grad_norm": 0.0,  # off unless asked; the notes clip at 2 for unstable runs
+    "clip_grad_norm": 0.0,  # off unless asked; 2 is a common bound for a run whose loss spikes
     "label_smoothing": 0.0,
     "patience": 0,  # ASHA already stops weak trials; per-trial patience is opt-in
     "epochs": 10,
@@ -133,181 +133,224 @@ def fit(
     With `prep`, the splits hold uint8 images that it augments (training only) and normalises on the device.
     A split may also be a streamed Dataset (trainables._userdata.Stream): its batches come from DataLoader
     workers and the step is never recorded. `loss`, `metrics`: a user's own (see `evaluate`)."""
-    config = {**LOOP_DEFAULTS, **config}
-    device = device or default_device()
-    metric, mode = reporter.metric, reporter.mode
-    user_loss, loss, user_metrics = loss, loss or loss_fn(task, config), metrics
-    streamed = hasattr(train, "feed")
-    batch_size, clip = int(config["batch_size"]), float(config["clip_grad_norm"])
-    patience, epochs = int(config["patience"]), int(config["epochs"])
-    compile_mode = _device.compile_mode(config)
-    train, val = train.resident(device), val.resident(device)
-    nhwc = _device.channels_last(device, train.x)
-    # Fixed shapes (a recorded or compiled step) need one full batch; a split smaller than a batch trains
-    # eagerly on its one partial batch, as on the CPU.
-    full_batch = len(train) >= batch_size
-    # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
-    # recorded) and an update the graph can hold.
-    graphed = (
-        compile_mode != "off"
-        and device.type == "cuda"
-        and not streamed
-        and not _device.on_host(train.x, device)
-        and config["optimizer"] in _device.GRAPH_OPTIMIZERS
-        and full_batch
-    )
-    amp = _device.autocast(config, device, cache=not graphed)
+    run = _Training(config, reporter, train, val, device or default_device(), task, prep, loss, metrics)
+    run.build(build_model)
+    run.prepare()
+    for epoch in range(run.first_epoch, run.epochs + 1):
+        if run.run_epoch(epoch):
+            return
 
-    def batch(rows, training: bool):
+
+class _Training:
+    """One `fit`: what its steps share, set in the order they run: the settings and where the data lives
+    (`__init__`), the model, compiled or not (`build`), the optimizer, the schedule and the progress a resumed
+    trial had (`prepare`), then one `run_epoch` after another, each trained, validated, reported."""
+
+    def __init__(self, config: dict, reporter: Reporter, train, val, device: torch.device, task, prep, loss, metrics):
+        self.config = config = {**LOOP_DEFAULTS, **config}
+        self.reporter, self.device, self.task, self.prep = reporter, device, task, prep
+        self.user_loss, self.user_metrics = loss, metrics
+        self.loss = loss or loss_fn(task, config)
+        self.streamed = hasattr(train, "feed")
+        self.batch_size, self.clip = int(config["batch_size"]), float(config["clip_grad_norm"])
+        self.patience, self.epochs = int(config["patience"]), int(config["epochs"])
+        self.compile_mode = _device.compile_mode(config)
+        self.train, self.val = train.resident(device), val.resident(device)
+        self.nhwc = _device.channels_last(device, self.train.x)
+        # Fixed shapes (a recorded or compiled step) need one full batch; a split smaller than a batch trains
+        # eagerly on its one partial batch, as on the CPU.
+        self.full_batch = len(self.train) >= self.batch_size
+        # The whole step as one CUDA graph: on a GPU, with the data there (a host copy per batch cannot be
+        # recorded) and an update the graph can hold.
+        self.graphed = (
+            self.compile_mode != "off"
+            and device.type == "cuda"
+            and not self.streamed
+            and not _device.on_host(self.train.x, device)
+            and config["optimizer"] in _device.GRAPH_OPTIMIZERS
+            and self.full_batch
+        )
+        self.amp = _device.autocast(config, device, cache=not self.graphed)
+        # The batch a compiled model is warmed up (and an eager epoch timed) on.
+        head = self.train.head(self.batch_size) if self.streamed else None
+        self.first = (head.x.to(device), head.y.to(device)) if self.streamed else None
+
+    def batch(self, rows, training: bool):
         """`rows`: indices into the resident split, or a batch (x, y) already fetched to the device."""
         if isinstance(rows, tuple):
             x, y = rows
         else:
-            x, y = _device.batch(train.x, rows, device), _device.batch(train.y, rows, device)
-        x, y, pixels = prep(x, y, train=training) if prep is not None else (x, y, x)
-        if nhwc:
+            x, y = _device.batch(self.train.x, rows, self.device), _device.batch(self.train.y, rows, self.device)
+        x, y, pixels = self.prep(x, y, train=training) if self.prep is not None else (x, y, x)
+        if self.nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, pixels if task == "reconstruction" else y
+        return x, pixels if self.task == "reconstruction" else y
 
-    # The batch a compiled model is warmed up (and an eager epoch timed) on.
-    head = train.head(batch_size) if streamed else None
-    first = (head.x.to(device), head.y.to(device)) if streamed else None
-    torch.manual_seed(reporter.seed)
-    model = build_model(config).to(device, memory_format=torch.channels_last if nhwc else torch.preserve_format)
-    forward, compile_s = model, 0.0
-    # Static shapes for a recorded or compiled step: full batches only (the last partial batch is dropped).
-    key = _device.architecture_key(model, device, (batch_size, *train.x.shape[1:]), str(config["precision"]))
-    cudagraphs = device.type == "cuda" and not graphed  # then the compiled model brings its own graphs
-    if full_batch and (
-        compile_mode == "on"
-        or (
-            compile_mode == "auto"
-            and device.type == "cuda"
-            and (
-                _device.is_compiled(key, cudagraphs)
-                or _device.worth_compiling(
-                    _eager_epoch_s(model, loss, batch, len(train), batch_size, amp, first),
-                    epochs - 1,
-                    reporter.trials_per_worker - 1,
-                    graphed,
-                )
-            )
+    def build(self, build_model: Callable[[dict], nn.Module]) -> None:
+        """The seeded model, compiled where that pays (`forward` is then the compiled one), and the steps per
+        epoch: full batches only for a recorded or compiled step, whose shapes are fixed."""
+        device, batch_size = self.device, self.batch_size
+        torch.manual_seed(self.reporter.seed)
+        memory_format = torch.channels_last if self.nhwc else torch.preserve_format
+        self.model = build_model(self.config).to(device, memory_format=memory_format)
+        self.forward, self.compile_s = self.model, 0.0
+        key = _device.architecture_key(
+            self.model, device, (batch_size, *self.train.x.shape[1:]), str(self.config["precision"])
         )
-    ):
-        model, forward, new = _device.compiled(model, key, cudagraphs)
-        if new:
-            compile_s = _warm_up(model, forward, loss, batch, len(train), batch_size, amp, cudagraphs, first)
-        torch.manual_seed(reporter.seed)  # the same stream of dropout masks, compiled or not
-    marks = forward is not model and cudagraphs  # the compiled model's own CUDA graphs want step marks
-    static = graphed or forward is not model
-    steps = len(train) // batch_size if static else math.ceil(len(train) / batch_size)
-    if steps < 1:
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(train)} training examples")
+        cudagraphs = device.type == "cuda" and not self.graphed  # then the compiled model brings its own graphs
+        if self._compiles(key, cudagraphs):
+            self.model, self.forward, new = _device.compiled(self.model, key, cudagraphs)
+            if new:
+                args = (self.loss, self.batch, len(self.train), batch_size, self.amp, cudagraphs, self.first)
+                self.compile_s = _warm_up(self.model, self.forward, *args)
+            torch.manual_seed(self.reporter.seed)  # the same stream of dropout masks, compiled or not
+        self.marks = self.forward is not self.model and cudagraphs  # the compiled model's graphs want step marks
+        static = self.graphed or self.forward is not self.model
+        n = len(self.train)
+        self.steps = n // batch_size if static else math.ceil(n / batch_size)
+        if self.steps < 1:
+            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
 
-    params = list(model.parameters())
-    optimizer = make_optimizer(params, config, fused=device.type == "cuda", capturable=graphed)
-    schedule = Schedule(optimizer, config, steps, mode)
-    shuffle = torch.Generator().manual_seed(reporter.seed + 1)
-    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0}
-    checkpoint = reporter.restore()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        schedule.load_state_dict(checkpoint.get("schedule", {}))
-        optimizer.load_state_dict(checkpoint["optimizer"])  # after the schedule: it holds the current lr
-        for group in optimizer.param_groups if graphed else ():
+    def _compiles(self, key, cudagraphs: bool) -> bool:
+        """compile on: always; auto: on a GPU, when this architecture is compiled already or timing an eager
+        epoch says the compile pays for itself over this trial's epochs and the worker's later trials."""
+        mode = self.compile_mode
+        if not self.full_batch or mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return False
+        if mode == "on" or _device.is_compiled(key, cudagraphs):
+            return True
+        epoch_s = _eager_epoch_s(
+            self.model, self.loss, self.batch, len(self.train), self.batch_size, self.amp, self.first
+        )
+        return _device.worth_compiling(epoch_s, self.epochs - 1, self.reporter.trials_per_worker - 1, self.graphed)
+
+    def prepare(self) -> None:
+        """The optimizer and schedule, the progress a resumed trial had, and how batches reach the step."""
+        device, reporter = self.device, self.reporter
+        self.params = list(self.model.parameters())
+        self.optimizer = make_optimizer(self.params, self.config, fused=device.type == "cuda", capturable=self.graphed)
+        self.schedule = Schedule(self.optimizer, self.config, self.steps, reporter.mode)
+        self.shuffle = torch.Generator().manual_seed(reporter.seed + 1)
+        self.state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0}
+        checkpoint = reporter.restore()
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        self.first_epoch = self.state["epoch"] + 1
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the epoch's, kept on the device
+        self.step = (
+            _device.StepGraph(self.train_step, self.optimizer, self.batch_size, device)
+            if self.graphed
+            else self.train_step
+        )
+        # A split the GPU has no room for stays on the host; DataLoader workers gather and pin its batches.
+        if self.streamed:
+            self.host = self.train.feed(device)
+        elif _device.on_host(self.train.x, device):
+            self.host = _device.HostBatches(self.train.x, self.train.y, device, _loader_workers())
+        else:
+            self.host = None
+
+    def _resume(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.schedule.load_state_dict(checkpoint.get("schedule", {}))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])  # after the schedule: it holds the current lr
+        for group in self.optimizer.param_groups if self.graphed else ():
             if "capturable" in group:  # as created, whatever the checkpoint's run had
                 group["capturable"] = True
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        shuffle.set_state(checkpoint["rng"]["shuffle"])
-        state = dict(checkpoint["progress"])
-        print(f"resuming at epoch {state['epoch'] + 1} from the trial's checkpoint", flush=True)  # in `hpsearch logs`
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        self.shuffle.set_state(checkpoint["rng"]["shuffle"])
+        self.state = dict(checkpoint["progress"])
+        print(f"resuming at epoch {self.state['epoch'] + 1} from the trial's checkpoint", flush=True)  # `hpsearch logs`
 
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the epoch's, kept on the device
-
-    def train_step(rows) -> None:
-        x, target = batch(rows, True)
-        optimizer.zero_grad(set_to_none=True)
-        with amp:
-            if marks:
+    def train_step(self, rows) -> None:
+        x, target = self.batch(rows, True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.amp:
+            if self.marks:
                 torch.compiler.cudagraph_mark_step_begin()
-            step_loss = loss(forward(x), target)
+            step_loss = self.loss(self.forward(x), target)
         step_loss.backward()
-        if clip > 0:
-            nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        loss_sum.add_(step_loss.detach().double() * len(x))
+        if self.clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.loss_sum.add_(step_loss.detach().double() * len(x))
 
-    step_fn = _device.StepGraph(train_step, optimizer, batch_size, device) if graphed else train_step
-    # A split the GPU has no room for stays on the host; DataLoader workers gather and pin its batches.
-    if streamed:
-        host = train.feed(device)
-    else:
-        host = (
-            _device.HostBatches(train.x, train.y, device, _loader_workers())
-            if _device.on_host(train.x, device)
-            else None
-        )
-
-    first_epoch = state["epoch"] + 1
-    for epoch in range(first_epoch, epochs + 1):
+    def run_epoch(self, epoch: int) -> bool:
+        """Train and validate one epoch and report it; True when the trial stops here."""
         started = time.perf_counter()
-        model.train()
-        loss_sum.zero_()
-        order = torch.randperm(len(train), generator=shuffle)
-        if host is not None:
-            feed = host.epoch(order, batch_size, steps)
+        self.model.train()
+        self.loss_sum.zero_()
+        order = torch.randperm(len(self.train), generator=self.shuffle)
+        if self.host is not None:
+            feed = self.host.epoch(order, self.batch_size, self.steps)
         else:
-            order = order.to(device)
-            feed = (order[step * batch_size : (step + 1) * batch_size] for step in range(steps))
+            order = order.to(self.device)
+            feed = (order[step * self.batch_size : (step + 1) * self.batch_size] for step in range(self.steps))
         for rows in feed:
-            step_fn(rows)
-            schedule.after_step()
-        seen = min(len(train), steps * batch_size)
-        train_loss = loss_sum.item() / seen  # the epoch's only host sync in training
+            self.step(rows)
+            self.schedule.after_step()
+        seen = min(len(self.train), self.steps * self.batch_size)
+        train_loss = self.loss_sum.item() / seen  # the epoch's only host sync in training
         seconds = time.perf_counter() - started
-
         if not math.isfinite(train_loss):
-            reporter.report(epoch, {"train_loss": train_loss}, stop=STOP_DIVERGED)
-            return
-        val_metrics = evaluate(model, val, task=task, prep=prep, config=config, loss=user_loss, metrics=user_metrics)
+            self.reporter.report(epoch, {"train_loss": train_loss}, stop=STOP_DIVERGED)
+            return True
+        metrics = self._metrics(epoch, train_loss, seen / seconds)
+        value = metrics[self.reporter.metric]
+        self.schedule.after_epoch(value)
+        self.state["epoch"] = epoch
+        ckpt = None
+        if better(value, self.state["best"], self.reporter.mode):
+            self.state["best"], self.state["best_epoch"] = value, epoch
+            ckpt = self._checkpoint(value)
+        late = self.patience and epoch - self.state["best_epoch"] >= self.patience and epoch < self.epochs
+        stop = STOP_EARLY if late else None
+        self.reporter.report(epoch, metrics, checkpoint=ckpt, stop=stop)
+        return bool(stop)
+
+    def _metrics(self, epoch: int, train_loss: float, samples_per_s: float) -> dict[str, float]:
+        """The epoch's report: the losses, the validation metrics, the lr, the throughput and memory."""
+        val_metrics = evaluate(
+            self.model,
+            self.val,
+            task=self.task,
+            prep=self.prep,
+            config=self.config,
+            loss=self.user_loss,
+            metrics=self.user_metrics,
+        )
         metrics = {
             "train_loss": train_loss,
             **{f"val_{k}": v for k, v in val_metrics.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "samples_per_s": seen / seconds,
-            "peak_mem_mb": _peak_mem_mb(device),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples_per_s": samples_per_s,
+            "peak_mem_mb": _peak_mem_mb(self.device),
         }
-        if compile_s:  # reported once, with the first epoch after it: the sweep's wall time holds it
-            metrics["compile_s"], compile_s = compile_s, 0.0
-        if graphed and epoch == first_epoch:
-            metrics["step_graph"] = float(step_fn.recorded)  # 1: each step was one CUDA graph replay
-            if step_fn.failure:
+        if self.compile_s:  # reported once, with the first epoch after it: the sweep's wall time holds it
+            metrics["compile_s"], self.compile_s = self.compile_s, 0.0
+        if self.graphed and epoch == self.first_epoch:
+            metrics["step_graph"] = float(self.step.recorded)  # 1: each step was one CUDA graph replay
+            if self.step.failure:
                 warnings.warn(
-                    f"the training step could not be recorded as a CUDA graph, so it runs eagerly: {step_fn.failure}",
+                    f"the training step could not be recorded as a CUDA graph, so it runs eagerly: {self.step.failure}",
                     stacklevel=1,
                 )
-        value = metrics[metric]
-        schedule.after_epoch(value)
-        state["epoch"] = epoch
-        ckpt = None
-        if better(value, state["best"], mode):
-            state["best"], state["best_epoch"] = value, epoch
-            ckpt = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
-                "progress": dict(state),
-                "config": dict(config),
-                "metric": metric,
-                "value": value,
-            }
-        stop = STOP_EARLY if patience and epoch - state["best_epoch"] >= patience and epoch < epochs else None
-        reporter.report(epoch, metrics, checkpoint=ckpt, stop=stop)
-        if stop:
-            return
+        return metrics
+
+    def _checkpoint(self, value: float) -> dict[str, Any]:
+        """All a resumed trial needs to go on as if never stopped, and what the engine tests and exports."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()},
+            "progress": dict(self.state),
+            "config": dict(self.config),
+            "metric": self.reporter.metric,
+            "value": value,
+        }
 
 
 def _train_steps(

@@ -1,5 +1,5 @@
-"""The course notes' multi-input network (seed 003): an image branch (a small CNN) and a vector branch (a fully
-connected layer), concatenated before the head, on scikit-learn's digits. The image is the 8x8 digit; the
+"""A multi-input network: an image branch (a small CNN) and a vector branch (a fully connected layer),
+concatenated before the head, on scikit-learn's digits. The image is the 8x8 digit; the
 vector is its 8 row sums and 8 column sums. Built on the public factory, so a tuple of inputs goes through
 training, `check` and the servable model (which takes one raw (N, 64 + 16) array: pixels 0..16, then the sums).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._digits import N_CLASSES, _data
+from ._digits_pairs import N_CLASSES, digits_for
 from ._factory import from_model
 from ._registry import register
 
@@ -56,7 +56,7 @@ class Standardise(nn.Module):
 
 
 def _splits(config: dict):
-    digits = _data(config)
+    digits = digits_for(config)
 
     def split(name: str):
         x, y = digits.raw[name]
@@ -75,6 +75,6 @@ digits_multi_input = register(
         hyperparameters=HYPERPARAMETERS,
         defaults=DEFAULTS,
         preprocess=lambda config, inputs: Standardise(*inputs),
-        description="the notes' multi-input network: a CNN on the digit and an MLP on its row/column sums",
+        description="a multi-input network: a CNN on the digit and an MLP on its row/column sums",
     )
 )

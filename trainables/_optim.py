@@ -26,13 +26,13 @@ OPTIM_HYPERPARAMETERS = {
 }
 OPTIM_DEFAULTS = {
     "lr": 1e-3,  # Adam's usual starting point
-    "optimizer": "adam",  # the notes: try Adam/AdamW first
-    "momentum": 0.9,  # the notes' SGD default
+    "optimizer": "adam",  # Adam/AdamW first: they need the least lr tuning
+    "momentum": 0.9,  # SGD's usual momentum
     "weight_decay": 0.0,
     "schedule": "none",
     "warmup_epochs": 1,
     "lr_step_epochs": 10,
-    "lr_gamma": 0.1,  # the notes' step decay: a tenth
+    "lr_gamma": 0.1,  # step decay: a tenth at each step, the usual factor
     "lr_plateau_patience": 2,
 }
 

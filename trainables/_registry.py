@@ -108,4 +108,4 @@ def get_trainable(ref: str) -> Trainable:
 
 def _load_builtins() -> None:
     # Importing the modules registers them; done lazily so `import trainables` stays cheap.
-    from . import _dcgan, _digits, _multi, _vision  # noqa: F401
+    from . import _dcgan, _digits_pairs, _multi, _vision  # noqa: F401

@@ -1,7 +1,7 @@
-"""Image trainables: a model family (trainables/_models.py) on an image data set (trainables/_datasets.py).
+"""Image trainables: a model family (trainables/_families.py) on an image data set (trainables/_datasets.py).
 
 Every pair comes from the public factory a user's own model does (`trainables.from_model`): classification,
-segmentation (U-Net) or reconstruction (autoencoder), plus the notes' second stage, a classifier on a
+segmentation (U-Net) or reconstruction (autoencoder), plus a second stage, a classifier on a
 pretrained autoencoder's encoder. The data set is read once per process from `data_root` and held as uint8;
 the factory normalises it on the device with the training split's own statistics and serves uint8 images.
 """
@@ -16,9 +16,9 @@ from torch import nn
 
 from ._datasets import ImageData, load_dataset
 from ._factory import from_model
+from ._families import FAMILIES, EncoderClassifier, build_model
 from ._folds import FOLD_KEY
 from ._lru import DATA_CONFIGS_KEPT, LRU
-from ._models import FAMILIES, EncoderClassifier, build_model
 from ._registry import Trainable, register
 
 # ImageNet's statistics: what torchvision's pretrained weights were trained to see.
@@ -54,7 +54,7 @@ def _load(name: str, root: str | None, split_seed: int, image_size: int, downloa
     )
 
 
-def _data(dataset: str, config: dict) -> ImageData:
+def _image_data(dataset: str, config: dict) -> ImageData:
     """The configured data set, read once per process (a Ray worker keeps it for its later trials)."""
     return _load(
         dataset,
@@ -66,12 +66,46 @@ def _data(dataset: str, config: dict) -> ImageData:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _ImagePair:
+    """`family` on `dataset`: the model, data and statistics functions `from_model` takes for one pair.
+    `stage2`: a classifier on the encoder of the autoencoder checkpoint in config["encoder_checkpoint"]
+    (pretrain an autoencoder on the images alone, then classify with its encoder)."""
+
+    dataset: str
+    family: str
+    stage2: bool = False
+
+    def model(self, config: dict) -> nn.Module:
+        data = _image_data(self.dataset, config)
+        in_shape = tuple(data.x["train"].shape[1:])
+        if self.stage2:
+            return _encoder_classifier(config, in_shape, len(data.classes))
+        return build_model(self.family, config, in_shape, len(data.classes))
+
+    def splits(self, config: dict):
+        data = _image_data(self.dataset, config)
+        return (
+            (data.x["train"], data.y["train"]),
+            (data.x["val"], data.y["val"]),
+            lambda: (data.x["test"], data.y["test"]),
+        )
+
+    def stats(self, config: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        data = _image_data(self.dataset, config)
+        pretrained = self.family == "transfer" and not self.stage2 and config.get("pretrained")
+        if pretrained and data.x["train"].shape[1] == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        if FOLD_KEY in config:
+            return None  # the factory's, of the fold's training part
+        return data.mean, data.std  # the training split's, cached beside the data set
+
+
 def image_trainable(
     name: str, dataset: str, family: str, description: str, defaults: dict | None = None, stage2: bool = False
 ) -> Trainable:
     """Register `name`: `family` trained on `dataset`, through the public factory (`trainables.from_model`).
-    `stage2`: a classifier on the encoder of the autoencoder checkpoint in config["encoder_checkpoint"] (the
-    notes' pretrain-then-classify)."""
+    `stage2`: a classifier on the encoder of the autoencoder checkpoint in config["encoder_checkpoint"]."""
     task = "classification" if stage2 else TASK_OF_FAMILY.get(family, "classification")
     model_hyper = STAGE2_HYPERPARAMETERS if stage2 else FAMILIES[family].hyperparameters
     model_defaults = STAGE2_DEFAULTS if stage2 else FAMILIES[family].defaults
@@ -82,43 +116,20 @@ def image_trainable(
         **({"recon_loss": "mse"} if extra_hyper else {}),
         **(defaults or {}),
     }
-
-    def model(config: dict) -> nn.Module:
-        data = _data(dataset, config)
-        in_shape = tuple(data.x["train"].shape[1:])
-        if stage2:
-            return _encoder_classifier(config, in_shape, len(data.classes))
-        return build_model(family, config, in_shape, len(data.classes))
-
-    def splits(config: dict):
-        data = _data(dataset, config)
-        return (
-            (data.x["train"], data.y["train"]),
-            (data.x["val"], data.y["val"]),
-            lambda: (data.x["test"], data.y["test"]),
-        )
-
-    def stats(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        data = _data(dataset, config)
-        if family == "transfer" and not stage2 and config.get("pretrained") and data.x["train"].shape[1] == 3:
-            return IMAGENET_MEAN, IMAGENET_STD
-        if FOLD_KEY in config:
-            return None  # the factory's, of the fold's training part
-        return data.mean, data.std  # the training split's, cached beside the data set
-
+    pair = _ImagePair(dataset, family, stage2)
     trainable = from_model(
-        model,
-        splits,
+        pair.model,
+        pair.splits,
         task=task,
         name=name,
         description=description,
-        image_stats=stats,
+        image_stats=pair.stats,
         hyperparameters={**model_hyper, **extra_hyper, **DATA_HYPERPARAMETERS},
         defaults=all_defaults,
     )
 
     def data_info(config: dict) -> dict[str, Any]:
-        data = _data(dataset, {**trainable.defaults, **config})
+        data = _image_data(dataset, {**trainable.defaults, **config})
         return {
             "dataset": data.name,
             "fingerprint": data.fingerprint,
@@ -151,8 +162,8 @@ PAIRS = [
     ("fashion-mnist-mlp", "fashion-mnist", "mlp", "MLP with dropout on FashionMNIST"),
     ("fashion-mnist-cnn", "fashion-mnist", "cnn", "conv-relu-maxpool blocks + linear head on FashionMNIST"),
     ("cifar10-cnn", "cifar10", "cnn", "conv-relu-maxpool blocks + linear head on CIFAR-10"),
-    ("cifar10-resnet", "cifar10", "resnet", "the course's residual ConvNet on CIFAR-10"),
-    ("flowers102-resnet", "flowers102", "resnet", "the course's residual GroupNorm ConvNet on Flowers102"),
+    ("cifar10-resnet", "cifar10", "resnet", "a residual ConvNet on CIFAR-10"),
+    ("flowers102-resnet", "flowers102", "resnet", "a residual GroupNorm ConvNet on Flowers102"),
     ("flowers102-transfer", "flowers102", "transfer", "a torchvision backbone with a new head on Flowers102"),
     ("imagefolder-cnn", "imagefolder", "cnn", "a small CNN on your own folder of images (root/class_x/*.png)"),
     ("imagefolder-resnet", "imagefolder", "resnet", "the residual ConvNet on your own folder of images"),

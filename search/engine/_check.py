@@ -7,7 +7,7 @@ import math
 
 import studies
 from studies import UserError
-from trainables._check import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
+from trainables import FAIL, PASS, WARN, Check, data_sanity, layer_shapes, lr_range, overfit_one_batch
 
 from ._inputs import study_trainable, trial_inputs
 

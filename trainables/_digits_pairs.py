@@ -56,15 +56,17 @@ class DigitsData:
         return Split(torch.from_numpy(x), torch.from_numpy(y))
 
 
-def _data(config: dict) -> DigitsData:
-    return _digits(int(config.get("split_seed", 0)))
-
-
 _HOOKS_CACHE = LRU(DATA_CONFIGS_KEPT)  # split seeds (half a MiB each): what data(config) and the hooks read
 
 
-def _digits(seed: int) -> DigitsData:
-    return _HOOKS_CACHE.get_or_build(seed, lambda: DigitsData(seed))
+def digits_data(split_seed: int) -> DigitsData:
+    """The digits split by `split_seed`, built once per process (the DCGAN reads the same splits)."""
+    return _HOOKS_CACHE.get_or_build(split_seed, lambda: DigitsData(split_seed))
+
+
+def digits_for(config: dict) -> DigitsData:
+    """`digits_data` for a trial's config (its split_seed, 0 when unset)."""
+    return digits_data(int(config.get("split_seed", 0)))
 
 
 class Preprocessed(nn.Module):
@@ -95,7 +97,7 @@ def build_mlp(config: dict) -> nn.Module:
     layers: list[nn.Module] = []
     width = 64
     for _ in range(int(config["layers"])):
-        # The notes: dropout before large fully connected layers, not before the input's convolutions.
+        # Dropout where the parameters are (the large fully connected layers), not on the input's pixels.
         layers += [nn.Linear(width, int(config["hidden"])), nn.ReLU(), nn.Dropout(float(config["dropout"]))]
         width = int(config["hidden"])
     layers.append(nn.Linear(width, N_CLASSES))
@@ -130,7 +132,7 @@ def build_cnn(config: dict) -> nn.Module:
 
 def _splits(config: dict):
     """data(config) for the factory: raw pixels; the test split only when the test asks for it."""
-    digits = _data(config)
+    digits = digits_for(config)
     train = digits.split("train")
     subset = int(config["train_subset"])
     if subset:
@@ -166,7 +168,7 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
         return x, y, (8, 8)  # the report draws the flat pixels as the 8x8 images they are
 
     def data_info(config: dict) -> dict[str, Any]:
-        data = _data({**trainable.defaults, **config})
+        data = digits_for({**trainable.defaults, **config})
         return {"dataset": "sklearn-digits", "fingerprint": data.fingerprint, "split_seed": data.split_seed}
 
     factory_samples = trainable.samples
@@ -176,7 +178,7 @@ def _digits_trainable(name: str, build, shape, hyperparameters, defaults, descri
 def _stats(config: dict, train: torch.Tensor) -> tuple[float, float]:
     if FOLD_KEY in config:
         return float(train.mean()), float(train.std(unbiased=False))
-    data = _data(config)
+    data = digits_for(config)
     return data.mean, data.std
 
 

@@ -1,4 +1,4 @@
-"""`hpsearch check`: the course notes' checks before a long run, on one configuration of a study.
+"""`hpsearch check`: the checks worth a minute before a long run, on one configuration of a study.
 
 Data sanity, the shape after each major layer, overfitting one batch, the LR range test (1e-6, x10 until
 the loss diverges) and a time estimate. Model-agnostic: a trainable opts in with a `setup(config)` hook
@@ -149,7 +149,7 @@ def overfit_one_batch(setup: Setup, lr: float) -> Check:
 
 
 def lr_range(setup: Setup, batch_size: int, spec_range: tuple[float, float] | None) -> tuple[Check, float]:
-    """The notes' LR test: from 1e-6, x10 until the loss diverges. Returns the check and the seconds one
+    """The learning-rate range test: from 1e-6, x10 until the loss diverges. Returns the check and the seconds one
     training step took (for the estimate)."""
     results, seconds, steps = [], 0.0, 0
     lr = LR_START

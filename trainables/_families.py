@@ -1,4 +1,4 @@
-"""The course's model families, each a builder with searchable width and depth.
+"""The built-in model families, each a builder with searchable width and depth.
 
 Every builder is called as `build(config, in_shape, n_out)`: `in_shape` is (C, H, W) of one normalised float
 image and the model takes batches (N, C, H, W). Classifiers return (N, n_out) logits, the unet (N, n_out, H, W)
@@ -73,7 +73,7 @@ def build_mlp(config: dict, in_shape: tuple[int, int, int], n_out: int) -> nn.Mo
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for _ in range(depth):
-        # The notes: dropout before the large fully connected layers (the next hidden one or the head), never
+        # Dropout before the large fully connected layers (the next hidden one or the head), never
         # on the raw input.
         layers += [nn.Linear(width, hidden), activation(), nn.Dropout(dropout)]
         width = hidden
@@ -121,7 +121,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The course's residual ConvNet: a 1x1 conv head gives per-position logits; their mean over H, W is the
+    """A residual ConvNet: a 1x1 conv head gives per-position logits; their mean over H, W is the
     prediction, so any input size works."""
 
     def __init__(self, c_in: int, channels_l0: int, n_blocks: int, norm: str, n_out: int):
@@ -276,7 +276,7 @@ FAMILIES: dict[str, Family] = {
             defaults={
                 "hidden": 128,  # units: plenty for 8x8 digits, seconds per epoch on a CPU
                 "layers": 2,
-                "dropout": 0.2,  # the notes' usual start for fully connected layers
+                "dropout": 0.2,  # a usual start for fully connected layers
                 "activation": "relu",
             },
             build=build_mlp,
