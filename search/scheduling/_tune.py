@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tracking import Store, StudyRecorder
 
     from ..cluster._studylock import StudyLock
-    from ..engine._sweep import Plan
+    from ..engine._plan import Plan
 
 
 class _HideRestoreHints(logging.Filter):
