@@ -147,8 +147,7 @@ def _trainable(parent):
 
 def _candidates(store, study, parent, rows, candidates, reseeds, folds, out, address):
     """(store, parent run as read after any retraining, the candidates ranked, the winner): the best K
-    configurations retrained with
-    `candidates`, else the study's logged best alone."""
+    configurations retrained with `candidates`, else the study's logged best alone."""
     from ..cluster._locations import resolve
     from . import _reseed
 
