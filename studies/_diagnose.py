@@ -1,5 +1,5 @@
-"""Reading a trial's loss curves the way the course notes do: overfitting, underfitting, unstable, healthy,
-each with the notes' suggested next step. Pure functions over per-epoch train and validation losses."""
+"""Reading a trial's loss curves as a practitioner does: overfitting, underfitting, unstable, healthy,
+each with its usual next step. Pure functions over per-epoch train and validation losses."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class Diagnosis:
 
 
 def diagnose(train: Sequence[float], val: Sequence[float]) -> Diagnosis:
-    """The notes' reading of one trial's curves (per-epoch train and validation loss, same length)."""
+    """The reading of one trial's curves (per-epoch train and validation loss, same length)."""
     train, val = [float(v) for v in train], [float(v) for v in val]
     if not train or not val:
         return Diagnosis(UNSTABLE, "no complete epoch was recorded")

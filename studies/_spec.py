@@ -208,7 +208,8 @@ class StudySpec(_Strict):
     # Where image trainables read their data set (torchvision layouts); default $HPSEARCH_HOME/data
     data_root: str | None = None
     download: bool = False  # fetch a missing data set into data_root (needs a network)
-    # The notes' two-stage training: a study whose best checkpoint (or a checkpoint file) gives the encoder
+    # Two-stage training (pretrain an autoencoder, then fine-tune its encoder in a classifier): a study whose
+    # best checkpoint (or a checkpoint file) gives the encoder
     encoder_from: str | None = None
 
     @field_validator("asha", mode="before")

@@ -294,7 +294,7 @@ def test_a_promotion_killed_part_way_leaves_nothing_running_and_runs_again(tmp_p
     code, _ = promote_until(signal.SIGKILL, 1)
     assert code == -signal.SIGKILL
     code, out = promote_until(signal.SIGTERM, 1)
-    assert code == 130 and "hpsearch: interrupted" in out, out
+    assert code == 130 and "hpsearch: error: interrupted" in out, out
     assert "RUNNING" not in {r.info.status for r in reseeds()}  # the second closed what the kill left open
     kept = {r.info.run_id for r in reseeds() if r.info.status == "FINISHED"}
     done = run_cli("promote", "killed", "--candidates", "2", "--reseeds", "3", cwd=REPO)

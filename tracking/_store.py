@@ -3,6 +3,7 @@ directory) or any MLflow tracking URI (`--tracking-uri`, e.g. a server on Postgr
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,11 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+# MLflow announces its schema work at INFO ("Creating initial MLflow database tables...", "Updating database
+# tables") on a new store: a new user's first `run` would open with another library's lines. Its warnings stay.
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # MLflow draws a progress bar for every artifact it downloads (a spec, a checkpoint): noise on a console.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,7 +1,7 @@
 """`hpsearch report STUDY`: one self-contained HTML page for the morning after, logged to the parent run.
 
 Optuna's own plots (optuna.visualization), the finalists' evidence from promotion (search/review/_finalists.py),
-the top trials' learning curves with a diagnosis in the course notes' terms, the best model's confusion
+the top trials' learning curves with a diagnosis from its curves, the best model's confusion
 matrix and sample predictions on the validation split (the test split stays untouched), and the spec, budget
 and counts. Every figure in the text is written by one rule, `studies.readable`.
 """
@@ -52,7 +52,7 @@ def build_report(
         ("Summary", _summary_html(parent, summary, status, metric)),
         ("Finalists (promotion's evidence)", finalists_html(store, parent, study, frame, metric, mode)),
         (
-            "Diagnoses (from each trial's curves, in the course notes' terms)",
+            "Diagnoses (from each trial's train and validation curves)",
             "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>",
         ),
         *_figure_sections(figures),
