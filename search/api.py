@@ -20,7 +20,8 @@ from .review import _promote
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .engine._sweep import Outcome, Plan
+    from .engine._plan import Plan
+    from .engine._sweep import Outcome
 
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -87,10 +88,10 @@ def plan(
     fresh: bool = False,
     **overrides: Any,
 ) -> Plan:
-    """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search.engine._sweep.plan."""
+    """Check a sweep (the study, the flags, the locations, the data), writing nothing; see search.engine._plan.plan."""
     studies.sweep_study(study, **overrides)  # a malformed study: refused before the engine's imports
     tracking.Store(_uri(tracking_uri)).check()
-    from .engine._sweep import plan as plan_sweep
+    from .engine._plan import plan as plan_sweep
 
     return plan_sweep(
         study,

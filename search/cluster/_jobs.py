@@ -271,71 +271,26 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
     """Send the planned sweep's driver to the cluster as a Ray Job. Everything was validated by `plan` (and is
     again here: storage, tracking store, job server, an active job of the study) before anything is sent.
     Returns the record written to control/STUDY.job."""
-    from tracking import data_home
-
-    locations = plan.locations
+    locations, root, name = plan.locations, plan.state_root, plan.spec.name
     url, origin = job_server(server, locations.address, locations.origin("address"))
     local = is_local(url)
-    name = plan.spec.name
     if not local:
-        if locations.storage is None:
-            raise UserError(
-                f"submit: the job's driver runs on the head ({url}), which cannot see this machine's data directory: "
-                "set a shared storage that every node and this machine mount (--storage, HPSEARCH_STORAGE, or "
-                "storage: in the config file)"
-            )
-        uri = locations.tracking_uri or ""
-        if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-            raise UserError(
-                f"submit: the job's driver runs on the head ({url}): the tracking store must be one it reaches too "
-                f"(an MLflow server, or a database), not {uri or 'the local default'} "
-                "(--tracking-uri, HPSEARCH_TRACKING_URI, or tracking_uri: in the config file)"
-            )
-    root = plan.state_root
+        _check_reachable_stores(locations, url)
     client = connect(url, origin)
-    previous = read_record(root, name)
-    if previous is not None:
-        state = job_state(previous, logs=False)
-        if state["state"] in ACTIVE:
-            raise active_job_error(name, previous, state)
+    _refuse_active_job(root, name)
     project = Path.cwd().resolve()
     argument = _study_argument(study, project)
     ship = _working_dir(plan, project, Path(study).expanduser().is_file())
-    env_vars = {}
-    if locations.tracking_uri:
-        env_vars["HPSEARCH_TRACKING_URI"] = locations.tracking_uri
-    if locations.storage:
-        env_vars["HPSEARCH_STORAGE"] = str(root)
-    if local:  # the head is this machine: the driver uses this data directory (and its default stores)
-        env_vars["HPSEARCH_HOME"] = str(data_home())
-    env_vars.update(hand_login(root, name))
-    runtime_env = {"env_vars": env_vars, **(ship or {})}
-    # The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS. It runs
-    # `hpsearch` from the PATH the head's `ray start` had: where there is none, one line says what to do
-    # (`show` prints it with the FAILED state) instead of the shell's "not found".
-    entrypoint = (
-        f"command -v hpsearch >/dev/null || {{ echo {shlex.quote(NO_HPSEARCH)} >&2; exit 127; }}; "
-        f'exec hpsearch run {shlex.join([argument, *flags])} --address "$RAY_ADDRESS"'
-    )
-    job_id = f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    deadline = time.monotonic() + AGENT_WAIT_S
-    while True:
-        try:
-            job_id = client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                runtime_env=runtime_env,
-                metadata={"hpsearch_study": name},
-                entrypoint_num_cpus=0,
-            )
-            break
-        except Exception as exc:
-            # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                if LOGIN_ENV in env_vars:  # no job will read the login: it does not stay on the storage
-                    Path(env_vars[LOGIN_ENV]).unlink(missing_ok=True)
-                raise _server_error(url, origin, exc) from None
-            time.sleep(2)
+    env_vars = _job_env(locations, root, name, local)
+    entrypoint = _entrypoint([argument, *flags])
+    job = {
+        "entrypoint": entrypoint,
+        "submission_id": f"hpsearch-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "runtime_env": {"env_vars": env_vars, **(ship or {})},
+        "metadata": {"hpsearch_study": name},
+        "entrypoint_num_cpus": 0,
+    }
+    job_id = _send(client, job, url, origin, login=env_vars.get(LOGIN_ENV))
     record = {
         "job_id": job_id,
         "job_server": url,
@@ -347,6 +302,72 @@ def submit(plan, study: str, flags: list[str], server: str | None = None) -> dic
     }
     write_record(root, name, record)
     return {**record, "record": str(record_path(root, name))}
+
+
+def _check_reachable_stores(locations, url: str) -> None:
+    """A driver on another machine (the head) needs a storage and a tracking store that it reaches too."""
+    if locations.storage is None:
+        raise UserError(
+            f"submit: the job's driver runs on the head ({url}), which cannot see this machine's data directory: "
+            "set a shared storage that every node and this machine mount (--storage, HPSEARCH_STORAGE, or "
+            "storage: in the config file)"
+        )
+    uri = locations.tracking_uri or ""
+    if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        raise UserError(
+            f"submit: the job's driver runs on the head ({url}): the tracking store must be one it reaches too "
+            f"(an MLflow server, or a database), not {uri or 'the local default'} "
+            "(--tracking-uri, HPSEARCH_TRACKING_URI, or tracking_uri: in the config file)"
+        )
+
+
+def _refuse_active_job(root: Path, name: str) -> None:
+    previous = read_record(root, name)
+    if previous is not None:
+        state = job_state(previous, logs=False)
+        if state["state"] in ACTIVE:
+            raise active_job_error(name, previous, state)
+
+
+def _job_env(locations, root: Path, name: str, local: bool) -> dict[str, str]:
+    """The driver's environment: the same locations as this command's, and the submitter's tracking login."""
+    from tracking import data_home
+
+    env_vars = {}
+    if locations.tracking_uri:
+        env_vars["HPSEARCH_TRACKING_URI"] = locations.tracking_uri
+    if locations.storage:
+        env_vars["HPSEARCH_STORAGE"] = str(root)
+    if local:  # the head is this machine: the driver uses this data directory (and its default stores)
+        env_vars["HPSEARCH_HOME"] = str(data_home())
+    env_vars.update(hand_login(root, name))
+    return env_vars
+
+
+def _entrypoint(arguments: list[str]) -> str:
+    """The driver joins the cluster it runs in: Ray gives a job's driver the GCS address as RAY_ADDRESS. It runs
+    `hpsearch` from the PATH the head's `ray start` had: where there is none, one line says what to do (`show`
+    prints it with the FAILED state) instead of the shell's "not found"."""
+    return (
+        f"command -v hpsearch >/dev/null || {{ echo {shlex.quote(NO_HPSEARCH)} >&2; exit 127; }}; "
+        f'exec hpsearch run {shlex.join(arguments)} --address "$RAY_ADDRESS"'
+    )
+
+
+def _send(client, job: dict, url: str, origin: str, login: str | None) -> str:
+    """Submit the job, waiting up to AGENT_WAIT_S for a head that has just started; returns its id. When it
+    cannot be sent, the login file handed to it (`login`) is removed: no job will read it."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**job)
+        except Exception as exc:
+            # Just after `ray start --head` the head's agent that runs jobs may not be up yet.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                if login is not None:  # it does not stay on the storage
+                    Path(login).unlink(missing_ok=True)
+                raise _server_error(url, origin, exc) from None
+            time.sleep(2)
 
 
 def _recorded(root: Path, study: str) -> dict:

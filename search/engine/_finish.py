@@ -82,53 +82,14 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
     the others still run. A checkpoint without a state_dict under "model", or a trainable with no export or
     evaluate hook, has nothing to do for that step ("none")."""
     result = Finished()
+    record = _StepRecord(recorder, result)
     left = [step for step in T.FINISH_STEPS if not done.get(T.FINISH + step, "").startswith(("done", "none"))]
-
-    def record(step: str, outcome: str) -> None:
-        recorder.set_parent_tags({T.FINISH + step: outcome[:1000]})
-        if outcome.startswith("failed"):
-            result.left.append(step)
-
-    if best.checkpoint is None:
-        print(f"trial {best.trial_id} saved no checkpoint: there is no best model to log or test", file=out)
-        for step in left:
-            record(step, "none: the best trial saved no checkpoint")
-        return result
-    try:
-        state, saved = _state(store, recorder, best, logged="checkpoint" not in left)
-    except Exception as exc:
-        _said(out, "reading the best checkpoint", exc)
-        for step in left:
-            record(step, f"failed: {_line(exc)}")
-        return result
+    state = _best_state(store, recorder, best, left, record, out)
     if state is None:
-        reason = (
-            f'trial {best.trial_id}\'s checkpoint has no state_dict under "model" (it has {saved}): no test '
-            'evaluation or servable model; report checkpoint={"model": model.state_dict(), ...}'
-        )
-        print(reason, file=out)
-        recorder.set_parent_tags({T.NO_MODEL: reason})
-        for step in left:
-            record(step, "none: the checkpoint has no state_dict")
         return result
     digest = tracking.state_digest(state)
     if "checkpoint" in left:
-        try:
-            payload = {
-                "model": state,
-                "config": best.config,
-                "metric": plan.metric,
-                "mode": plan.mode,
-                "value": best.value,
-                "trial_id": best.trial_id,
-                "epoch": best.epoch,
-            }
-            tracking.log_best_checkpoint(store, recorder.parent_id, payload)
-            recorder.set_parent_tags({T.CHECKPOINT_DIGEST: digest})
-            record("checkpoint", "done")
-        except Exception as exc:
-            _said(out, "logging the best checkpoint", exc)
-            record("checkpoint", f"failed: {_line(exc)}")
+        _log_checkpoint(plan, store, recorder, best, state, digest, record, out)
     if "export" in left:
         result.model_uri = _export(plan, store, recorder, best, state, record, out)
         if result.model_uri and done.get(T.FINISH + "export", "").startswith("failed"):
@@ -143,6 +104,67 @@ def finish(plan, store, recorder, best: Best, done: dict[str, str], out) -> Fini
             file=out,
         )
     return result
+
+
+@dataclasses.dataclass
+class _StepRecord:
+    """A finishing step's outcome, tagged on the parent run as soon as it is known; a failed step is kept in
+    `result.left` for `--resume` to retry."""
+
+    recorder: Any
+    result: Finished
+
+    def __call__(self, step: str, outcome: str) -> None:
+        self.recorder.set_parent_tags({T.FINISH + step: outcome[:1000]})
+        if outcome.startswith("failed"):
+            self.result.left.append(step)
+
+
+def _best_state(store, recorder, best: Best, left: list[str], record: _StepRecord, out) -> dict | None:
+    """The best epoch's state_dict; None where there is none to log or test (no checkpoint, an unreadable one, or
+    one with no state_dict under "model"), with every step left recorded as why."""
+    if best.checkpoint is None:
+        print(f"trial {best.trial_id} saved no checkpoint: there is no best model to log or test", file=out)
+        for step in left:
+            record(step, "none: the best trial saved no checkpoint")
+        return None
+    try:
+        state, saved = _state(store, recorder, best, logged="checkpoint" not in left)
+    except Exception as exc:
+        _said(out, "reading the best checkpoint", exc)
+        for step in left:
+            record(step, f"failed: {_line(exc)}")
+        return None
+    if state is None:
+        reason = (
+            f'trial {best.trial_id}\'s checkpoint has no state_dict under "model" (it has {saved}): no test '
+            'evaluation or servable model; report checkpoint={"model": model.state_dict(), ...}'
+        )
+        print(reason, file=out)
+        recorder.set_parent_tags({T.NO_MODEL: reason})
+        for step in left:
+            record(step, "none: the checkpoint has no state_dict")
+    return state
+
+
+def _log_checkpoint(plan, store, recorder, best: Best, state: dict, digest: str, record: _StepRecord, out) -> None:
+    """The best epoch's state_dict with what it was trained and judged on, logged with the parent run."""
+    try:
+        payload = {
+            "model": state,
+            "config": best.config,
+            "metric": plan.metric,
+            "mode": plan.mode,
+            "value": best.value,
+            "trial_id": best.trial_id,
+            "epoch": best.epoch,
+        }
+        tracking.log_best_checkpoint(store, recorder.parent_id, payload)
+        recorder.set_parent_tags({T.CHECKPOINT_DIGEST: digest})
+        record("checkpoint", "done")
+    except Exception as exc:
+        _said(out, "logging the best checkpoint", exc)
+        record("checkpoint", f"failed: {_line(exc)}")
 
 
 def _state(store, recorder, best: Best, logged: bool) -> tuple[dict | None, str]:

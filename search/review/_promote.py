@@ -99,35 +99,75 @@ def _study_best(parent, rows) -> dict[str, Any]:
 def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensemble, out, address):
     """Retrain the candidates (if asked), choose between the single best and an ensemble (if asked) on
     held-out data, and log and test the chosen one once. Returns (what is registered, the evidence)."""
-    from trainables import get_trainable
+    from . import _ensemble, _single
 
-    from ..cluster._locations import resolve
-    from . import _ensemble, _reseed, _single
-
-    try:
-        trainable = get_trainable(parent.data.params["trainable"])
-    except LookupError as exc:  # a user's module that does not import from here
-        raise UserError(f"{exc} (promote runs the trainable's hooks: start it where the study's run started)") from None
+    trainable = _trainable(parent)
     metric, mode = parent.data.tags.get(T.METRIC), parent.data.tags.get(T.MODE, "max")
     if ensemble is not None:
         _ensemble.refuse(trainable, metric, ensemble)
     runs = {r["trial_id"]: r["run_id"] for r in rows}
-    uri = None if store.embedded else store.tracking_uri  # the store this promotion reads, for the rereads below
-    if candidates is not None:
-        reseeds = reseeds if reseeds is not None or folds is not None else 2
-        address = resolve(address=address).address
-        store, parent, ranked, winner = _reseed.retrain_candidates(
-            study, candidates, reseeds, uri, parent.info.run_id, out, address=address, folds=folds
-        )
-    else:
-        _, _, found = _reseed.find_candidates(study, len(rows), uri, parent.info.run_id)
-        best = parent.data.tags.get(T.BEST_TRIAL)  # the study's logged best is the single model here
-        winner = next((c for c in found if c.trial_id == best), found[0])
-        ranked = [winner]
+    store, parent, ranked, winner = _candidates(store, study, parent, rows, candidates, reseeds, folds, out, address)
     chosen = _single.best_checkpoint(store, parent, winner, runs, mode, own_only=candidates is None)
     evidence: dict[str, Any] = {"compute_s": sum(r.seconds for c in ranked for r in c.retrainings)}
     if candidates is not None:
-        evidence["candidates"] = [
+        evidence |= _retraining_evidence(parent, ranked, winner, folds)
+    picked = None
+    if ensemble is not None:
+        picked = _choose_ensemble(store, parent, rows, trainable, ranked, chosen, metric, mode, ensemble, folds)
+        evidence["held_out"] = {"single": picked.single if picked else None, "ensemble": picked and picked.held_out}
+        _say_held_out(out, metric, picked, _ensemble.wins(picked, mode))
+    if _ensemble.wins(picked, mode):
+        model_uri, tests, _, cost = _ensemble.log_ensemble(store, study, parent, trainable, picked, chosen)
+        evidence |= {"kind": tracking.ENSEMBLE, "members": picked.lineage(), "cost": cost}
+        digest, val_value = picked.digest, picked.held_out
+    else:
+        model_uri, tests, _, digest = _single.log_chosen(store, study, parent, chosen, trainable)
+        val_value = chosen.value
+        evidence["kind"] = tracking.SINGLE
+    return {
+        "trial_id": winner.trial_id,
+        "params": chosen.config,
+        "val_value": val_value,
+        "digest": digest,
+        "test_metrics": tests,
+        "model_uri": model_uri,
+        "chosen": winner,
+    }, evidence
+
+
+def _trainable(parent):
+    """The study's trainable, whose hooks promotion runs."""
+    from trainables import get_trainable
+
+    try:
+        return get_trainable(parent.data.params["trainable"])
+    except LookupError as exc:  # a user's module that does not import from here
+        raise UserError(f"{exc} (promote runs the trainable's hooks: start it where the study's run started)") from None
+
+
+def _candidates(store, study, parent, rows, candidates, reseeds, folds, out, address):
+    """(store, parent run as read after any retraining, the candidates ranked, the winner): the best K
+    configurations retrained with `candidates`, else the study's logged best alone."""
+    from ..cluster._locations import resolve
+    from . import _reseed
+
+    uri = None if store.embedded else store.tracking_uri  # the store this promotion reads, for the rereads below
+    if candidates is None:
+        _, _, found = _reseed.find_candidates(study, len(rows), uri, parent.info.run_id)
+        best = parent.data.tags.get(T.BEST_TRIAL)  # the study's logged best is the single model here
+        winner = next((c for c in found if c.trial_id == best), found[0])
+        return store, parent, [winner], winner
+    reseeds = reseeds if reseeds is not None or folds is not None else 2
+    address = resolve(address=address).address
+    return _reseed.retrain_candidates(
+        study, candidates, reseeds, uri, parent.info.run_id, out, address=address, folds=folds
+    )
+
+
+def _retraining_evidence(parent, ranked, winner, folds) -> dict[str, Any]:
+    """Each retrained candidate's mean, spread and values against its single-split value."""
+    evidence: dict[str, Any] = {
+        "candidates": [
             {
                 "trial_id": c.trial_id,
                 "mean": c.mean,
@@ -137,31 +177,11 @@ def _with_evidence(store, study, parent, rows, candidates, reseeds, folds, ensem
                 "chosen": c is winner,
             }
             for c in ranked
-        ]
-        evidence["single_best"] = parent.data.tags.get(T.BEST_TRIAL)
-        evidence["folds" if folds else "seeds"] = folds or len(winner.values)
-    picked = None
-    if ensemble is not None:
-        picked = _choose_ensemble(store, parent, rows, trainable, ranked, chosen, metric, mode, ensemble, folds)
-        evidence["held_out"] = {"single": picked.single if picked else None, "ensemble": picked and picked.held_out}
-        _say_held_out(out, metric, picked, _ensemble.wins(picked, mode))
-    if _ensemble.wins(picked, mode):
-        model_uri, tests, _, cost = _ensemble.log_ensemble(store, study, parent, trainable, picked, chosen)
-        evidence |= {"kind": tracking.ENSEMBLE, "members": picked.lineage(), "cost": cost}
-        digest, val_value, trial_id, params = picked.digest, picked.held_out, winner.trial_id, chosen.config
-    else:
-        model_uri, tests, _, digest = _single.log_chosen(store, study, parent, chosen, trainable)
-        val_value, trial_id, params = chosen.value, winner.trial_id, chosen.config
-        evidence["kind"] = tracking.SINGLE
-    return {
-        "trial_id": trial_id,
-        "params": params,
-        "val_value": val_value,
-        "digest": digest,
-        "test_metrics": tests,
-        "model_uri": model_uri,
-        "chosen": winner,
-    }, evidence
+        ],
+        "single_best": parent.data.tags.get(T.BEST_TRIAL),
+    }
+    evidence["folds" if folds else "seeds"] = folds or len(winner.values)
+    return evidence
 
 
 def _choose_ensemble(store, parent, rows, trainable, ranked, chosen, metric, mode, size, folds):

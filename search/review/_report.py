@@ -42,14 +42,31 @@ def build_report(
     if frame.empty:
         raise UserError(f"study {study!r}: run {parent.info.run_id} has no trials to report on")
 
-    sections: list[tuple[str, str]] = []
     figures = _optuna_figures(store, parent, study, mode)
     ranked = frame[frame["metric"].notna() & (frame["state"] != FAILED)].head(TOP)
     curves, diagnoses = _curves(store, ranked, metric)
     figures.append(("Learning curves of the top trials (train and validation loss)", curves))
-    best = _best_model_figures(store, parent)
-    figures += best
+    figures += _best_model_figures(store, parent)
 
+    sections = [
+        ("Summary", _summary_html(parent, summary, status, metric)),
+        ("Finalists (promotion's evidence)", finalists_html(store, parent, study, frame, metric, mode)),
+        (
+            "Diagnoses (from each trial's train and validation curves)",
+            "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>",
+        ),
+        *_figure_sections(figures),
+        ("Study spec", f"<pre>{html.escape(_spec_text(store, parent))}</pre>"),
+    ]
+    path = Path(output) if output else store.home / "reports" / f"{study}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_page(study, sections))
+    store.client.log_artifact(parent.info.run_id, str(path), "report")
+    return path, diagnoses
+
+
+def _summary_html(parent, summary, status: dict, metric: str) -> str:
+    """The run, its counts, the budget spent, the best value and the test split's metrics."""
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items())
     spent = parent.data.tags.get(T.ELAPSED)
     header = (
@@ -68,14 +85,11 @@ def build_report(
             + ", ".join(f"{html.escape(k)} = {readable(v)}" for k, v in sorted(test.items()))
             + "</p>"
         )
-    sections.append(("Summary", header))
-    sections.append(("Finalists (promotion's evidence)", finalists_html(store, parent, study, frame, metric, mode)))
-    sections.append(
-        (
-            "Diagnoses (from each trial's train and validation curves)",
-            "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in diagnoses) + "</ul>",
-        )
-    )
+    return header
+
+
+def _figure_sections(figures: list[tuple[str, go.Figure | None]]) -> list[tuple[str, str]]:
+    sections = []
     first = True
     for title, figure in figures:
         if figure is None:
@@ -84,9 +98,11 @@ def build_report(
         # plotly.js is inlined once, with the first figure: the page needs no network.
         sections.append((title, figure.to_html(full_html=False, include_plotlyjs=first, default_width="100%")))
         first = False
-    sections.append(("Study spec", f"<pre>{html.escape(_spec_text(store, parent))}</pre>"))
+    return sections
 
-    page = (
+
+def _page(study: str, sections: list[tuple[str, str]]) -> str:
+    return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>hpsearch report: {html.escape(study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
         "section{margin-bottom:2em}pre{background:#f4f4f4;padding:1em}table{border-collapse:collapse}"
@@ -95,11 +111,6 @@ def build_report(
         + "".join(f"<section><h2>{html.escape(t)}</h2>{body}</section>" for t, body in sections)
         + "</body></html>"
     )
-    path = Path(output) if output else store.home / "reports" / f"{study}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    store.client.log_artifact(parent.info.run_id, str(path), "report")
-    return path, diagnoses
 
 
 def _optuna_figures(store, parent, study: str, mode: str) -> list[tuple[str, go.Figure | None]]:

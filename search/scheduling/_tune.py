@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+from typing import TYPE_CHECKING, TextIO
 
 import optuna
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
 from studies import STATES, StudySummary
 
@@ -22,6 +25,12 @@ from . import _ray_start
 from ._asha_state import check_replay, make_asha
 from ._callback import TrackingCallback
 from ._ray_reporter import make_trial_function
+
+if TYPE_CHECKING:
+    from tracking import Store, StudyRecorder
+
+    from ..cluster._studylock import StudyLock
+    from ..engine._plan import Plan
 
 
 class _HideRestoreHints(logging.Filter):
@@ -73,32 +82,66 @@ def _retry_half_batch(spec, searcher, halt, config: dict) -> int | None:
     return half
 
 
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """What hpsearch hands Ray Tune besides the trainable; a resumed run hands these, made afresh, in place of
+    the pickled ones Ray saved."""
+
+    searcher: StudySearch
+    scheduler: ASHAScheduler | None  # None (asha: off): Ray's FIFO, every trial runs its own epochs
+    callback: TrackingCallback
+    halt: Halt
+
+
 def run_tune(
-    plan,
-    recorder,
+    plan: Plan,
+    recorder: StudyRecorder,
     fixed: dict,
     run_name: str,
     storage_path: str,
-    store,
-    out,
+    store: Store,
+    out: TextIO,
     resume: bool = False,
     spent_s: float = 0.0,
-    lock=None,
-):
+    lock: StudyLock | None = None,
+) -> TrackingCallback:
     """Run (or, with `resume`, continue) the sweep. Raises Interrupted after Ctrl-C or SIGTERM, once Ray has
-    saved the state that `hpsearch run --resume` continues from."""
+    saved the state that `hpsearch run --resume` continues from.
+
+    `fixed` is the configuration every trial gets besides the sampled one; `run_name` names both the Ray
+    experiment (a folder under `storage_path`) and the Optuna study; `spent_s` is what earlier sessions of a
+    resumed run spent of the study's hours; `lock` is the study's lock, whose loss stops the sweep."""
     spec = plan.spec
     connect(plan.address)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna_storage(journal_path(plan.state_root, spec.name))
     halt = Halt(stop_file(plan.state_root, spec.name), spec.hours, spent_s, home=store.home, lock=lock)
+    searcher = _searcher(plan, run_name, halt)
+    scheduler = make_asha(spec.asha) if spec.asha is not None else None
+    live = Progress(_summary(plan), out)
+    hooks = _Hooks(searcher, scheduler, _callback(plan, recorder, live, searcher, scheduler, halt, spent_s), halt)
+    experiment = f"{storage_path.rstrip('/')}/{run_name}"
+    trainable = _trainable(plan, experiment)
+    # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says
+    # so per trial; the callback already holds everything we use.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if resume:
+        tuner = _restored_tuner(plan, experiment, trainable, fixed, hooks)
+    else:
+        tuner = _new_tuner(plan, trainable, fixed, run_name, storage_path, hooks)
+    _fit(tuner, hooks, live, out)
+    return hooks.callback
+
+
+def _searcher(plan: Plan, run_name: str, halt: Halt) -> StudySearch:
+    """Optuna behind Tune, with the warm-start configurations queued before the sampler's own."""
+    spec = plan.spec
     searcher = StudySearch(
         space=DefineByRun(spec) if is_conditional(spec) else to_distributions(spec),
         metric=plan.metric,
         mode=plan.mode,
         sampler=make_sampler(spec),
         study_name=run_name,  # one Optuna study per invocation, in the study's journal file
-        storage=storage,
+        storage=optuna_storage(journal_path(plan.state_root, spec.name)),
         max_t=spec.max_t,
         study_seed=spec.seed,
         halt=halt.reason,
@@ -106,9 +149,13 @@ def run_tune(
     )
     for point in plan.warm_points:
         searcher.enqueue(point)
-    # asha: off: Ray's FIFO, every trial runs its own epochs
-    scheduler = make_asha(spec.asha) if spec.asha is not None else None
-    summary = StudySummary(
+    return searcher
+
+
+def _summary(plan: Plan) -> StudySummary:
+    """The live display's starting counts (all zero) and the study's limits."""
+    spec = plan.spec
+    return StudySummary(
         study=spec.name,
         metric=plan.metric,
         counts={s: 0 for s in STATES},
@@ -117,8 +164,19 @@ def run_tune(
         hours=spec.hours,
         concurrency=spec.max_concurrent,
     )
-    live = Progress(summary, out)
-    callback = TrackingCallback(
+
+
+def _callback(
+    plan: Plan,
+    recorder: StudyRecorder,
+    live: Progress,
+    searcher: StudySearch,
+    scheduler: ASHAScheduler | None,
+    halt: Halt,
+    spent_s: float,
+) -> TrackingCallback:
+    spec = plan.spec
+    return TrackingCallback(
         recorder,
         plan.metric,
         plan.mode,
@@ -135,68 +193,87 @@ def run_tune(
         note_failure=searcher.note_failure,
         max_seconds=spec.max_seconds,
     )
+
+
+def _trainable(plan: Plan, experiment: str):
+    """The trial function with the resources each trial asks of Ray."""
+    spec = plan.spec
     threads = max(1, int(spec.resources.cpus))
     per_worker = math.ceil(spec.trials / max(1, spec.max_concurrent))  # Ray reuses a worker for its next trials
-    experiment = f"{storage_path.rstrip('/')}/{run_name}"
     # On one machine the workers import a user's module from where hpsearch started; on a cluster from the
     # project Ray shipped (the driver's folder is not on other machines, nor first on this one's path).
     here = os.getcwd() if plan.ship is None else ""
     trial_fn = make_trial_function(spec.trainable, plan.metric, plan.mode, threads, here, experiment, per_worker)
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    trainable = tune.with_resources(trial_fn, resources)
-    # Without the auto loggers the ResultGrid (and a restore) cannot read per-trial metrics files, and says
-    # so per trial; the callback already holds everything we use.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if resume:
-        if scheduler is not None:
-            check_replay(spec.asha, searcher._ot_study, plan.metric, plan.mode)
-        # Ray restores its trials (unfinished ones continue from their checkpoints) and then the searcher's
-        # and the callback's saved state into the objects given here: the pickled ones in tuner.pkl hold
-        # the previous process's handles.
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=fixed)
-        internal = tuner._local_tuner
-        internal._tune_config.search_alg, internal._tune_config.scheduler = searcher, scheduler
-        run_config = internal.get_run_config()
-        run_config.callbacks, run_config.stop = [callback], halt
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=fixed,
-            tune_config=tune.TuneConfig(
-                metric=plan.metric,
-                mode=plan.mode,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=spec.trials,
-                max_concurrent_trials=spec.max_concurrent,
-                # --hours is enforced by `halt`, which also records why trials were cut short.
-                reuse_actors=True,  # the worker's imports and data cache outlive a trial
-            ),
-            run_config=tune.RunConfig(
-                name=run_name,
-                storage_path=storage_path,
-                callbacks=[callback],
-                stop=halt,
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            ),
-        )
+    return tune.with_resources(trial_fn, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+
+
+def _new_tuner(plan: Plan, trainable, fixed: dict, run_name: str, storage_path: str, hooks: _Hooks) -> tune.Tuner:
+    spec = plan.spec
+    return tune.Tuner(
+        trainable,
+        param_space=fixed,
+        tune_config=tune.TuneConfig(
+            metric=plan.metric,
+            mode=plan.mode,
+            search_alg=hooks.searcher,
+            scheduler=hooks.scheduler,
+            num_samples=spec.trials,
+            max_concurrent_trials=spec.max_concurrent,
+            # --hours is enforced by `halt`, which also records why trials were cut short.
+            reuse_actors=True,  # the worker's imports and data cache outlive a trial
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            callbacks=[hooks.callback],
+            stop=hooks.halt,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # trials checkpoint only on improvement
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+
+
+def _restored_tuner(plan: Plan, experiment: str, trainable, fixed: dict, hooks: _Hooks) -> tune.Tuner:
+    """Ray restores its trials (unfinished ones continue from their checkpoints) and then the searcher's and
+    the callback's saved state into the objects given here: the pickled ones in tuner.pkl hold the previous
+    process's handles."""
+    if hooks.scheduler is not None:
+        check_replay(plan.spec.asha, hooks.searcher._ot_study, plan.metric, plan.mode)
+    tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=fixed)
+    _replace_pickled_hooks(tuner, hooks)
+    return tuner
+
+
+def _replace_pickled_hooks(tuner: tune.Tuner, hooks: _Hooks) -> None:
+    """Put this process's searcher, scheduler, callback and stopper in place of the ones tuner.pkl held.
+
+    Ray 2.60's Tuner.restore takes only the trainable and the param_space; it has no public way to give these
+    again, so this reaches into its private `_local_tuner` (the TunerInternal that runs in this process). A
+    Ray upgrade that renames it fails the resume tests (tests/test_resume.py)."""
+    internal = tuner._local_tuner
+    internal._tune_config.search_alg, internal._tune_config.scheduler = hooks.searcher, hooks.scheduler
+    run_config = internal.get_run_config()
+    run_config.callbacks, run_config.stop = [hooks.callback], hooks.halt
+
+
+def _fit(tuner: tune.Tuner, hooks: _Hooks, live: Progress, out: TextIO) -> None:
+    """Run the sweep under our signal handlers, then say how it ended: early (and why), interrupted (raised,
+    with the time spent), or with trials lost to a crash."""
     try:
         with Signals() as signals:
             tuner.fit()
-        halted = halt.reason()
+        halted = hooks.halt.reason()
     finally:
         live.close()
-        halt.close()
+        hooks.halt.close()
     if halted:
         print(f"sweep ended early: {halted}", file=out)
     if signals.received is not None:
-        raise Interrupted(signals.received, callback.spent_s())
-    if callback.lost:
+        raise Interrupted(signals.received, hooks.callback.spent_s())
+    if hooks.callback.lost:
         print(
-            f"{callback.lost} trial(s) had started after the last saved state and were lost; "
+            f"{hooks.callback.lost} trial(s) had started after the last saved state and were lost; "
             "they are recorded as failed",
             file=out,
         )
-    return callback
