@@ -134,7 +134,7 @@ def _join_cluster(plan: Plan) -> str | None:
     from ..cluster._ship import check_cluster
     from ..scheduling._tune import connect
 
-    connect(plan.address, plan.ship)
+    connect(plan.address, plan.ship, plan.locations.origin("address"))
     return check_cluster(plan)
 
 

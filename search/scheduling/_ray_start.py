@@ -54,11 +54,13 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def init_ray(address: str | None, ship: dict | None = None, joined: str | None = None) -> None:
+def init_ray(
+    address: str | None, ship: dict | None = None, joined: str | None = None, origin: str = "--address"
+) -> None:
     """A local Ray by default (no dashboard); `address` joins an existing cluster instead. `ship`: a
     runtime_env `working_dir` and `excludes` that carry the user's project to every node of a cluster.
     `joined`: the GCS address of a cluster running on this machine (`running_local_cluster`) to join instead
-    of starting one."""
+    of starting one. `origin`: where `address` came from (the flag, a variable or the config file), for errors."""
     import ray
 
     cwd = os.getcwd()
@@ -73,11 +75,11 @@ def init_ray(address: str | None, ship: dict | None = None, joined: str | None =
         try:
             ray.init(address="auto", runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **options)
         except Exception as exc:
-            raise connect_error(joined, exc) from None
+            raise connect_error(joined, exc, f"the local cluster ({current_cluster_file()})") from None
         return
     if not _local(address):
-        target = address or os.environ["RAY_ADDRESS"]
-        check_reachable(target)
+        target, origin = (address, origin) if address else (os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+        check_reachable(target, origin)
         # Another machine's workers cannot see this one's directories: the project travels as the job's
         # working_dir (Ray uploads it once and puts it first on each worker's PYTHONPATH).
         runtime_env = dict(ship) if ship else {}
@@ -88,7 +90,7 @@ def init_ray(address: str | None, ship: dict | None = None, joined: str | None =
         try:
             ray.init(address=address, runtime_env=runtime_env, **options)
         except Exception as exc:
-            raise connect_error(target, exc) from None
+            raise connect_error(target, exc, origin) from None
         return
     # Workers import a user's `pkg.module:function` trainable from where hpsearch was started.
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
@@ -166,8 +168,9 @@ def check_reachable(address: str, origin: str = "--address") -> None:
         ) from None
 
 
-def connect_error(address: str, exc: Exception) -> Exception:
-    """ray.init's failure to join a cluster, in one line that says what to set."""
+def connect_error(address: str, exc: Exception, origin: str = "--address") -> Exception:
+    """ray.init's failure to join a cluster, in one line that says what to set; `origin` names where the address
+    came from."""
     from studies import UserError
 
     text = str(exc)
@@ -179,13 +182,13 @@ def connect_error(address: str, exc: Exception) -> Exception:
     text = " ".join([text, *causes])
     if "auth" in text.lower() or "token" in text.lower() or "UNAUTHENTICATED" in text:
         return UserError(
-            f"--address {address}: the cluster requires token authentication and did not accept this machine's "
+            f"{origin} {address}: the cluster requires token authentication and did not accept this machine's "
             f"token ({first}). Give it the head's token: copy the head's ~/.ray/auth_token here and name the copy "
             "with ray_token_file: in the config file (or RAY_AUTH_TOKEN_PATH, or set RAY_AUTH_TOKEN), with "
             "RAY_AUTH_MODE=token"
         )
     if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in text.lower():
-        return UserError(f"--address {address}: cannot join the Ray cluster: {first}")
+        return UserError(f"{origin} {address}: cannot join the Ray cluster: {first}")
     return exc
 
 
