@@ -46,7 +46,8 @@ logging.getLogger("ray.tune.tune").addFilter(_HideRestoreHints())
 
 def connect(address: str | None, ship: dict | None = None, origin: str = "--address") -> None:
     """A local Ray by default (no dashboard); `address` joins an existing cluster instead, shipping the
-    project (`ship`); `origin` says where the address came from. Joins the start that `hpsearch run` began in the background, if any."""
+    project (`ship`); `origin` says where the address came from. Joins the start that `hpsearch run` began in
+    the background, if any."""
     if _ray_start.wait() or ray.is_initialized():
         return
     _ray_start.init_ray(address, ship, origin=origin)
