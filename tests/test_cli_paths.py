@@ -28,7 +28,7 @@ DIGITS = {
     "asha": {"max_t": 2, "grace_period": 2},
     "sampler": "random",
 }
-BUDGET_H = 0.01  # 36 s: far fewer than the spec's 100 trials of 2 epochs, one at a time, fit in it
+BUDGET_H = 0.02  # 72 s: far fewer than the spec's 100 trials of 2 epochs, one at a time, fit in it
 
 
 def hpsearch(*args) -> tuple[int, str, str]:
@@ -114,8 +114,10 @@ def test_run_with_hours_max_concurrent_and_warm_start_from_the_cli(at_home, cli)
     assert parent.data.params["hours"] == str(BUDGET_H) and parent.data.params["max_concurrent"] == "1"
     trials = optuna_trials(home, "cp-dst")
     rows = tracking.trial_rows(store, parent)
-    assert 2 < len(trials) == len(rows) < 100, len(trials)  # the budget ended the sweep, not the trial count
-    assert all(t.state.is_finished() for t in trials)
+    # The budget ended the sweep, not the trial count (how many trials fit in it depends on the machine's
+    # load), and a trial it cut short says so.
+    assert "sweep ended early: budget" in out and len(trials) < 100 and all(t.state.is_finished() for t in trials)
+    assert all(r["reason"] == "budget" for r in rows if r["state"] == "stopped"), rows
     # One trial at a time: Optuna asked for each trial only after it was told the previous one's end.
     for before, after in zip(trials, trials[1:]):
         assert after.datetime_start >= before.datetime_complete, (before.number, after.number)
@@ -139,12 +141,12 @@ def test_promote_by_run_under_a_name_and_alias_then_rollback_that_alias(at_home,
     assert versions[0].tags["trial_id"] == src_run.data.tags[T.BEST_TRIAL]
     assert second["name"] == "cp-model" and second["alias"] == "staging" and second["version"] == 2
     assert int(client.get_model_version_by_alias("cp-model", "staging").version) == 2
-    assert not client.get_registered_model("cp-model").aliases.keys() - {"staging"}  # no champion was set
+    previous = tracking.previous_alias("staging")
+    assert client.get_registered_model("cp-model").aliases == {"staging": 2, previous: 1}  # no champion was set
 
     code, out, err = cli("rollback", "cp-model", "--alias", "staging")
     assert code == 0, err
     assert int(client.get_model_version_by_alias("cp-model", "staging").version) == 1
-    previous = tracking.previous_alias("staging")
     assert int(client.get_model_version_by_alias("cp-model", previous).version) == 2
     assert f"cp-model@staging is version 1 again (version 2 is now @{previous})" in out
 
@@ -155,7 +157,7 @@ def test_results_output_writes_the_rows_results_holds(at_home, cli, tmp_path):
     code, shown, _ = cli("results", "cp-dst", "--format", "json")
     rows = json.loads(shown)
     assert out == f"wrote {len(rows)} rows to {tmp_path / 'deep' / 'rows.csv'}\n", err  # the rows: in the file
-    assert list(written["trial_id"]) == [r["trial_id"] for r in rows] and len(rows) > 2
+    assert list(written["trial_id"]) == [r["trial_id"] for r in rows] and rows
     assert np.allclose(written["metric"], [r["metric"] for r in rows], equal_nan=True)
     assert {r["trial_id"] for r in rows} == {
         r["trial_id"]

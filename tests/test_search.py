@@ -114,7 +114,7 @@ def study_attrs(home, name) -> dict:
         optuna.storages.journal.JournalFileBackend(str(home / "optuna" / f"{name}.journal"))
     )
     (summary,) = optuna.get_all_study_summaries(storage)
-    return summary.system_attrs
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(summary.study_name))
 
 
 def test_grid_sampler_covers_the_grid_once(study, tmp_path):
