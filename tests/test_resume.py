@@ -86,14 +86,24 @@ def saved_trials(home: Path) -> dict[str, int]:
         return {}
 
 
+def unsaved(home: Path, study: optuna.Study) -> set[str]:
+    """The Ray ids of the trials Optuna holds as running that Ray's latest snapshot does not hold."""
+    saved = set(saved_trials(home).values())
+    return {
+        t.user_attrs.get("ray_trial_id", f"optuna-{t.number}")
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in saved
+    }
+
+
 def wait_for_a_trial_after_the_snapshot(home: Path, timeout: float = 180) -> None:
-    """Until MLflow shows a running trial that Ray's latest snapshot does not hold: a kill now leaves a trial
-    that both stores have started and that no resume can continue."""
+    """Until a trial that Optuna and MLflow both show running is not in Ray's latest snapshot: a kill now
+    leaves a trial that both stores have started and that no resume can continue."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        store = tracking.Store(home=home)
-        rows = tracking.trial_rows(store, tracking.parent_runs(store, "crashy")[0])
-        if {r["trial_id"] for r in rows if r["status"] == "RUNNING"} - set(saved_trials(home)):
+        _, _, rows, studies = records(home)
+        (study,) = studies.values()
+        if unsaved(home, study) & {r["trial_id"] for r in rows if r["status"] == "RUNNING"}:
             return
         time.sleep(0.1)
     raise AssertionError("no trial started after Ray's latest snapshot while the sweep ran")
@@ -112,13 +122,8 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     killed_at = {r["trial_id"]: r["state"] for r in rows}
     # What the kill left: Optuna trials still running that Ray's last snapshot does not hold. The resume cannot
     # continue them: they are lost, whether MLflow had heard of them or not.
-    saved = saved_trials(home)
     (study,) = studies.values()
-    ghosts = {
-        t.user_attrs.get("ray_trial_id", f"optuna-{t.number}")
-        for t in study.trials
-        if t.state == optuna.trial.TrialState.RUNNING and t.number not in saved.values()
-    }
+    ghosts = unsaved(home, study)
     assert ghosts & {r["trial_id"] for r in rows if r["status"] == "RUNNING"}, (ghosts, killed_at)
 
     plain = run_cli("run", path, env=env)  # an unfinished run is never silently replaced
