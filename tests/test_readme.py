@@ -1,8 +1,16 @@
 """The README's two commands are what a new user runs, and CI runs the test one verbatim."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
-from tests.conftest import REPO
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, run_cli
 
 
 def _command(marker: str, language: str = "sh") -> str:
@@ -22,23 +30,60 @@ def test_quickstart_runs_the_default_study_and_promotes_it():
     assert "-c constraints.txt" in command
 
 
-def test_the_own_model_example_runs_verbatim_in_a_fresh_folder(tmp_path):
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory):
     """ "Bringing your own model": the README's block, as a user pastes it into a shell in an empty folder with
-    the venv's `bin` on PATH: it sweeps, checks, reports and promotes."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    command = _command("own-model")
+    the venv's `bin` on PATH: it sweeps, checks, reports and promotes. The one run of that flow, for the tests
+    of the block and of a user project's whole way through the CLI."""
+    root = tmp_path_factory.mktemp("own-model")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}  # the defaults: ./hpsearch-runs
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        ["bash", "-euo", "pipefail", "-c", _command("own-model")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
+    return root / "signals", env, done
+
+
+def test_the_own_model_example_runs_verbatim_in_a_fresh_folder(own_model):
+    folder, _, done = own_model
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "test_accuracy" in done.stdout and "models:/" in done.stdout
-    assert (tmp_path / "signals" / "hpsearch-runs" / "mlflow.db").exists()  # everything in the user's folder
+    assert (folder / "hpsearch-runs" / "mlflow.db").exists()  # everything in the user's folder
+
+
+def test_a_user_project_sweeps_checks_reports_and_promotes_a_model_that_serves_raw_inputs(own_model):
+    """The README's project, past its block: its check named each step, its report drew the confusion matrix,
+    and a promotion that retrains the best two serves raw signals as the test split scored them."""
+    import mlflow
+
+    from tests.test_factory import mlflow_uris
+
+    folder, env, done = own_model
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Token authentication" not in done.stdout + done.stderr  # Ray's notice stays out of the console
+    assert all(name in done.stdout for name in ("data", "overfit one batch", "lr range"))  # `hpsearch check`
+    assert "confusion matrix" in (folder / "hpsearch-runs" / "reports" / "signals.html").read_text()
+    reseeded = run_cli(
+        "promote", "signals", "--candidates", "2", "--reseeds", "1", "--format", "json", cwd=folder, env=env
+    )
+    assert reseeded.returncode == 0, reseeded.stdout + reseeded.stderr
+    info = json.loads(reseeded.stdout)
+    assert len(info["candidates"]) == 2 and all(len(c["values"]) == 2 for c in info["candidates"])
+
+    with mlflow_uris(f"sqlite:///{folder / 'hpsearch-runs' / 'mlflow.db'}"):
+        served = mlflow.pyfunc.load_model(f"models:/signals@{info['alias']}")
+    user = {}
+    exec((folder / "mymodel.py").read_text(), user)  # the project's own test split: raw signals of known classes
+    _, _, (x, y) = user["data"]({"split_seed": 0})
+    predicted = np.asarray(served.predict(x.numpy())).argmax(1)
+    assert predicted.shape == y.shape
+    assert float((predicted == y.numpy()).mean()) == pytest.approx(info["test_metrics"]["test_accuracy"], abs=1e-6)
+    assert info["test_metrics"]["test_accuracy"] > 0.6  # three classes: chance is a third
 
 
 def _flags(text: str) -> set[str]:

@@ -5,6 +5,7 @@ with `--fresh`. Afterwards every trial is accounted for exactly once, in `result
 import collections
 import json
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 import tracking
 from tests.conftest import REPO, run_cli, spawn_cli
+from tests.test_factory import STUDY
 
 # Trials of 8 epochs x 0.6 s; with 2 running at once, 12 trials take about 25 s after Ray starts.
 SPEC = {
@@ -71,35 +73,58 @@ def records(home: Path):
     return store, parents, rows, studies
 
 
+def saved_trials(home: Path) -> dict[str, int]:
+    """The trials (Ray id -> Optuna number) in the searcher state of Ray's latest experiment snapshot: the
+    trials a resume can continue. Ray writes a snapshot at most every 10 s or so, not at each trial's start."""
+    saved = sorted(home.glob("ray/crashy-*/searcher-state-*.pkl"))  # hpsearch's StudySearch.save wrote it
+    if not saved:
+        return {}
+    try:
+        with open(saved[-1], "rb") as f:
+            return dict(pickle.load(f)["trials"])
+    except (EOFError, pickle.UnpicklingError):  # being written right now
+        return {}
+
+
+def unsaved(home: Path, study: optuna.Study) -> set[str]:
+    """The Ray ids of the trials Optuna holds as running that Ray's latest snapshot does not hold."""
+    saved = set(saved_trials(home).values())
+    return {
+        t.user_attrs.get("ray_trial_id", f"optuna-{t.number}")
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in saved
+    }
+
+
+def wait_for_a_trial_after_the_snapshot(home: Path, timeout: float = 180) -> None:
+    """Until a trial that Optuna and MLflow both show running is not in Ray's latest snapshot: a kill now
+    leaves a trial that both stores have started and that no resume can continue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, _, rows, studies = records(home)
+        (study,) = studies.values()
+        if unsaved(home, study) & {r["trial_id"] for r in rows if r["status"] == "RUNNING"}:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no trial started after Ray's latest snapshot while the sweep ran")
+
+
 def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     home, path, env, proc = start(tmp_path)
     try:
         wait_for_trials(home, 2, midway=True)
-        time.sleep(1)  # Ray saves its experiment state right after each trial checkpoint
+        wait_for_a_trial_after_the_snapshot(home)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray's head and its workers: nothing shuts down cleanly
         proc.communicate(timeout=60)
     store, parents, rows, studies = records(home)
     assert parents[0].info.status == "RUNNING" and any(r["status"] == "RUNNING" for r in rows)
     killed_at = {r["trial_id"]: r["state"] for r in rows}
-    # Whether the kill lands after a trial started but before Ray saved its state is a matter of timing, so
-    # two such trials are added as the stores would hold them: one Optuna had suggested but MLflow never
-    # heard of, one both had started.
+    # What the kill left: Optuna trials still running that Ray's last snapshot does not hold. The resume cannot
+    # continue them: they are lost, whether MLflow had heard of them or not.
     (study,) = studies.values()
-    for ghost in ("ghost001", "ghost002"):
-        study.ask().set_user_attr("ray_trial_id", ghost)
-    T = tracking.tags
-    store.client.create_run(
-        parents[0].info.experiment_id,
-        run_name="ghost002",
-        tags={
-            "mlflow.parentRunId": parents[0].info.run_id,
-            T.KIND: "trial",
-            T.STUDY: "crashy",
-            T.TRIAL_ID: "ghost002",
-            T.STATE: "running",
-        },
-    )
+    ghosts = unsaved(home, study)
+    assert ghosts & {r["trial_id"] for r in rows if r["status"] == "RUNNING"}, (ghosts, killed_at)
 
     plain = run_cli("run", path, env=env)  # an unfinished run is never silently replaced
     assert plain.returncode == 2 and "--resume" in plain.stderr and "--fresh" in plain.stderr, plain.stderr
@@ -117,7 +142,7 @@ def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):
     # (failed), and the resumed sweep still runs the spec's number of trials besides.
     lost = [r for r in rows if (r["reason"] or "").startswith("lost in a crash")]
     assert len(ids) == len(set(ids)) == SPEC["trials"] + len(lost)  # each trial exactly once
-    assert {"ghost001", "ghost002"} <= {r["trial_id"] for r in lost}
+    assert {r["trial_id"] for r in lost} == ghosts
     assert set(killed_at) <= set(ids)
     assert "lost" in resumed.stdout
     assert {r["status"] for r in rows} <= {"FINISHED", "FAILED"}  # nothing left RUNNING
@@ -193,3 +218,66 @@ def test_a_trial_the_crash_left_without_a_ray_id_is_failed_under_the_id_mlflow_r
     assert sorted(failed) == sorted([("abc123", {}), (f"optuna-{unnamed.number}", {})])
     assert {t.user_attrs[RAY_TRIAL_ID] for t in study.trials} == {"abc123", f"optuna-{unnamed.number}"}
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}
+
+
+SLOW_MODULE = """
+import time
+
+import torch
+from torch import nn
+from trainables import from_model
+
+
+class Slow(nn.Module):  # a user's model that takes its time: 8 epochs of about 0.5 s
+    def __init__(self, config):
+        super().__init__()
+        self.linear = nn.Linear(8, 2)
+
+    def forward(self, x):
+        time.sleep(0.1)
+        return self.linear(x)
+
+
+def data(config):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 8, generator=g)
+    y = (x.sum(1) > 0).long()
+    return (x[:160], y[:160]), (x[160:200], y[160:200]), (x[200:], y[200:])
+
+
+slow = from_model(Slow, data, defaults={"epochs": 8, "batch_size": 64})
+"""
+
+
+def test_a_user_trainable_killed_mid_sweep_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL of the whole `hpsearch run` (a crash or reboot) while a trial of a user's own model is mid-way;
+    `--resume` continues that trial from its last checkpoint, in the user's project folder."""
+    (tmp_path / "slow.py").write_text(SLOW_MODULE)
+    (tmp_path / "slow.yaml").write_text(
+        STUDY.format(name="slow", trainable="slow:slow", trials=3).replace(
+            "max_t: 2, grace_period: 2", "max_t: 8, grace_period: 8"
+        )
+    )
+    home = tmp_path / "home"
+    env = {"HPSEARCH_HOME": str(home)}
+    proc = spawn_cli("run", "slow.yaml", cwd=tmp_path, env=env)
+    try:  # until a trial has checkpointed its third epoch (the loop checkpoints each epoch that improves)
+        deadline = time.monotonic() + 300
+        while not list(home.glob("ray/slow-*/*/checkpoint_00000[2-7]")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial got to its third epoch"
+            time.sleep(0.2)
+        time.sleep(1)  # Ray saves its experiment state right after each trial checkpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+
+    resumed = run_cli("run", "slow.yaml", "--resume", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming run" in resumed.stdout and "test_accuracy" in resumed.stdout
+    outputs = [p.read_text() for p in home.glob("ray/slow-*/hpsearch-logs/*.log")]
+    assert any("resuming at epoch" in text for text in outputs), outputs  # not started over
+    store = tracking.Store(home=home)
+    (parent,) = tracking.parent_runs(store, "slow")
+    rows = tracking.trial_rows(store, parent)
+    assert parent.info.status == "FINISHED" and {r["status"] for r in rows} <= {"FINISHED", "FAILED"}
+    assert len({r["trial_id"] for r in rows}) == len(rows) >= 3

@@ -43,15 +43,79 @@ def optuna_trials(home, name):
     return optuna.load_study(study_name=summary.study_name, storage=storage).trials
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
-def test_each_sampler_runs_a_tiny_sweep(sampler, study, tmp_path):
-    outcome = api.run(study(f"s-{sampler}", sampler=sampler), out=io.StringIO())
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
+
+
+def count_samplers(monkeypatch) -> list[type]:
+    """The class of each sampler Optuna asks for a trial's relative (joint) sample, one entry per trial.
+
+    Optuna asks once per trial, in this process (Tune's searcher runs in the driver): the classes say which
+    sampler the sweep really used, which a silent fallback to random sampling would change."""
+    asked = []
+    for cls in SAMPLERS.values():
+        own = cls.__dict__.get("sample_relative")
+        if own is not None:
+            monkeypatch.setattr(cls, "sample_relative", _counted(own, cls, asked))
+    return asked
+
+
+@pytest.fixture(scope="module")
+def tpe(tmp_path_factory):
+    """The one TPE sweep of BASE (study `s-tpe`) that the sampler, `show` and warm-start tests all read."""
+    root = tmp_path_factory.mktemp("tpe")
+    path = root / "s-tpe.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "name": "s-tpe", "sampler": "tpe"}, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HPSEARCH_HOME", str(root / "home"))
+        asked = count_samplers(mp)
+        outcome = api.run(str(path), out=io.StringIO())
+    return {"home": root / "home", "outcome": outcome, "asked": asked}
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_each_sampler_runs_a_tiny_sweep(sampler, study, tmp_path, monkeypatch, request):
+    if sampler == "tpe":
+        swept = request.getfixturevalue("tpe")
+        monkeypatch.setenv("HPSEARCH_HOME", str(swept["home"]))
+        outcome, asked, home = swept["outcome"], swept["asked"], swept["home"]
+    else:
+        asked, home = count_samplers(monkeypatch), tmp_path / "home"
+        outcome = api.run(study(f"s-{sampler}", sampler=sampler), out=io.StringIO())
     assert outcome.exit_code == 0
+    assert asked == [SAMPLERS[sampler]] * 4, asked
     frame = api.results(f"s-{sampler}")
     assert len(frame) == 4 and set(frame["state"]) == {"completed"}
-    trials = optuna_trials(tmp_path / "home", f"s-{sampler}")
+    trials = optuna_trials(home, f"s-{sampler}")
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
     assert all(-1.0 <= t.params["x"] <= 1.0 and t.params["n"] in range(4) for t in trials)
+    if sampler == "cmaes":  # CMA-ES samples once one trial has completed, and records its generation
+        assert any("cma:generation" in t.system_attrs for t in trials), [t.system_attrs for t in trials]
+    if sampler == "qmc":  # QMC numbers its points in the study; the first trial, before any space is known, is
+        # Optuna's independent sample, and the next three took points 0..2 of the sequence
+        assert [v for k, v in study_attrs(home, "s-qmc").items() if k.startswith("qmc:")] == [2]
+
+
+def _counted(sample_relative, cls, asked):
+    def counted(self, *args, **kwargs):
+        if type(self) is cls:  # a subclass's own call is counted under its own class
+            asked.append(cls)
+        return sample_relative(self, *args, **kwargs)
+
+    return counted
+
+
+def study_attrs(home, name) -> dict:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "optuna" / f"{name}.journal"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(summary.study_name))
 
 
 def test_grid_sampler_covers_the_grid_once(study, tmp_path):
@@ -108,29 +172,27 @@ def test_conditional_parameter_exists_only_where_it_applies(study, tmp_path):
         assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
 
 
-def test_warm_start_enqueues_the_best_configurations_fitted_to_the_new_space(study, tmp_path):
-    api.run(
-        study("warm-src", trials=4, space={**BASE["space"], "n": {"type": "int", "low": 0, "high": 3}}),
-        out=io.StringIO(),
-    )
-    best = [r for r in api.results("warm-src")["params"]][:2]
+def test_warm_start_enqueues_the_best_configurations_fitted_to_the_new_space(study, tpe, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tpe["home"]))  # the source: the module's TPE sweep of BASE's space
+    best = [r for r in api.results("s-tpe")["params"]][:2]
     # The new space: a narrower x (clipping), no n (dropped).
     out = io.StringIO()
     api.run(
         study("warm-dst", space={"x": {"type": "float", "low": 0.0, "high": 0.2}}, trials=3),
-        warm_start="warm-src",
+        warm_start="s-tpe",
         warm_count=2,
         out=out,
     )
     text = out.getvalue()
-    assert "warm start from warm-src: 2 configuration(s) enqueued" in text
+    assert "warm start from s-tpe: 2 configuration(s) enqueued" in text
     assert "warm start: dropped n: not in this study's space (configuration 1, 2)" in text
-    first_two = sorted(optuna_trials(tmp_path / "home", "warm-dst"), key=lambda t: t.number)[:2]
+    first_two = sorted(optuna_trials(tpe["home"], "warm-dst"), key=lambda t: t.number)[:2]
     for trial, source in zip(first_two, best):
         assert trial.params["x"] == min(max(source["x"], 0.0), 0.2)
         assert "n" not in trial.params
-    if any(not 0.0 <= s["x"] <= 0.2 for s in best):
-        assert "warm start: clipped x into 0.0..0.2" in text
+    clipped = [str(n) for n, source in enumerate(best, 1) if not 0.0 <= source["x"] <= 0.2]
+    said = [line for line in text.splitlines() if "clipped" in line]
+    assert said == ([f"warm start: clipped x into 0.0..0.2 (configuration {', '.join(clipped)})"] if clipped else [])
 
 
 def test_warm_start_from_a_study_without_records_is_a_user_error(study, cli):
@@ -181,15 +243,15 @@ def test_summary_eta_uses_pace_and_hours():
     assert summary.eta_s() == pytest.approx(5.0)
 
 
-def test_show_reports_what_results_hold(study, cli, tmp_path):
-    api.run(study("shown"), out=io.StringIO())
-    code, out, err = cli("show", "shown", "--format", "json")
+def test_show_reports_what_results_hold(tpe, cli, monkeypatch):
+    monkeypatch.setenv("HPSEARCH_HOME", str(tpe["home"]))
+    code, out, err = cli("show", "s-tpe", "--format", "json")
     assert code == 0, err
     shown = json.loads(out)
-    frame = api.results("shown")
+    frame = api.results("s-tpe")
     assert shown["counts"]["completed"] == (frame["state"] == "completed").sum() == 4
     assert shown["best_trial"] == frame.iloc[0]["trial_id"] and shown["status"] == "FINISHED"
-    code, out, _ = cli("show", "shown")
+    code, out, _ = cli("show", "s-tpe")
     assert code == 0 and "0 running, 4 completed, 0 pruned, 0 stopped, 0 failed" in out and "0 of 4 trials left" in out
 
 
@@ -254,9 +316,15 @@ def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_p
     for r in failed:
         half = r["params"]["batch_size"] // 2
         assert f"(retrying with batch_size={half})" in r["reason"]
-    # The retries ran (the last may not have fitted in the budget) and the small enough ones completed.
+    # One trial at a time: each failure's retry is the very next trial, but a failure in the last trial of the
+    # budget (8) has no trial left to run its retry in.
+    trials = sorted(optuna_trials(tmp_path / "home", "oomhalf"), key=lambda t: t.number)
+    assert len(trials) == len(rows) == 8 and sorted(t.params["batch_size"] for t in trials) == sorted(sizes)
+    for before, after in zip(trials, trials[1:]):
+        assert (before.state == optuna.trial.TrialState.FAIL) == (before.params["batch_size"] > 16)
+        if before.state == optuna.trial.TrialState.FAIL:
+            assert after.params["batch_size"] == before.params["batch_size"] // 2, (before.params, after.params)
     retried = [r["params"]["batch_size"] // 2 for r in failed]
-    assert sum(half in sizes for half in retried) >= len(retried) - 1
     assert any(r["state"] == "completed" and r["params"]["batch_size"] in retried for r in rows)
 
 

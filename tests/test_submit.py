@@ -309,19 +309,21 @@ def test_run_joins_a_ray_cluster_already_running_on_this_machine(tmp_path):
         """,
         )
         exe = Path(sys.executable).parent / "hpsearch"
-        run = subprocess.Popen(
-            [str(exe), "run", str(study)],
-            env={**os.environ, **env},
-            cwd=Path(__file__).parent.parent,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        seen = set()
-        while run.poll() is None:  # every raylet under the private temp dir while the run runs
-            seen |= _raylets(str(private))
-            time.sleep(0.3)
-        out, err = run.communicate()
+        # Its output goes to files, not pipes: nobody reads while it runs, and a full pipe would stall it.
+        with open(tmp_path / "out.txt", "w") as out_file, open(tmp_path / "err.txt", "w") as err_file:
+            run = subprocess.Popen(
+                [str(exe), "run", str(study)],
+                env={**os.environ, **env},
+                cwd=Path(__file__).parent.parent,
+                stdout=out_file,
+                stderr=err_file,
+                text=True,
+            )
+            seen = set()
+            while run.poll() is None:  # every raylet under the private temp dir while the run runs
+                seen |= _raylets(str(private))
+                time.sleep(0.3)
+        out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
         assert run.returncode == 0, out + err
         assert out.splitlines()[0].startswith(f"ray: joined the local cluster at {address_file.read_text().strip()}")
         assert seen == heads, (seen, heads)  # no raylet of its own

@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests.conftest import run_cli, write_study
+from tests.test_factory import mlflow_uris
 
 TINY = """\
 name: tiny
@@ -140,9 +141,8 @@ def test_promote_registers_the_model_with_alias_and_it_predicts_the_test_split(s
 
     from trainables._digits_pairs import DigitsData
 
-    mlflow.set_tracking_uri(swept["uri"])
-    mlflow.set_registry_uri(swept["uri"])  # another test in this process may have pointed it elsewhere
-    model = mlflow.pyfunc.load_model("models:/tiny@champion")
+    with mlflow_uris(swept["uri"]):  # another test in this process may have pointed it elsewhere
+        model = mlflow.pyfunc.load_model("models:/tiny@champion")
     x, y = DigitsData(0).raw["test"]
     accuracy = float((np.asarray(model.predict(x)).argmax(1) == y).mean())
     assert accuracy > 0.8  # chance is 0.1
