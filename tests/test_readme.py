@@ -56,6 +56,19 @@ def test_the_own_model_example_runs_verbatim_in_a_fresh_folder(own_model):
     assert (folder / "hpsearch-runs" / "mlflow.db").exists()  # everything in the user's folder
 
 
+def test_a_new_users_first_run_and_promote_print_only_hpsearchs_own_lines(own_model):
+    """One voice on the console: a first `run` on a new store and a first `promote` on a new registry print
+    no other library's INFO lines, and the promote line leaves the per-class metrics to --format json."""
+    _, _, done = own_model
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    for foreign in ("Creating initial MLflow database tables", "Updating database tables", "Registered model"):
+        assert foreign not in console, foreign
+    assert not re.search(r"^\S+ \S+ INFO ", console, re.M), console[-3000:]  # `2026/12/07 12:52:32 INFO mlflow...`
+    (promoted,) = [line for line in done.stdout.splitlines() if line.startswith("promoted signals")]
+    assert "_class_" not in promoted and "test_accuracy=" in promoted, promoted
+
+
 def test_a_user_project_sweeps_checks_reports_and_promotes_a_model_that_serves_raw_inputs(own_model):
     """The README's project, past its block: its check named each step, its report drew the confusion matrix,
     and a promotion that retrains the best two serves raw signals as the test split scored them."""
