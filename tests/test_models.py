@@ -142,7 +142,7 @@ def test_forward_and_backward_reach_every_trainable_parameter(family, config, in
     ids=_id,
 )
 def test_overfits_one_batch(family, config, in_shape, n_out, lr):
-    """The notes' sanity check: a model that cannot memorise 16 random examples has a bug."""
+    """The sanity check before a long run: a model that cannot memorise 16 random examples has a bug."""
     torch.manual_seed(0)
     model = build_model(family, {**SMALL[family], **config}, in_shape, n_out)
     x, y = _batch(family, in_shape, n_out, 16)

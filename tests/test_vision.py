@@ -161,7 +161,7 @@ def test_segmentation_sweep_scores_iou_and_dice(home, cli):
 
 
 def test_autoencoder_then_a_classifier_on_its_frozen_encoder(home, cli, monkeypatch):
-    """Reconstruction, then the notes' second stage naming the first study in `encoder_from`."""
+    """Reconstruction, then the classifier's second stage naming the first study in `encoder_from`."""
     ae = _study(
         home / "ae.yaml",
         name="ae",
