@@ -393,7 +393,7 @@ def test_on_a_gpu_the_factorys_tensor_path_takes_the_recorded_step():
     assert reporter.results[-1]["train_loss"] < reporter.results[0]["train_loss"]
 
 
-def test_the_notes_multi_input_network_is_a_builtin_on_the_factory():
+def test_the_multi_input_network_is_a_builtin_on_the_factory():
     from trainables import get_trainable
 
     trainable = get_trainable("digits-multi-input")
