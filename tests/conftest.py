@@ -113,30 +113,48 @@ class _OneOfSeveral(logging.Filter):
 logging.getLogger("ray._private.services").addFilter(_OneOfSeveral())
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_head():
-    """The session's Ray head (tests/services.py LocalHead), its variables (`.env`) in this process's
-    environment and so in every subprocess's; stopped, by its own process group, when the session ends."""
+_saved: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    """The head's variables go into this process's environment before the test modules are collected: Ray
+    reads RAY_AUTH_MODE once, when a module imports it, and a driver without it cannot join the head."""
     global _head
     if os.environ.get("HPSEARCH_TESTS_OWN_RAY"):
+        return
+    from tests.services import LocalHead
+
+    _head = LocalHead()
+    _saved.update({name: os.environ.get(name) for name in _head.env})
+    os.environ.update(_head.env)
+
+
+def pytest_unconfigure(config):
+    global _head
+    if _head is not None:
+        _head.stop()  # also when no test ran: its temp dir goes
+        _head = None
+    for name, value in _saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_head():
+    """The session's Ray head (tests/services.py LocalHead), started before the first test; its variables
+    (`.env`) are in this process's environment and so in every subprocess's. Stopped, by its own process
+    group, when the session ends."""
+    if _head is None:
         yield None
         return
-    from tests.services import local_head
-
-    with local_head() as head:
-        saved = {name: os.environ.get(name) for name in head.env}
-        os.environ.update(head.env)
-        _head = head
-        try:
-            yield head
-        finally:
-            _head = None
-            _leave()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    _head.start()
+    try:
+        yield _head
+    finally:
+        _leave()
+        _head.stop()
 
 
 def _leave() -> None:
