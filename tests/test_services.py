@@ -88,3 +88,41 @@ def test_ray_cluster_needs_its_own_token(ray2):
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ray2.env['RAY_AUTH_TOKEN']}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_sweeps_join_the_session_ray_head_in_this_process_and_in_a_run(ray_head, tmp_path, monkeypatch):
+    """The session's head (tests/conftest.py `ray_head`) is what a sweep joins: `api.run` in this process
+    connects to its GCS, and `hpsearch run` says it joined it and started no Ray of its own."""
+    import io
+
+    import ray
+
+    from search import api
+    from tests.conftest import run_cli, write_study
+
+    if ray_head is None:
+        pytest.skip("HPSEARCH_TESTS_OWN_RAY: the session runs without a shared Ray head")
+    study = write_study(
+        tmp_path / "shared.yaml",
+        """\
+        name: shared-head
+        trainable: tests.quad:train
+        metric: loss
+        mode: min
+        trials: 2
+        asha: off
+        fixed: {epochs: 2}
+        space: {x: {type: float, low: -1.0, high: 1.0}}
+        """,
+    )
+    monkeypatch.setenv("HPSEARCH_HOME", str(tmp_path / "home"))
+    assert api.run(str(study), out=io.StringIO()).exit_code == 0
+    gcs_port = ray_head.address.rsplit(":", 1)[1]
+    assert ray.get_runtime_context().gcs_address.rsplit(":", 1)[1] == gcs_port
+    swept = run_cli("run", study, "--fresh", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    first = swept.stdout.splitlines()[0]
+    assert first.startswith("ray: joined the local cluster at ") and first.split()[6].endswith(f":{gcs_port}"), first
+    assert str(ray_head.address_file) in first
+    own = run_cli("run", study, "--fresh", cwd=tmp_path, own_ray=True)
+    assert own.returncode == 0 and "ray: joined" not in own.stdout, own.stdout + own.stderr
