@@ -103,7 +103,7 @@ def trial_seconds(uri: str | None, study: str, run_id: str) -> tuple[float, int,
     import tracking
 
     store, parent = studies.study_run(study, uri, run_id)
-    runs = tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id)
+    runs = tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id)
     runs = [r for r in runs if r.data.tags.get(tracking.tags.KIND, "trial") == "trial"]
     seconds = sum(r.data.metrics.get("time_total_s", 0.0) for r in runs)
     epochs = sum(int(r.data.tags.get(tracking.tags.EPOCHS, 0)) for r in runs)
@@ -119,7 +119,7 @@ def promotion_epochs(uri: str | None, study: str, since: float) -> int:
 
     store, parent = studies.study_run(study, uri)
     metric = parent.data.tags.get(tracking.tags.METRIC, "")
-    runs = tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id)
+    runs = tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id)
     kinds = (RESEED, FOLD)
     new = [r for r in runs if r.data.tags.get(tracking.tags.KIND) in kinds and r.info.start_time >= since * 1000]
     return sum(len(store.client.get_metric_history(r.info.run_id, metric)) for r in new)

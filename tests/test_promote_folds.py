@@ -160,10 +160,10 @@ def test_bad_flag_combinations_are_one_line(folded, cli, flags, says):
 
     store = tracking.Store()
     parent = tracking.parent_runs(store, "folded")[0]
-    count = len(tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id))
+    count = len(tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id))
     code, out, err = cli("promote", "folded", *flags)
     assert code == 2 and err.startswith("hpsearch: error: ") and says in err and len(err.splitlines()) == 1, err
-    assert len(tracking.tags.child_runs(store, parent.info.experiment_id, parent.info.run_id)) == count
+    assert len(tracking.child_runs(store, parent.info.experiment_id, parent.info.run_id)) == count
 
 
 def test_the_report_shows_the_finalists_spread_and_the_ensemble(folded):
