@@ -115,3 +115,12 @@ def test_every_flag_has_help_naming_the_default_the_code_applies():
         if not action.help or (action.default not in (None, False) and f"default {action.default}" not in action.help)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_file_holds_a_merge_conflicts_markers():
+    import subprocess
+
+    found = subprocess.run(
+        ["git", "grep", "-n", "-E", "^(<<<<<<<|>>>>>>>) "], cwd=REPO, capture_output=True, text=True
+    ).stdout
+    assert not found, found
