@@ -124,8 +124,6 @@ __all__ = [
     "RayCluster",
     "ray_cluster",
     "can_unshare_mount",
-    "LocalHead",
-    "local_head",
 ]
 
 
@@ -1025,91 +1023,3 @@ def ray_cluster(num_nodes: int = 2, cpus_per_node: int = 1, **kwargs) -> Iterato
         yield cluster
     finally:
         cluster.stop()
-
-
-class LocalHead:
-    """A Ray head started as a user starts one on their own machine (`ray start --head`), which `hpsearch run`
-    with no address joins instead of starting a Ray of its own, and which `ray.init()` with no address joins
-    too (Ray reads the address `ray start` recorded). One process group of its own, a token of its own.
-
-    `env` is what a process needs to find and join it: RAY_TMPDIR (the address file is
-    $RAY_TMPDIR/ray/ray_current_cluster; the temp dir is a short mkdtemp, so socket paths stay < 107 bytes),
-    RAY_AUTH_MODE and RAY_AUTH_TOKEN. Without them a process starts its own Ray, as before.
-    The head runs with Ray's defaults for a machine (its CPUs and GPUs), as a local `ray.init()` would, and
-    without the dashboard, as hpsearch's own local start; no worker is prestarted for a driver, as there.
-    """
-
-    def __init__(self, python: str = sys.executable, start_timeout: float = 120):
-        ray_script = Path(python).parent / "ray"
-        self.ray_cmd = [str(ray_script)] if ray_script.exists() else [python, "-m", "ray.scripts.scripts"]
-        self.start_timeout = start_timeout
-        self.root = Path(tempfile.mkdtemp(prefix="hph", dir="/tmp"))
-        self.env = {
-            "RAY_TMPDIR": str(self.root),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": secrets.token_hex(32),
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        self.log_file = self.root / "head.log"
-        self.proc: subprocess.Popen | None = None
-        self.address = ""
-
-    @property
-    def address_file(self) -> Path:
-        return self.root / "ray" / "ray_current_cluster"
-
-    def start(self) -> LocalHead:
-        gcs, client, node_manager, object_manager, agent_http, agent_grpc, runtime_env, metrics = _free_ports(8)
-        ports = {
-            "--port": gcs,
-            "--ray-client-server-port": client,
-            "--node-manager-port": node_manager,
-            "--object-manager-port": object_manager,
-            "--dashboard-agent-listen-port": agent_http,
-            "--dashboard-agent-grpc-port": agent_grpc,
-            "--runtime-env-agent-port": runtime_env,
-            "--metrics-export-port": metrics,
-        }
-        cmd = [*self.ray_cmd, "start", "--head", "--block", "--include-dashboard=false", "--disable-usage-stats"]
-        cmd += [str(x) for flag, port in ports.items() for x in (flag, port)]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update(self.env, RAY_prestart_worker_first_driver="0")
-        with open(self.log_file, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        deadline = time.monotonic() + self.start_timeout
-        while not self._answers(gcs):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the Ray head did not start:\n{_tail(self.log_file)}")
-            time.sleep(0.2)
-        self.address = f"127.0.0.1:{gcs}"
-        return self
-
-    def _answers(self, port: int) -> bool:
-        """The address file is written and the GCS accepts a connection (what hpsearch checks before joining)."""
-        if not self.address_file.is_file():
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        """Kill the head's process group and session (its raylet, GCS and workers). Never `ray stop`."""
-        if self.proc is not None:
-            _kill_group(self.proc, grace=3)
-            self.proc = None
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def local_head(**kwargs) -> Iterator[LocalHead]:
-    """Start a LocalHead, yield it, and kill its process group after."""
-    head = LocalHead(**kwargs)
-    try:
-        yield head.start()
-    finally:
-        head.stop()
