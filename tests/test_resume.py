@@ -96,17 +96,33 @@ def unsaved(home: Path, study: optuna.Study) -> set[str]:
     }
 
 
+def _saved_midway(home: Path, rows: list[dict], unsaved_ids: set[str]) -> bool:
+    """Whether a running trial that Ray's latest snapshot holds had checkpointed its fourth epoch before that
+    snapshot was written: the resume continues it from there."""
+    snapshots = sorted(home.glob("ray/crashy-*/searcher-state-*.pkl"), key=lambda f: f.stat().st_mtime)
+    if not snapshots:
+        return False
+    written = snapshots[-1].stat().st_mtime
+    for r in rows:
+        if r["status"] == "RUNNING" and r["trial_dir"] and r["trial_id"] not in unsaved_ids:
+            if any(c.stat().st_mtime < written for c in Path(r["trial_dir"]).glob("checkpoint_00000[3-9]")):
+                return True
+    return False
+
+
 def wait_for_a_trial_after_the_snapshot(home: Path, timeout: float = 180) -> None:
-    """Until a trial that Optuna and MLflow both show running is not in Ray's latest snapshot: a kill now
-    leaves a trial that both stores have started and that no resume can continue."""
+    """Until a trial that Optuna and MLflow both show running is not in Ray's latest snapshot, while another
+    running trial is in it with a checkpoint midway: a kill now leaves a trial that both stores have started
+    and that no resume can continue, and one that the resume continues from its checkpoint."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, _, rows, studies = records(home)
         (study,) = studies.values()
-        if unsaved(home, study) & {r["trial_id"] for r in rows if r["status"] == "RUNNING"}:
+        lost = unsaved(home, study)
+        if lost & {r["trial_id"] for r in rows if r["status"] == "RUNNING"} and _saved_midway(home, rows, lost):
             return
         time.sleep(0.1)
-    raise AssertionError("no trial started after Ray's latest snapshot while the sweep ran")
+    raise AssertionError("no moment with a trial started after Ray's latest snapshot and one midway in it")
 
 
 def test_sigkill_mid_sweep_then_resume_accounts_for_every_trial(tmp_path):

@@ -318,8 +318,17 @@ def test_an_out_of_memory_trial_is_retried_with_half_its_batch_size(study, tmp_p
         assert f"(retrying with batch_size={half})" in r["reason"]
     # One trial at a time: each failure's retry is the very next trial, but a failure in the last trial of the
     # budget (8) has no trial left to run its retry in.
-    trials = sorted(optuna_trials(tmp_path / "home", "oomhalf"), key=lambda t: t.number)
+    # The retry of a failure in the last trial stays queued in Optuna (WAITING, its configuration in
+    # `fixed_params`): the budget has no trial left for it.
+    everything = sorted(optuna_trials(tmp_path / "home", "oomhalf"), key=lambda t: t.number)
+    trials = [t for t in everything if t.state != optuna.trial.TrialState.WAITING]
+    queued = [t for t in everything if t.state == optuna.trial.TrialState.WAITING]
     assert len(trials) == len(rows) == 8 and sorted(t.params["batch_size"] for t in trials) == sorted(sizes)
+    assert not queued or (
+        len(queued) == 1
+        and trials[-1].state == optuna.trial.TrialState.FAIL
+        and queued[0].system_attrs["fixed_params"]["batch_size"] == trials[-1].params["batch_size"] // 2
+    ), [(t.state, t.params, t.system_attrs) for t in everything]
     for before, after in zip(trials, trials[1:]):
         assert (before.state == optuna.trial.TrialState.FAIL) == (before.params["batch_size"] > 16)
         if before.state == optuna.trial.TrialState.FAIL:

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
-import logging
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,8 +103,8 @@ def register_model(
         version = max(existing, key=lambda v: int(v.version))
     else:
         store.use()
-        logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.WARNING)
-        version = mlflow.register_model(model_uri, name, tags=dict(tags))
+        with _without_announcements():
+            version = mlflow.register_model(model_uri, name, tags=dict(tags))
         client.update_model_version(name, version.version, description=description)
     previous = _alias_version(client, name, alias)
     if previous is not None and previous != str(version.version):
@@ -116,6 +118,23 @@ def register_model(
         "model_uri": f"models:/{name}@{alias}",
         "previous_version": int(previous) if previous and previous != str(version.version) else None,
     }
+
+
+# What mlflow.register_model prints on stderr as it works, not through logging: "Registered model 'x' already
+# exists" (hpsearch creates the name first, with its description), "Successfully registered", "Created version".
+_ANNOUNCED = ("Registered model ", "Successfully registered model ", "Created version ")
+
+
+@contextlib.contextmanager
+def _without_announcements():
+    """MLflow's own announcements kept off hpsearch's console; anything else it writes (a warning) passes."""
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+    finally:
+        kept = [line for line in caught.getvalue().splitlines(keepends=True) if not line.startswith(_ANNOUNCED)]
+        sys.stderr.write("".join(kept))
 
 
 def previous_alias(alias: str) -> str:
